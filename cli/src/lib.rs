@@ -1,0 +1,1 @@
+//! mp: deploy, call, list, follow and delete topologies.

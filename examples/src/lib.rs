@@ -1,0 +1,1 @@
+//! Examples of mp handlers and topologies.

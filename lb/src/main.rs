@@ -1,0 +1,2 @@
+//! mp-lb: a round-robin gRPC load balancer and transparent HTTP/2 proxy.
+fn main() {}

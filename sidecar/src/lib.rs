@@ -1,0 +1,1 @@
+//! The shared data plane of mp-lb and mp-gather.
