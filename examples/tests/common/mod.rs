@@ -82,3 +82,28 @@ pub fn json(s: &str) -> serde_json::Value {
 pub fn proto_dir() -> std::path::PathBuf {
     mp_testkit::repo_root().join("proto")
 }
+
+/// A tonic client of `mp.v1.Handler` on `addr`.
+pub async fn handler_client(
+    addr: SocketAddr,
+) -> mp_proto::v1::handler_client::HandlerClient<tonic::transport::Channel> {
+    mp_proto::v1::handler_client::HandlerClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+}
+
+/// A tonic client of `mp.v1.Merger` on `addr`.
+pub async fn merger_client(
+    addr: SocketAddr,
+) -> mp_proto::v1::merger_client::MergerClient<tonic::transport::Channel> {
+    mp_proto::v1::merger_client::MergerClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+}
+
+/// A request with a timeout, so no test waits forever on a stuck server.
+pub fn timed<T>(message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.set_timeout(Duration::from_secs(15));
+    r
+}
