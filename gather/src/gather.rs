@@ -1,0 +1,378 @@
+//! The scatter/gather core: one call in, a concurrent call to every shard,
+//! the failure policy applied as outcomes arrive, hedging of slow shards, the
+//! deadline, then the merge.
+//!
+//! The fan-out is one future per shard driven by a `FuturesUnordered` inside
+//! the caller's task (no task per leaf): when the outcome is decided (a
+//! failure under `all`, an impossible quorum, the deadline, the `first`
+//! answer) the set is dropped, which drops every outstanding leaf call, and
+//! hyper resets those HTTP/2 streams (RST_STREAM CANCEL) so the leaves stop
+//! working on them.
+
+use std::fmt::Write as _;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
+use http::uri::PathAndQuery;
+use tokio::time::{sleep, timeout_at, Instant};
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Status};
+
+use crate::config::{HedgeAfter, Policy, ReducerKind};
+use crate::grpc::{code_name, forwardable, parse_grpc_timeout, BytesCodec};
+use crate::hedge::Budget;
+use crate::merge::Merge;
+use crate::metrics::Metrics;
+use crate::shard::{Replica, Shard};
+
+/// The caller's deadline keeps this share (at most [`MAX_RESERVE`]) for the
+/// merge and the answer's way back; leaves get the rest.
+const RESERVE_DIVISOR: u32 = 5;
+/// Upper bound of the reserve taken from the caller's deadline.
+const MAX_RESERVE: Duration = Duration::from_millis(100);
+
+/// Everything a gather needs, built once at startup and shared by all calls.
+#[derive(Debug)]
+pub struct Gather {
+    /// The shards, in order.
+    pub shards: Box<[Shard]>,
+    /// The failure policy.
+    pub policy: Policy,
+    /// When to hedge, if at all.
+    pub hedge: Option<HedgeAfter>,
+    /// Caps hedges.
+    pub budget: Budget,
+    /// Upper bound of one shard's answer.
+    pub leaf_timeout: Duration,
+    /// How outcomes become one answer.
+    pub merge: Merge,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+/// One incoming call, as every leaf receives it.
+#[derive(Debug)]
+pub struct Call<'a> {
+    /// The method path, e.g. `/mp.v1.Handler/Handle`.
+    pub path: &'a PathAndQuery,
+    /// The serialized request message.
+    pub body: Bytes,
+    /// The caller's metadata that is forwarded to leaves and the merger.
+    pub metadata: MetadataMap,
+    /// When leaves must have answered.
+    pub leaf_deadline: Instant,
+    /// Why `leaf_deadline` is what it is (for error messages).
+    pub deadline_note: String,
+    /// The caller's own deadline, if it sent one.
+    pub caller_deadline: Option<Instant>,
+}
+
+impl Call<'_> {
+    /// True for `mp.v1.Handler/Handle`, whose messages mp-gather understands.
+    pub fn is_handle(&self) -> bool {
+        self.path.path() == mp_proto::names::HANDLE_PATH
+    }
+}
+
+/// What one shard produced.
+#[derive(Debug)]
+pub struct LeafResult {
+    /// Shard index.
+    pub shard: usize,
+    /// The reply message bytes, or why there is none.
+    pub result: Result<Bytes, Status>,
+    /// From fan-out to this outcome.
+    pub elapsed: Duration,
+    /// The replica whose answer was used (none when the deadline hit first).
+    pub endpoint: Option<Arc<str>>,
+    /// True when the answer came from the hedged call.
+    pub hedged: bool,
+}
+
+impl LeafResult {
+    /// `shard 2 (host:port)`.
+    pub fn who(&self) -> String {
+        match &self.endpoint {
+            Some(e) => format!("shard {} ({e})", self.shard),
+            None => format!("shard {}", self.shard),
+        }
+    }
+}
+
+impl Gather {
+    /// Serves one call of method `path`: scatter, apply the policy, merge.
+    pub async fn handle(
+        &self,
+        path: &PathAndQuery,
+        request: tonic::Request<Bytes>,
+    ) -> Result<Bytes, Status> {
+        let start = Instant::now();
+        let (metadata, _, body) = request.into_parts();
+        let caller_timeout = metadata
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        let mut leaf_deadline = start + self.leaf_timeout;
+        let mut deadline_note = format!("--leaf-timeout {:?}", self.leaf_timeout);
+        let caller_deadline = caller_timeout.map(|t| start + t);
+        if let Some(t) = caller_timeout {
+            let budget = t - (t / RESERVE_DIVISOR).min(MAX_RESERVE);
+            if start + budget < leaf_deadline {
+                leaf_deadline = start + budget;
+                deadline_note = format!("{budget:?} of the caller's {t:?} deadline");
+            }
+        }
+        let call = Call {
+            path,
+            body,
+            metadata: forwardable(metadata),
+            leaf_deadline,
+            deadline_note,
+            caller_deadline,
+        };
+        let work = async {
+            if self.merge.reducer_for(&call) == Some(ReducerKind::First) {
+                return self.first(&call).await;
+            }
+            let outcomes = self.scatter(&call).await?;
+            self.merge.merge(&call, outcomes, self.leaf_timeout).await
+        };
+        let result = match caller_deadline {
+            Some(d) => timeout_at(d, work).await.unwrap_or_else(|_| {
+                Err(Status::deadline_exceeded(
+                    "the caller's deadline passed while merging",
+                ))
+            }),
+            None => work.await,
+        };
+        let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        self.metrics.request(code, start.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Calls every shard and applies the policy. On success, returns one
+    /// result per shard, in shard order.
+    pub async fn scatter(&self, call: &Call<'_>) -> Result<Vec<LeafResult>, Status> {
+        let n = self.shards.len();
+        let mut pending: FuturesUnordered<_> = self
+            .shards
+            .iter()
+            .map(|s| self.call_shard(s, call))
+            .collect();
+        let mut slots: Vec<Option<LeafResult>> = (0..n).map(|_| None).collect();
+        let mut failed = 0;
+        while let Some(r) = pending.next().await {
+            if let Err(status) = &r.result {
+                failed += 1;
+                match self.policy {
+                    Policy::All => {
+                        return Err(Status::new(
+                            status.code(),
+                            format!("{} failed: {}", r.who(), status_text(status)),
+                        ))
+                    }
+                    Policy::Quorum(k) if n - failed < k => {
+                        let code = status.code();
+                        let shard = r.shard;
+                        slots[shard] = Some(r);
+                        return Err(Status::new(
+                            code,
+                            format!(
+                                "quorum of {k} of {n} shards not reachable: {}",
+                                failures(slots.iter().flatten())
+                            ),
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            let shard = r.shard;
+            slots[shard] = Some(r);
+        }
+        // Every future completed, so every slot is filled.
+        Ok(slots.into_iter().flatten().collect())
+    }
+
+    /// The `first` reducer: the first successful answer wins, the other calls
+    /// are cancelled; fails only when every shard fails.
+    async fn first(&self, call: &Call<'_>) -> Result<Bytes, Status> {
+        let mut pending: FuturesUnordered<_> = self
+            .shards
+            .iter()
+            .map(|s| self.call_shard(s, call))
+            .collect();
+        let mut failed = Vec::new();
+        while let Some(r) = pending.next().await {
+            match r.result {
+                Ok(bytes) => return Ok(bytes),
+                Err(_) => failed.push(r),
+            }
+        }
+        let code = failed
+            .first()
+            .and_then(|r| r.result.as_ref().err())
+            .map_or(Code::Unavailable, Status::code);
+        Err(Status::new(
+            code,
+            format!("no shard answered: {}", failures(failed.iter())),
+        ))
+    }
+
+    /// One shard's outcome: a call to one replica, maybe a hedge to another,
+    /// bounded by the leaf deadline.
+    async fn call_shard(&self, shard: &Shard, call: &Call<'_>) -> LeafResult {
+        let start = Instant::now();
+        let first = shard.pick();
+        let delay = self.hedge_delay(shard);
+        if delay.is_some() {
+            self.budget.deposit();
+        }
+        let attempt = async {
+            let primary = call_replica(&shard.replicas[first], call);
+            let Some(delay) = delay else {
+                return (primary.await, first, false);
+            };
+            let mut primary = pin!(primary);
+            tokio::select! {
+                biased;
+                r = &mut primary => return (r, first, false),
+                _ = sleep(delay) => {}
+            }
+            if !self.budget.try_withdraw() {
+                self.metrics.hedges_denied.inc();
+                return (primary.await, first, false);
+            }
+            shard.metrics.hedges_sent.inc();
+            let other = (first + 1) % shard.replicas.len();
+            let mut second = pin!(call_replica(&shard.replicas[other], call));
+            // The first success wins and the other call is dropped
+            // (cancelled); a failure waits for the other call instead.
+            tokio::select! {
+                r = &mut primary => match r {
+                    Ok(_) => (r, first, false),
+                    Err(_) => (second.await, other, true),
+                },
+                r = &mut second => match r {
+                    Ok(_) => (r, other, true),
+                    Err(_) => (primary.await, first, false),
+                },
+            }
+        };
+        let late = || Status::deadline_exceeded(format!("no answer within {}", call.deadline_note));
+        let (result, endpoint, hedged) = match timeout_at(call.leaf_deadline, attempt).await {
+            Ok((r, replica, hedged)) => (
+                // The leaf was told the same deadline and may give up first
+                // (tonic answers CANCELLED "Timeout expired"): say what
+                // happened, not how the leaf put it.
+                r.map_err(|s| {
+                    if Instant::now() >= call.leaf_deadline {
+                        late()
+                    } else {
+                        explain(s)
+                    }
+                }),
+                Some(shard.replicas[replica].endpoint.clone()),
+                hedged,
+            ),
+            Err(_) => (Err(late()), None, false),
+        };
+        let elapsed = start.elapsed();
+        let m = &shard.metrics;
+        m.latency.observe(elapsed.as_secs_f64());
+        let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        m.outcomes[(code as usize).min(16)].inc();
+        if result.is_ok() {
+            if hedged {
+                m.hedges_won.inc();
+            }
+            if matches!(self.hedge, Some(HedgeAfter::Percentile(_))) {
+                shard.window.record(elapsed);
+            }
+        }
+        LeafResult {
+            shard: shard.index,
+            result,
+            elapsed,
+            endpoint,
+            hedged,
+        }
+    }
+
+    fn hedge_delay(&self, shard: &Shard) -> Option<Duration> {
+        if shard.replicas.len() < 2 {
+            return None;
+        }
+        match self.hedge? {
+            HedgeAfter::Fixed(d) => Some(d),
+            HedgeAfter::Percentile(_) => shard.window.current(),
+        }
+    }
+}
+
+/// One unary call to one replica, message bytes in and out.
+async fn call_replica(replica: &Replica, call: &Call<'_>) -> Result<Bytes, Status> {
+    let mut grpc = tonic::client::Grpc::new(replica.channel.clone());
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(format!("{} is not reachable: {e}", replica.endpoint)))?;
+    let mut request = tonic::Request::new(call.body.clone());
+    if !call.metadata.is_empty() {
+        *request.metadata_mut() = call.metadata.clone();
+    }
+    // Tell the leaf its deadline so it can give up too.
+    request.set_timeout(call.leaf_deadline.saturating_duration_since(Instant::now()));
+    grpc.unary(request, call.path.clone(), BytesCodec)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Adds the error chain to a transport-level status ("transport error" alone
+/// does not say that the connection was refused), without repeating a part.
+pub fn explain(status: Status) -> Status {
+    use std::error::Error as _;
+    let Some(first) = status.source() else {
+        return status;
+    };
+    let mut text = String::new();
+    let mut source = Some(first);
+    while let Some(e) = source {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    if !text.contains(status.message()) {
+        text = format!("{}: {text}", status.message());
+    }
+    Status::new(status.code(), text)
+}
+
+/// `shard 1 (addr): UNAVAILABLE: ...; shard 3: ...` for the failed results.
+pub fn failures<'a>(results: impl Iterator<Item = &'a LeafResult>) -> String {
+    let mut out = String::new();
+    for r in results {
+        if let Err(s) = &r.result {
+            if !out.is_empty() {
+                out.push_str("; ");
+            }
+            let _ = write!(out, "{}: {}", r.who(), status_text(s));
+        }
+    }
+    out
+}
+
+/// `CODE: message`, or just `CODE` when there is no message.
+pub fn status_text(s: &Status) -> String {
+    if s.message().is_empty() {
+        code_name(s.code()).to_string()
+    } else {
+        format!("{}: {}", code_name(s.code()), s.message())
+    }
+}

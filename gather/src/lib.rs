@@ -1,0 +1,211 @@
+//! mp-gather: the scatter/gather front of mp. It fans each unary gRPC call out
+//! to one replica of every shard, applies a failure policy and deadlines,
+//! hedges slow shards, and merges the outcomes with the user's
+//! `mp.v1.Merger` or a built-in reducer.
+//!
+//! # Layout
+//! - [`config`]: the command line (clap) and its value parsers.
+//! - [`gather`]: the core: fan-out, policy, deadlines, hedging.
+//! - [`merge`]: the merger call and the built-in reducers (`json-array`,
+//!   `concat`, `first`).
+//! - [`shard`]: shards, replicas (one pooled HTTP/2 channel each), latency
+//!   windows.
+//! - [`hedge`]: the hedge budget.
+//! - [`server`]: the gather port (h2c), routing health and reflection, drain.
+//! - [`reflect`]: server reflection, local for mp.v1, forwarded to a leaf for
+//!   other protos.
+//! - [`grpc`]: the bytes codec, `grpc-timeout`, forwarded metadata.
+//! - [`metrics`]: Prometheus metrics.
+//!
+//! A call flows: [`server::GatherService`] -> [`gather::Gather::handle`]
+//! (deadline) -> `scatter` (one future per shard, policy as outcomes arrive) ->
+//! [`merge::Merge::merge`] -> the answer.
+
+pub mod config;
+pub mod gather;
+pub mod grpc;
+pub mod hedge;
+pub mod merge;
+pub mod metrics;
+pub mod reflect;
+pub mod server;
+pub mod shard;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use mp_proto::v1::merger_client::MergerClient;
+use mp_sidecar::admin::AdminState;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tonic_health::server::{HealthReporter, HealthService};
+use tonic_health::ServingStatus;
+use tracing::{info, warn};
+
+use crate::config::{Args, HedgeAfter, Policy};
+use crate::gather::Gather;
+use crate::hedge::Budget;
+use crate::merge::Merge;
+use crate::metrics::Metrics;
+use crate::reflect::Reflection;
+use crate::server::GatherService;
+use crate::shard::{Replica, Shard};
+
+/// Why mp-gather cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The command line is inconsistent.
+    #[error("{0}")]
+    Config(String),
+    /// An address is not usable as an endpoint.
+    #[error("invalid address {addr:?}")]
+    Endpoint {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// A built-in descriptor set does not decode (a build problem).
+    #[error("cannot load the reflection descriptors")]
+    Descriptors(#[from] prost::DecodeError),
+}
+
+/// Builds the gather (shards, channels, merge) from the command line. Does
+/// not connect: channels connect on first use. Needs a tokio runtime.
+pub fn build(args: &Args, metrics: Metrics) -> Result<Gather, Error> {
+    let specs = args.shard_specs().map_err(Error::Config)?;
+    if let Policy::Quorum(k) = args.policy {
+        if k > specs.len() {
+            return Err(Error::Config(format!(
+                "--policy quorum={k} needs at least {k} shards, there are {}",
+                specs.len()
+            )));
+        }
+    }
+    let percentile = match args.hedge_after {
+        Some(HedgeAfter::Percentile(p)) => p,
+        _ => 95.0,
+    };
+    let replica = |addr: &str| {
+        Replica::new(addr).map_err(|source| Error::Endpoint {
+            addr: addr.to_string(),
+            source,
+        })
+    };
+    let mut shards = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.iter().enumerate() {
+        let replicas = spec
+            .replicas
+            .iter()
+            .map(|a| replica(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        shards.push(Shard::new(i, replicas, metrics.shard(i), percentile));
+    }
+    let merge = match &args.merge {
+        Some(addr) => {
+            config::check_host_port(addr).map_err(Error::Config)?;
+            let r = replica(addr)?;
+            Merge::Merger {
+                client: MergerClient::new(r.channel).max_decoding_message_size(64 << 20),
+                endpoint: r.endpoint,
+            }
+        }
+        None => Merge::Reducer(args.reducer),
+    };
+    Ok(Gather {
+        shards: shards.into_boxed_slice(),
+        policy: args.policy,
+        hedge: args.hedge_after,
+        budget: Budget::new(args.hedge_budget),
+        leaf_timeout: args.leaf_timeout,
+        merge,
+        metrics,
+    })
+}
+
+/// Serves mp-gather on `listener` (and the admin endpoints on `admin`) until
+/// `shutdown` resolves, then drains for at most `--grace`.
+pub async fn run(
+    args: Args,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let metrics = Metrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let gather = Arc::new(build(&args, metrics)?);
+
+    let reporter = HealthReporter::new();
+    reporter
+        .set_service_status(mp_proto::names::HANDLER, ServingStatus::Serving)
+        .await;
+    let health = tonic_health::pb::health_server::HealthServer::new(
+        HealthService::from_health_reporter(reporter.clone()),
+    );
+    // Reflection questions about other protos go to shard 0's first replica.
+    let upstream = gather.shards.first().map(|s| s.replicas[0].channel.clone());
+    let reflection = Reflection::new(
+        &[
+            mp_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ],
+        &[
+            mp_proto::names::HANDLER,
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ],
+        upstream,
+    )?;
+    let service = GatherService::new(gather.clone(), health, &reflection);
+
+    let state = AdminState::new(registry);
+    let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
+    let admin_task = admin.map(|l| {
+        let addr = l.local_addr().ok();
+        info!(?addr, "admin endpoints (/metrics, /ready, /live)");
+        let state = state.clone();
+        let mut stopped = admin_stopped.clone();
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            if let Err(e) = mp_sidecar::admin::serve(l, state, stop).await {
+                warn!(error = %e, "admin server failed");
+            }
+        })
+    });
+
+    info!(
+        addr = ?listener.local_addr().ok(),
+        shards = gather.shards.len(),
+        policy = %args.policy,
+        "mp-gather serving"
+    );
+    state.set_ready(true);
+    let draining = {
+        let state = state.clone();
+        let reporter = reporter.clone();
+        async move {
+            shutdown.await;
+            // Tell load balancers and probes first, then drain.
+            state.set_ready(false);
+            reporter
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            reporter
+                .set_service_status(mp_proto::names::HANDLER, ServingStatus::NotServing)
+                .await;
+        }
+    };
+    server::serve(listener, service, draining, args.grace).await;
+    let _ = stop_admin.send(true);
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
+    Ok(())
+}

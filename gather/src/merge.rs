@@ -1,0 +1,281 @@
+//! Turning the shards' outcomes into one answer: the user's
+//! `mp.v1.Merger/Merge`, or a built-in reducer.
+//!
+//! | reducer | for | answer |
+//! |---|---|---|
+//! | `json-array` | `mp.v1.Handler/Handle` | an `mp.v1.Reply` whose JSON body is the array of the shards' JSON bodies, in shard order; `null` for a shard that did not answer (then the reply's metadata `mp-missing-shards` lists them) |
+//! | `concat` | any method | the shards' reply messages concatenated in shard order. Protobuf decodes concatenated messages as one merged message: repeated fields append, maps merge (later shard wins per key), scalars and oneofs take the last shard's value, sub-messages merge recursively |
+//! | `first` | any method | the first successful reply to arrive |
+//!
+//! With no `--merge` and no `--reducer`, `mp.v1.Handler/Handle` is merged by
+//! `json-array` (the seed's scatter merged JSON) and every other method by
+//! `concat`, the only reducer that is meaningful for a proto mp-gather does not
+//! know.
+//!
+//! A merger receives the original request and one `LeafOutcome` per shard.
+//! For a method other than `mp.v1.Handler/Handle` the request and each reply
+//! travel as raw payload bytes (the request's metadata `mp-method` names the
+//! method), and the merger must answer with a raw body: the bytes of the
+//! method's reply message.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use mp_proto::v1::merger_client::MergerClient;
+use mp_proto::v1::{
+    leaf_outcome, payload::Kind, LeafError, LeafOutcome, MergeRequest, Payload, Reply, Request,
+};
+use prost::Message;
+use prost_types::value::Kind as ValueKind;
+use prost_types::{ListValue, Value};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::config::ReducerKind;
+use crate::gather::{failures, Call, LeafResult};
+
+/// Metadata key of a merged reply that lists the shards that did not answer.
+pub const MISSING_SHARDS: &str = "mp-missing-shards";
+/// Metadata key of a merge request that names the method of a non-mp.v1 call.
+pub const METHOD_KEY: &str = "mp-method";
+
+/// How outcomes are merged.
+#[derive(Debug)]
+pub enum Merge {
+    /// The user's merger.
+    Merger {
+        /// Its client (one pooled HTTP/2 channel).
+        client: MergerClient<Channel>,
+        /// Its address, for error messages.
+        endpoint: Arc<str>,
+    },
+    /// A built-in reducer; `None` picks by method (see the module docs).
+    Reducer(Option<ReducerKind>),
+}
+
+impl Merge {
+    /// The reducer that applies to `call`, `None` for a merger.
+    pub fn reducer_for(&self, call: &Call<'_>) -> Option<ReducerKind> {
+        match self {
+            Merge::Merger { .. } => None,
+            Merge::Reducer(Some(r)) => Some(*r),
+            Merge::Reducer(None) if call.is_handle() => Some(ReducerKind::JsonArray),
+            Merge::Reducer(None) => Some(ReducerKind::Concat),
+        }
+    }
+
+    /// Merges the outcomes (one per shard, in shard order) of `call`. The
+    /// merger's deadline is the caller's, else `fallback` from now.
+    pub async fn merge(
+        &self,
+        call: &Call<'_>,
+        outcomes: Vec<LeafResult>,
+        fallback: Duration,
+    ) -> Result<Bytes, Status> {
+        match self {
+            Merge::Merger { client, endpoint } => {
+                merge_with(client.clone(), endpoint, call, outcomes, fallback).await
+            }
+            _ => match self.reducer_for(call) {
+                Some(ReducerKind::JsonArray) => json_array(call, outcomes),
+                Some(ReducerKind::Concat) => concat(outcomes),
+                // `first` never scatters to completion; the gather handles it.
+                Some(ReducerKind::First) | None => Err(Status::internal(
+                    "mp-gather bug: first is not a merge of complete outcomes",
+                )),
+            },
+        }
+    }
+}
+
+/// Fails when no shard answered, naming every shard's failure.
+fn any_answer(outcomes: &[LeafResult]) -> Result<(), Status> {
+    if outcomes.iter().any(|o| o.result.is_ok()) {
+        return Ok(());
+    }
+    let code = outcomes
+        .first()
+        .and_then(|o| o.result.as_ref().err())
+        .map_or(Code::Unavailable, Status::code);
+    Err(Status::new(
+        code,
+        format!("no shard answered: {}", failures(outcomes.iter())),
+    ))
+}
+
+fn json_array(call: &Call<'_>, outcomes: Vec<LeafResult>) -> Result<Bytes, Status> {
+    if !call.is_handle() {
+        return Err(Status::unimplemented(format!(
+            "the json-array reducer merges only {} replies, not {}: start mp-gather with \
+             --reducer concat or --merge ADDR",
+            mp_proto::names::HANDLE_PATH,
+            call.path.path()
+        )));
+    }
+    any_answer(&outcomes)?;
+    let null = || Value {
+        kind: Some(ValueKind::NullValue(0)),
+    };
+    let mut values = Vec::with_capacity(outcomes.len());
+    let mut missing = String::new();
+    for o in outcomes {
+        match &o.result {
+            Ok(bytes) => {
+                let reply = Reply::decode(bytes.clone()).map_err(|e| {
+                    Status::internal(format!(
+                        "{} replied with bytes that are not an mp.v1.Reply: {e}",
+                        o.who()
+                    ))
+                })?;
+                match reply.body.and_then(|b| b.kind) {
+                    Some(Kind::Json(v)) => values.push(v),
+                    Some(Kind::Raw(_)) => {
+                        return Err(Status::failed_precondition(format!(
+                            "{} replied with a raw body, and the json-array reducer needs JSON \
+                             bodies: use --merge ADDR or --reducer concat",
+                            o.who()
+                        )))
+                    }
+                    None => values.push(null()),
+                }
+            }
+            Err(_) => {
+                if !missing.is_empty() {
+                    missing.push(',');
+                }
+                missing.push_str(&o.shard.to_string());
+                values.push(null());
+            }
+        }
+    }
+    let mut reply = Reply {
+        body: Some(Payload {
+            kind: Some(Kind::Json(Value {
+                kind: Some(ValueKind::ListValue(ListValue { values })),
+            })),
+        }),
+        metadata: Default::default(),
+    };
+    if !missing.is_empty() {
+        reply.metadata.insert(MISSING_SHARDS.to_string(), missing);
+    }
+    Ok(reply.encode_to_vec().into())
+}
+
+fn concat(outcomes: Vec<LeafResult>) -> Result<Bytes, Status> {
+    any_answer(&outcomes)?;
+    let len = outcomes
+        .iter()
+        .map(|o| o.result.as_ref().map_or(0, Bytes::len))
+        .sum();
+    let mut out = BytesMut::with_capacity(len);
+    for o in &outcomes {
+        if let Ok(b) = &o.result {
+            out.extend_from_slice(b);
+        }
+    }
+    Ok(out.freeze())
+}
+
+async fn merge_with(
+    mut client: MergerClient<Channel>,
+    endpoint: &str,
+    call: &Call<'_>,
+    outcomes: Vec<LeafResult>,
+    fallback: Duration,
+) -> Result<Bytes, Status> {
+    let handle = call.is_handle();
+    let request = if handle {
+        Request::decode(call.body.clone()).map_err(|e| {
+            Status::invalid_argument(format!("the request is not an mp.v1.Request: {e}"))
+        })?
+    } else {
+        Request {
+            body: Some(Payload::raw(call.body.to_vec())),
+            metadata: [(METHOD_KEY.to_string(), call.path.path().to_string())].into(),
+        }
+    };
+    let leaves = outcomes
+        .into_iter()
+        .map(|o| {
+            let outcome = match o.result {
+                Ok(bytes) if handle => match Reply::decode(bytes) {
+                    Ok(r) => leaf_outcome::Outcome::Reply(r),
+                    Err(e) => leaf_outcome::Outcome::Error(LeafError {
+                        code: Code::Internal as i32,
+                        message: format!("the reply is not an mp.v1.Reply: {e}"),
+                    }),
+                },
+                Ok(bytes) => leaf_outcome::Outcome::Reply(Reply {
+                    body: Some(Payload::raw(bytes.to_vec())),
+                    metadata: Default::default(),
+                }),
+                Err(s) => leaf_outcome::Outcome::Error(LeafError {
+                    code: s.code() as i32,
+                    message: s.message().to_string(),
+                }),
+            };
+            LeafOutcome {
+                shard: o.shard as u32,
+                outcome: Some(outcome),
+                elapsed: prost_types::Duration::try_from(o.elapsed).ok(),
+                endpoint: o.endpoint.as_deref().unwrap_or_default().to_string(),
+                hedged: o.hedged,
+            }
+        })
+        .collect();
+    let deadline = call
+        .caller_deadline
+        .unwrap_or_else(|| Instant::now() + fallback);
+    let mut req = tonic::Request::new(MergeRequest {
+        request: Some(request),
+        leaves,
+    });
+    if !call.metadata.is_empty() {
+        *req.metadata_mut() = call.metadata.clone();
+    }
+    req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+    let reply = match tokio::time::timeout_at(deadline, client.merge(req)).await {
+        Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(s)) => return Err(merger_failed(endpoint, s)),
+        Err(_) => {
+            return Err(Status::deadline_exceeded(format!(
+                "the merger at {endpoint} did not answer in time"
+            )))
+        }
+    };
+    if handle {
+        return Ok(reply.encode_to_vec().into());
+    }
+    match reply.body.and_then(|b| b.kind) {
+        Some(Kind::Raw(bytes)) => Ok(bytes.into()),
+        None => Ok(Bytes::new()),
+        Some(Kind::Json(_)) => Err(Status::internal(format!(
+            "the merger at {endpoint} answered {} with a JSON body; for a method other than {} \
+             it must answer with a raw body holding the reply message",
+            call.path.path(),
+            mp_proto::names::HANDLE_PATH
+        ))),
+    }
+}
+
+fn merger_failed(endpoint: &str, s: Status) -> Status {
+    use std::error::Error as _;
+    if s.source().is_some() {
+        // A transport error: the merger is down or unreachable.
+        let s = crate::gather::explain(s);
+        return Status::unavailable(format!(
+            "the merger at {endpoint} is not reachable: {}",
+            s.message()
+        ));
+    }
+    Status::new(
+        s.code(),
+        format!(
+            "the merger at {endpoint} failed: {}",
+            crate::gather::status_text(&s)
+        ),
+    )
+}

@@ -1,0 +1,213 @@
+//! Shards and their replicas: one pooled HTTP/2 channel per replica, round
+//! robin among a shard's replicas, and a window of recent latencies for
+//! percentile hedging.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::metrics::ShardMetrics;
+
+/// How long a TCP connect to a replica may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One replica of a shard.
+#[derive(Debug)]
+pub struct Replica {
+    /// `host:port` as given on the command line (what metrics and
+    /// `LeafOutcome.endpoint` show).
+    pub endpoint: Arc<str>,
+    /// One HTTP/2 connection, multiplexed by every call to this replica and
+    /// re-established lazily when it breaks.
+    pub channel: Channel,
+}
+
+impl Replica {
+    /// A replica at `endpoint` (`host:port`). Does not connect: the first
+    /// call does, and a host name is resolved at every (re)connect, so a
+    /// container that comes up later, or moves, is found.
+    ///
+    /// Must be called inside a tokio runtime.
+    pub fn new(endpoint: &str) -> Result<Replica, tonic::transport::Error> {
+        let target: Arc<str> = endpoint.into();
+        let connect_to = target.clone();
+        let channel = Endpoint::from_shared(format!("http://{endpoint}"))?
+            .tcp_nodelay(true)
+            .connect_with_connector_lazy(tower::service_fn(move |_uri| {
+                let to = connect_to.clone();
+                async move { connect(&to).await.map(TokioIo::new) }
+            }));
+        Ok(Replica {
+            endpoint: target,
+            channel,
+        })
+    }
+}
+
+/// Resolves `target` (`host:port`) and connects to the first address that
+/// answers. IP literals are parsed, not looked up.
+// TODO(sidecar): resolve with the sidecar's pure-Rust resolver once it lands,
+// so statically linked images do not depend on getaddrinfo/NSS.
+async fn connect(target: &str) -> io::Result<TcpStream> {
+    let attempt = async {
+        let mut last = None;
+        for addr in tokio::net::lookup_host(target).await? {
+            match TcpStream::connect(addr).await {
+                Ok(s) => {
+                    s.set_nodelay(true)?;
+                    return Ok(s);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{target} resolves to no address"),
+            )
+        }))
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect to {target} timed out"),
+            )
+        })?
+}
+
+/// One shard: its replicas and what mp-gather remembers about it.
+#[derive(Debug)]
+pub struct Shard {
+    /// 0-based shard index (the leaf's MP_SHARD).
+    pub index: usize,
+    /// At least one replica.
+    pub replicas: Box<[Replica]>,
+    next: AtomicUsize,
+    /// Recent latencies, for percentile hedging.
+    pub window: LatencyWindow,
+    /// Metric handles.
+    pub metrics: ShardMetrics,
+}
+
+impl Shard {
+    /// A shard of `replicas` (at least one).
+    pub fn new(
+        index: usize,
+        replicas: Vec<Replica>,
+        metrics: ShardMetrics,
+        percentile: f64,
+    ) -> Self {
+        assert!(!replicas.is_empty(), "a shard needs a replica");
+        Shard {
+            index,
+            replicas: replicas.into_boxed_slice(),
+            next: AtomicUsize::new(0),
+            window: LatencyWindow::new(percentile),
+            metrics,
+        }
+    }
+
+    /// The replica for the next call (round robin).
+    pub fn pick(&self) -> usize {
+        if self.replicas.len() == 1 {
+            return 0;
+        }
+        self.next.fetch_add(1, Ordering::Relaxed) % self.replicas.len()
+    }
+}
+
+/// How many recent latencies a shard keeps.
+const WINDOW: usize = 512;
+/// Recompute the percentile after this many new samples: sorting on every
+/// call would cost more than the call.
+const RECOMPUTE_EVERY: u32 = 16;
+/// Below this many samples the percentile means little: no percentile hedging.
+const MIN_SAMPLES: usize = 32;
+
+/// A ring of a shard's recent latencies and a cached percentile of them.
+#[derive(Debug)]
+pub struct LatencyWindow {
+    percentile: f64,
+    ring: Mutex<Ring>,
+    /// The cached percentile in microseconds; 0 = not known yet.
+    cached_us: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Ring {
+    samples: Vec<u32>,
+    pos: usize,
+    since: u32,
+}
+
+impl LatencyWindow {
+    /// A window that tracks `percentile` (0-100).
+    pub fn new(percentile: f64) -> Self {
+        LatencyWindow {
+            percentile,
+            ring: Mutex::new(Ring {
+                samples: Vec::with_capacity(WINDOW),
+                pos: 0,
+                since: 0,
+            }),
+            cached_us: AtomicU64::new(0),
+        }
+    }
+
+    /// Adds one latency.
+    pub fn record(&self, d: Duration) {
+        let us = d.as_micros().min(u32::MAX as u128) as u32;
+        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        if ring.samples.len() < WINDOW {
+            ring.samples.push(us);
+        } else {
+            let pos = ring.pos;
+            ring.samples[pos] = us;
+            ring.pos = (pos + 1) % WINDOW;
+        }
+        ring.since += 1;
+        if ring.since >= RECOMPUTE_EVERY && ring.samples.len() >= MIN_SAMPLES {
+            ring.since = 0;
+            let mut sorted = ring.samples.clone();
+            drop(ring);
+            let rank = ((self.percentile / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+            let (_, v, _) = sorted.select_nth_unstable(rank);
+            self.cached_us
+                .store(u64::from(*v).max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// The percentile of the recent latencies, once enough are known.
+    pub fn current(&self) -> Option<Duration> {
+        match self.cached_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_percentile() {
+        let w = LatencyWindow::new(90.0);
+        assert_eq!(w.current(), None);
+        for i in 1..=100u64 {
+            w.record(Duration::from_millis(i));
+        }
+        let p = w.current().unwrap();
+        assert!(
+            p >= Duration::from_millis(85) && p <= Duration::from_millis(95),
+            "{p:?}"
+        );
+    }
+}

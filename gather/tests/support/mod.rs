@@ -1,0 +1,400 @@
+//! Test support for mp-gather's integration tests: in-process leaves and
+//! mergers on loopback ports (real tonic servers, port 0), the real
+//! `mp-gather` binary as a child process, and small clients.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mp_proto::v1::handler_client::HandlerClient;
+use mp_proto::v1::handler_server::{Handler, HandlerServer};
+use mp_proto::v1::merger_server::{Merger, MergerServer};
+use mp_proto::v1::{leaf_outcome, MergeRequest, Reply, Request};
+use mp_testkit::{free_port, wait_for_port, ChildGuard};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Channel, Server};
+use tonic::{Code, Status};
+
+/// The test-only `demo.catalog.v1` proto (gather/tests/proto/catalog.proto).
+pub mod catalog {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("demo.catalog.v1");
+    /// Its encoded descriptor set, for reflection.
+    pub const DESCRIPTOR: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/catalog_descriptor.bin"));
+}
+
+/// What a test leaf does and what it saw.
+#[derive(Debug, Default)]
+pub struct LeafStats {
+    /// Calls that started.
+    pub started: AtomicUsize,
+    /// Calls that finished (answered).
+    pub finished: AtomicUsize,
+    /// Calls dropped before they finished: the caller cancelled them.
+    pub cancelled: AtomicUsize,
+}
+
+/// A test leaf's behaviour.
+#[derive(Debug, Clone, Default)]
+pub struct LeafSpec {
+    /// Which shard it claims to be.
+    pub shard: usize,
+    /// How long each call takes.
+    pub delay: Duration,
+    /// Fail every call with this status.
+    pub fail: Option<(Code, &'static str)>,
+    /// A name shown in replies (to tell replicas apart).
+    pub name: &'static str,
+}
+
+/// A leaf server that stops when dropped.
+pub struct Running {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// What it saw.
+    pub stats: Arc<LeafStats>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Running {
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+struct TestLeaf {
+    spec: LeafSpec,
+    stats: Arc<LeafStats>,
+}
+
+/// Counts a call as cancelled unless it was marked finished before drop.
+struct CallGuard {
+    stats: Arc<LeafStats>,
+    finished: bool,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if self.finished {
+            self.stats.finished.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.stats.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Handler for TestLeaf {
+    async fn handle(
+        &self,
+        request: tonic::Request<Request>,
+    ) -> Result<tonic::Response<Reply>, Status> {
+        self.stats.started.fetch_add(1, Ordering::SeqCst);
+        let mut guard = CallGuard {
+            stats: self.stats.clone(),
+            finished: false,
+        };
+        let tenant = request
+            .metadata()
+            .get("x-tenant")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let timeout = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        tokio::time::sleep(self.spec.delay).await;
+        guard.finished = true;
+        if let Some((code, msg)) = self.spec.fail {
+            return Err(Status::new(code, msg));
+        }
+        let body = request
+            .get_ref()
+            .body_json()
+            .unwrap_or(serde_json::Value::Null);
+        Ok(tonic::Response::new(Reply::json(json!({
+            "shard": self.spec.shard,
+            "name": self.spec.name,
+            "tenant": tenant,
+            "timeout": timeout,
+            "echo": body,
+        }))))
+    }
+}
+
+async fn bind() -> (TcpListener, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let a = l.local_addr().expect("addr");
+    (l, a)
+}
+
+/// Starts an mp.v1 leaf.
+pub async fn leaf(spec: LeafSpec) -> Running {
+    let (listener, addr) = bind().await;
+    let stats = Arc::new(LeafStats::default());
+    let svc = HandlerServer::new(TestLeaf {
+        spec,
+        stats: stats.clone(),
+    });
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(
+        Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = rx.await;
+            }),
+    );
+    Running {
+        addr,
+        stats,
+        _stop: tx,
+    }
+}
+
+/// `n` plain leaves, shard i answering `{"shard": i, ...}`.
+pub async fn leaves(n: usize) -> Vec<Running> {
+    let mut v = Vec::new();
+    for shard in 0..n {
+        v.push(
+            leaf(LeafSpec {
+                shard,
+                ..LeafSpec::default()
+            })
+            .await,
+        );
+    }
+    v
+}
+
+/// How a test merger answers.
+#[derive(Debug, Clone, Copy)]
+pub enum MergerMode {
+    /// A summary of what it received, as JSON.
+    Summarize,
+    /// Fails with this status.
+    Fail(Code, &'static str),
+}
+
+struct TestMerger(MergerMode);
+
+#[tonic::async_trait]
+impl Merger for TestMerger {
+    async fn merge(
+        &self,
+        request: tonic::Request<MergeRequest>,
+    ) -> Result<tonic::Response<Reply>, Status> {
+        if let MergerMode::Fail(code, msg) = self.0 {
+            return Err(Status::new(code, msg));
+        }
+        let m = request.into_inner();
+        let leaves: Vec<_> = m
+            .leaves
+            .iter()
+            .map(|l| match &l.outcome {
+                Some(leaf_outcome::Outcome::Reply(r)) => json!({
+                    "shard": l.shard,
+                    "ok": r.body_json().unwrap_or_default(),
+                    "endpoint": l.endpoint,
+                    "hedged": l.hedged,
+                    "has_elapsed": l.elapsed.is_some(),
+                }),
+                Some(leaf_outcome::Outcome::Error(e)) => json!({
+                    "shard": l.shard,
+                    "error": {"code": e.code, "message": e.message},
+                }),
+                None => json!({"shard": l.shard}),
+            })
+            .collect();
+        let request = m.request.as_ref().and_then(|r| r.body_json().ok());
+        Ok(tonic::Response::new(Reply::json(json!({
+            "request": request,
+            "leaves": leaves,
+        }))))
+    }
+}
+
+/// Starts a test merger.
+pub async fn merger(mode: MergerMode) -> Running {
+    let (listener, addr) = bind().await;
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(
+        Server::builder()
+            .add_service(MergerServer::new(TestMerger(mode)))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = rx.await;
+            }),
+    );
+    Running {
+        addr,
+        stats: Arc::default(),
+        _stop: tx,
+    }
+}
+
+struct CatalogLeaf {
+    shard: usize,
+    items: Vec<String>,
+}
+
+#[tonic::async_trait]
+impl catalog::catalog_server::Catalog for CatalogLeaf {
+    async fn search(
+        &self,
+        request: tonic::Request<catalog::SearchRequest>,
+    ) -> Result<tonic::Response<catalog::SearchReply>, Status> {
+        let q = request.into_inner().query;
+        Ok(tonic::Response::new(catalog::SearchReply {
+            items: self
+                .items
+                .iter()
+                .filter(|i| i.contains(&q))
+                .cloned()
+                .collect(),
+            source: format!("shard-{}", self.shard),
+        }))
+    }
+}
+
+/// Starts a `demo.catalog.v1.Catalog` leaf (with reflection) holding `items`.
+pub async fn catalog_leaf(shard: usize, items: &[&str]) -> Running {
+    let (listener, addr) = bind().await;
+    let (tx, rx) = oneshot::channel();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(catalog::DESCRIPTOR)
+        .build_v1()
+        .expect("reflection");
+    let svc = catalog::catalog_server::CatalogServer::new(CatalogLeaf {
+        shard,
+        items: items.iter().map(|s| s.to_string()).collect(),
+    });
+    tokio::spawn(
+        Server::builder()
+            .add_service(svc)
+            .add_service(reflection)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = rx.await;
+            }),
+    );
+    Running {
+        addr,
+        stats: Arc::default(),
+        _stop: tx,
+    }
+}
+
+/// An address where nothing listens (a dead leaf).
+pub fn dead_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// A running mp-gather process.
+pub struct GatherProc {
+    /// The gather port.
+    pub addr: SocketAddr,
+    /// The admin port, if one was asked for.
+    pub admin: Option<SocketAddr>,
+    /// The process.
+    pub child: ChildGuard,
+}
+
+impl GatherProc {
+    /// Starts `mp-gather --listen <free port> <args>` and waits for its port.
+    pub fn start(args: &[String]) -> GatherProc {
+        Self::start_with(args, false)
+    }
+
+    /// Like [`GatherProc::start`], with an admin port too.
+    pub fn start_with(args: &[String], admin: bool) -> GatherProc {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin =
+            admin.then(|| -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().unwrap() });
+        let mut cmd = Command::new(mp_testkit::bin("mp-gather"));
+        cmd.arg("--listen").arg(addr.to_string()).args(args);
+        if let Some(a) = admin {
+            cmd.arg("--admin").arg(a.to_string());
+        }
+        cmd.env("RUST_LOG", "mp_gather=debug,info");
+        let child = ChildGuard::spawn(&mut cmd);
+        assert!(
+            wait_for_port(addr, Duration::from_secs(10)),
+            "mp-gather did not listen on {addr}"
+        );
+        if let Some(a) = admin {
+            assert!(wait_for_port(a, Duration::from_secs(10)), "no admin port");
+        }
+        GatherProc { addr, admin, child }
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A Handler client to the gather port.
+    pub async fn client(&self) -> HandlerClient<Channel> {
+        HandlerClient::connect(self.url())
+            .await
+            .expect("connect to mp-gather")
+    }
+
+    /// GET `path` on the admin port; the response body.
+    pub fn admin_get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let addr = self.admin.expect("started with an admin port");
+        let mut s = std::net::TcpStream::connect(addr).expect("admin connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+}
+
+/// `--shard a --shard b ...` for the leaves.
+pub fn shard_args(leaves: &[Running]) -> Vec<String> {
+    leaves
+        .iter()
+        .flat_map(|l| ["--shard".to_string(), l.addr()])
+        .collect()
+}
+
+/// Builds an argument list from string slices.
+pub fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+/// Calls Handle on the gather with a JSON body.
+pub async fn call(
+    client: &mut HandlerClient<Channel>,
+    body: serde_json::Value,
+) -> Result<Reply, Status> {
+    client
+        .handle(Request::json(body))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Polls `cond` every 20 ms for at most `limit`.
+pub async fn eventually(limit: Duration, cond: impl Fn() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
