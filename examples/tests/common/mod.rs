@@ -107,3 +107,11 @@ pub fn timed<T>(message: T) -> tonic::Request<T> {
     r.set_timeout(Duration::from_secs(15));
     r
 }
+
+/// Starts the Python example `script` (examples/python/) with `env`.
+pub fn start_python(script: &str, env: &[(&str, &str)]) -> Running {
+    let path = mp_testkit::repo_root().join("examples/python").join(script);
+    let mut cmd = Command::new("python3");
+    cmd.arg(path).env("MP_LOG_LEVEL", "WARNING");
+    start(cmd, env)
+}
