@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::plan::{Addressing, PlanError, Role, ServicePlan};
 use crate::topology::{PatternKind, TopologyError};
 
+pub mod docker;
 pub mod local;
 
 /// Which runner to use.
@@ -333,8 +334,6 @@ pub async fn connect(kind: RunnerKind) -> Result<Box<dyn Runner>, RunnerError> {
     match kind {
         RunnerKind::Local => Ok(Box::new(local::LocalRunner::from_env()?)),
         // The Docker runner (runner/docker*) plugs in here.
-        RunnerKind::Docker => Err(RunnerError::Unsupported(
-            "the docker runner is not available in this build: use --runner local".into(),
-        )),
+        RunnerKind::Docker => Ok(Box::new(docker::DockerRunner::connect().await?)),
     }
 }

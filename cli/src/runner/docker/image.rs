@@ -31,6 +31,108 @@ pub const BIN_DIR: &str = "/usr/local/bin";
 /// mistaken for new images.
 const LAYOUT_VERSION: &str = "mp-scratch-image/1";
 
+/// What goes into an image, before it is read: each file's place in the
+/// image and on this machine. Cheap to make (no file is read), so a deploy
+/// can tell from file metadata alone that the image exists already.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    files: BTreeMap<String, (PathBuf, u32)>,
+    lib_dirs: BTreeSet<String>,
+}
+
+impl Sources {
+    /// The sources of an image holding `binaries` under [`BIN_DIR`] (by file
+    /// name) and every shared library they load, at the paths the host's
+    /// loader resolves them to. Fails with what to do when a binary is not a
+    /// native executable (a script needs a user image) or a library is
+    /// missing.
+    pub fn for_binaries(binaries: &[PathBuf]) -> Result<Sources, DockerError> {
+        let mut src = Sources::default();
+        for bin in binaries {
+            let mut magic = [0u8; 4];
+            let read = std::fs::File::open(bin).and_then(|mut f| {
+                use std::io::Read;
+                f.read_exact(&mut magic)
+            });
+            match read {
+                Ok(()) if &magic == b"\x7fELF" => {}
+                Ok(()) | Err(_) if bin.is_file() => {
+                    return Err(DockerError::Package {
+                        path: bin.clone(),
+                        reason: "not a native executable (a script or an interpreter's \
+                                 program?); give the docker runner an image that can run it"
+                            .into(),
+                    })
+                }
+                _ => {
+                    return Err(DockerError::Package {
+                        path: bin.clone(),
+                        reason: "no such file".into(),
+                    })
+                }
+            }
+            let name = bin
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| DockerError::Package {
+                    path: bin.clone(),
+                    reason: "has no usable file name".into(),
+                })?;
+            src.files
+                .insert(format!("{BIN_DIR}/{name}"), (bin.clone(), 0o755));
+            for lib in shared_libraries(bin)? {
+                if let Some(dir) = lib.parent() {
+                    src.lib_dirs.insert(dir.to_string_lossy().into_owned());
+                }
+                src.files
+                    .insert(lib.to_string_lossy().into_owned(), (lib, 0o755));
+            }
+        }
+        Ok(src)
+    }
+
+    /// A digest of the files' names, sizes, inodes and modification times:
+    /// equal keys mean, as for `make`, that nothing was rebuilt.
+    pub fn metadata_key(&self) -> Result<String, DockerError> {
+        use std::os::unix::fs::MetadataExt;
+        let mut h = Sha256::new();
+        h.update(LAYOUT_VERSION.as_bytes());
+        for (at, (path, mode)) in &self.files {
+            let m = std::fs::metadata(path).map_err(|e| DockerError::Package {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            h.update(at.as_bytes());
+            h.update(path.to_string_lossy().as_bytes());
+            for n in [m.len(), m.ino(), m.dev(), m.mtime() as u64, m.mtime_nsec() as u64] {
+                h.update(n.to_le_bytes());
+            }
+            h.update(mode.to_le_bytes());
+        }
+        Ok(hex(&h.finalize()[..16]))
+    }
+
+    /// Reads every file.
+    pub fn load(&self) -> Result<Rootfs, DockerError> {
+        let mut fs = Rootfs {
+            files: BTreeMap::new(),
+            lib_dirs: self.lib_dirs.clone(),
+        };
+        for (at, (path, mode)) in &self.files {
+            let data = std::fs::read(path).map_err(|e| DockerError::Package {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            fs.files.insert(at.clone(), File { mode: *mode, data });
+        }
+        Ok(fs)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The files of a `FROM scratch` image, keyed by their absolute path inside it.
 #[derive(Debug, Clone, Default)]
 pub struct Rootfs {
@@ -45,52 +147,10 @@ struct File {
 }
 
 impl Rootfs {
-    /// A root filesystem holding `binaries` under [`BIN_DIR`] (by file name)
-    /// and every shared library they load, at the paths the host's loader
-    /// resolves them to. Fails with what to do when a binary is not a native
-    /// executable (a script needs a user image) or a library cannot be found.
+    /// A root filesystem holding `binaries` and what they need to run (see
+    /// [`Sources::for_binaries`]).
     pub fn for_binaries(binaries: &[PathBuf]) -> Result<Rootfs, DockerError> {
-        let mut fs = Rootfs::default();
-        for bin in binaries {
-            let data = std::fs::read(bin).map_err(|e| DockerError::Package {
-                path: bin.clone(),
-                reason: e.to_string(),
-            })?;
-            if !data.starts_with(b"\x7fELF") {
-                return Err(DockerError::Package {
-                    path: bin.clone(),
-                    reason: "not a native executable (a script or an interpreter's program?); \
-                             give the docker runner an image that can run it with --image"
-                        .into(),
-                });
-            }
-            let name = bin
-                .file_name()
-                .and_then(|n| n.to_str())
-                .ok_or_else(|| DockerError::Package {
-                    path: bin.clone(),
-                    reason: "has no usable file name".into(),
-                })?;
-            fs.files.insert(
-                format!("{BIN_DIR}/{name}"),
-                File {
-                    mode: 0o755,
-                    data,
-                },
-            );
-            for lib in shared_libraries(bin)? {
-                let data = std::fs::read(&lib).map_err(|e| DockerError::Package {
-                    path: lib.clone(),
-                    reason: format!("needed by {}: {e}", bin.display()),
-                })?;
-                let at = lib.to_string_lossy().into_owned();
-                if let Some(dir) = lib.parent() {
-                    fs.lib_dirs.insert(dir.to_string_lossy().into_owned());
-                }
-                fs.files.insert(at, File { mode: 0o755, data });
-            }
-        }
-        Ok(fs)
+        Sources::for_binaries(binaries)?.load()
     }
 
     /// The number of bytes the image's files take.
@@ -125,8 +185,7 @@ impl Rootfs {
             h.update((f.data.len() as u64).to_le_bytes());
             h.update(&f.data);
         }
-        let out = h.finalize();
-        out.iter().map(|b| format!("{b:02x}")).collect()
+        hex(&h.finalize())
     }
 
     /// The build context: a tar holding the Dockerfile and `rootfs/`.
@@ -256,15 +315,46 @@ pub fn repository_for(name: &str) -> String {
     }
 }
 
-/// Builds `rootfs` as `repository:<digest>` unless the engine already has
-/// that tag, and returns the tag. `progress` hears one line when a build
-/// starts.
+/// Label on images mp builds: the [`Sources::metadata_key`] they were built
+/// from, so an unchanged binary is found without reading it.
+pub const SOURCES_LABEL: &str = "mp.sources";
+
+/// The tag of an image of `sources` in `repository`, building it unless the
+/// engine already has it: found by the files' metadata, else by the digest of
+/// their content (`repository:<digest>`). `progress` hears one line when a
+/// build starts.
 pub async fn ensure_image(
     docker: &Docker,
     repository: &str,
-    rootfs: &Rootfs,
-    progress: &mut dyn FnMut(String),
+    sources: Sources,
+    progress: &mut (dyn FnMut(String) + Send),
 ) -> Result<String, DockerError> {
+    let key = sources.metadata_key()?;
+    let filters: std::collections::HashMap<&str, Vec<String>> = [(
+        "label",
+        vec![format!("{}={}", SOURCES_LABEL, key)],
+    )]
+    .into_iter()
+    .collect();
+    let options = bollard::query_parameters::ListImagesOptionsBuilder::default()
+        .filters(&filters)
+        .build();
+    let found = docker
+        .list_images(Some(options))
+        .await
+        .map_err(|e| DockerError::api("listing images", e))?;
+    let prefix = format!("{repository}:");
+    if let Some(tag) = found
+        .iter()
+        .flat_map(|i| i.repo_tags.iter())
+        .find(|t| t.starts_with(&prefix))
+    {
+        return Ok(tag.clone());
+    }
+    // Reading and hashing a large debug binary takes a moment: off the runtime.
+    let rootfs = tokio::task::spawn_blocking(move || sources.load())
+        .await
+        .map_err(|e| DockerError::Context(e.to_string()))??;
     let tag = format!("{repository}:{}", &rootfs.digest()[..16]);
     if docker.inspect_image(&tag).await.is_ok() {
         return Ok(tag);
@@ -273,10 +363,15 @@ pub async fn ensure_image(
         "building image {tag} ({:.1} MB, FROM scratch)",
         rootfs.size() as f64 / 1e6
     ));
-    let context = rootfs.context_tar()?;
-    let image_labels = [(labels::MANAGED_BY.to_string(), labels::MANAGER.to_string())]
-        .into_iter()
-        .collect();
+    let context = tokio::task::spawn_blocking(move || rootfs.context_tar())
+        .await
+        .map_err(|e| DockerError::Context(e.to_string()))??;
+    let image_labels = [
+        (labels::MANAGED_BY.to_string(), labels::MANAGER.to_string()),
+        (SOURCES_LABEL.to_string(), key),
+    ]
+    .into_iter()
+    .collect();
     let options = BuildImageOptionsBuilder::default()
         .t(&tag)
         .rm(true)
@@ -363,6 +458,6 @@ mod tests {
         std::fs::write(&script, "print('hi')\n").unwrap();
         let err = Rootfs::for_binaries(&[script]).unwrap_err().to_string();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(err.contains("--image"), "{err}");
+        assert!(err.contains("image that can run it"), "{err}");
     }
 }

@@ -115,10 +115,15 @@ impl DockerRunner {
                     let tag = match &data_plane {
                         Some(t) => t.clone(),
                         None => {
-                            let bins = vec![
-                                find_data_plane(DataPlane::MpLb)?,
-                                find_data_plane(DataPlane::MpGather)?,
-                            ];
+                            // One image holds both programs; only the one this
+                            // service runs must exist.
+                            let mut bins = vec![find_data_plane(*binary)?];
+                            let other = match binary {
+                                DataPlane::MpLb => DataPlane::MpGather,
+                                DataPlane::MpGather => DataPlane::MpLb,
+                            };
+                            bins.extend(find_data_plane(other).ok());
+                            bins.sort();
                             let t = self.package("mp-data-plane", bins, &mut note).await?;
                             data_plane = Some(t.clone());
                             t
@@ -188,13 +193,12 @@ impl DockerRunner {
         &self,
         repository: &str,
         binaries: Vec<PathBuf>,
-        note: &mut dyn FnMut(String),
+        note: &mut (dyn FnMut(String) + Send),
     ) -> Result<String, DockerError> {
-        // Reading, ldd and hashing take a moment for large debug binaries.
-        let rootfs = tokio::task::spawn_blocking(move || image::Rootfs::for_binaries(&binaries))
+        let sources = tokio::task::spawn_blocking(move || image::Sources::for_binaries(&binaries))
             .await
             .map_err(|e| DockerError::Context(e.to_string()))??;
-        image::ensure_image(&self.docker, repository, &rootfs, note).await
+        image::ensure_image(&self.docker, repository, sources, note).await
     }
 }
 

@@ -1,0 +1,112 @@
+//! Health checks (`grpc.health.v1.Health/Check`) and the `mp call` client:
+//! how the CLI talks to the parts it started.
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// Why a call to a front failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The address is not a valid endpoint.
+    #[error("invalid address {addr}: {message}")]
+    Address {
+        /// The address.
+        addr: String,
+        /// Why.
+        message: String,
+    },
+    /// No connection could be made.
+    #[error("cannot connect to {addr}: {message}")]
+    Connect {
+        /// The address.
+        addr: String,
+        /// Why.
+        message: String,
+    },
+    /// The server answered with an error status.
+    #[error("{code:?}: {message}")]
+    Status {
+        /// The gRPC code.
+        code: tonic::Code,
+        /// The status message.
+        message: String,
+    },
+    /// The reply's body is not JSON.
+    #[error("the reply is not JSON: {0}")]
+    NotJson(String),
+}
+
+async fn channel(addr: &str, timeout: Duration) -> Result<Channel, CallError> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| CallError::Address {
+            addr: addr.to_string(),
+            message: e.to_string(),
+        })?
+        .connect_timeout(timeout)
+        .timeout(timeout);
+    endpoint.connect().await.map_err(|e| CallError::Connect {
+        addr: addr.to_string(),
+        message: source_chain(&e),
+    })
+}
+
+// tonic's transport errors say "transport error" and keep the cause in the
+// source chain: show the whole chain so "connection refused" is visible.
+fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+/// Checks the overall health (service `""`) of the gRPC server at `addr`
+/// (`host:port`), within `timeout`. `Ok(())` only when it answers SERVING;
+/// otherwise a short reason.
+pub async fn check(addr: &str, timeout: Duration) -> Result<(), String> {
+    let attempt = async {
+        let ch = channel(addr, timeout).await.map_err(|e| e.to_string())?;
+        let reply = HealthClient::new(ch)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map_err(|s| format!("health check: {:?}: {}", s.code(), s.message()))?;
+        match reply.into_inner().status() {
+            ServingStatus::Serving => Ok(()),
+            other => Err(format!("health check: {}", other.as_str_name())),
+        }
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or_else(|_| Err(format!("health check: no answer within {timeout:?}")))
+}
+
+/// Calls `mp.v1.Handler/Handle` at `addr` with a JSON `body` and returns the
+/// reply's JSON body.
+pub async fn call_json(
+    addr: &str,
+    body: serde_json::Value,
+    timeout: Duration,
+) -> Result<serde_json::Value, CallError> {
+    let ch = channel(addr, timeout).await?;
+    let mut client = mp_proto::v1::handler_client::HandlerClient::new(ch);
+    let reply = client
+        .handle(mp_proto::v1::Request::json(body))
+        .await
+        .map_err(|s| CallError::Status {
+            code: s.code(),
+            message: s.message().to_string(),
+        })?
+        .into_inner();
+    reply
+        .body_json()
+        .map_err(|e| CallError::NotJson(e.to_string()))
+}

@@ -1,0 +1,555 @@
+//! Deploying, updating and deleting a service's network and containers.
+//!
+//! A new service: network, then every container (handlers first, the front
+//! last), then wait until each one answers its gRPC health check through its
+//! published loopback port. If anything fails, everything made for it is
+//! removed again: nothing is left half-deployed.
+//!
+//! An update compares each container's spec digest with the plan's. Changed
+//! handler parts are replaced one at a time, new before old: the replacement
+//! starts under a temporary name with the same DNS alias, becomes healthy,
+//! then the old one is stopped (SIGTERM, graceful) and removed and the new one
+//! takes its name; callers always find a healthy part behind the name. The
+//! front owns the published port, so a changed front can only be replaced
+//! stop-then-start; it changes only with mp-lb/mp-gather themselves or the
+//! shape of the service.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerSummary, EndpointSettings, HostConfig,
+    NetworkCreateRequest, NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveImageOptionsBuilder, RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use futures::StreamExt;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use super::error::{status_of, DockerError};
+use super::spec::{container_spec, ContainerSpec, PORT};
+use super::{label, labels, DockerRunner};
+use crate::plan::ServicePlan;
+use crate::runner::{Deployed, PartEvent, Progress, RunnerError};
+
+/// How long a part may take to pass its first health check.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a stopped part may take to finish what it is doing.
+const STOP_GRACE_SECS: i32 = 10;
+
+/// Suffix of a replacement container while it starts next to the original.
+const NEXT: &str = "-next";
+
+/// Deploys `plan`, or updates the service of the same name.
+pub async fn deploy(
+    runner: &DockerRunner,
+    plan: &ServicePlan,
+    progress: &dyn Progress,
+) -> Result<Deployed, RunnerError> {
+    let name = plan.name();
+    labels::validate_service_name(name)?;
+    let existing = runner.containers(Some(name)).await?;
+    let existing_port = existing
+        .iter()
+        .find_map(|c| label(c, labels::FRONT_PORT))
+        .and_then(|p| p.parse::<u16>().ok());
+    let front_port = match (plan.service.port, existing_port) {
+        (Some(p), _) => p,
+        (None, Some(p)) => p,
+        (None, None) => free_port()?,
+    };
+    // A port we already publish is ours; any other must be free now, so a
+    // taken port fails before anything is created.
+    if Some(front_port) != existing_port {
+        ensure_port_free(front_port)?;
+    }
+    let launches = runner.launches(plan, progress).await?;
+    let specs: Vec<ContainerSpec> = plan
+        .parts
+        .iter()
+        .map(|p| container_spec(plan, p, &launches[&p.name], front_port))
+        .collect();
+
+    let docker = &runner.docker;
+    let network = labels::network_name(name);
+    let made_network = ensure_network(docker, name, &network).await?;
+    let updated = !existing.is_empty();
+    let result = if updated {
+        update(docker, plan, &specs, &existing, &network, progress).await
+    } else {
+        create_all(docker, plan, &specs, &network, progress).await
+    };
+    if let Err(e) = result {
+        if !updated {
+            // Nothing half-deployed: remove whatever this attempt made.
+            // The user has seen what failed; the clean-up is silent.
+            remove_service(docker, name, &crate::runner::NoProgress).await;
+            if made_network {
+                let _ = docker.remove_network(&network).await;
+            }
+        }
+        return Err(e);
+    }
+    Ok(Deployed {
+        name: name.to_string(),
+        parts: specs.len(),
+        front: format!("127.0.0.1:{front_port}"),
+        updated,
+    })
+}
+
+/// A new service: create and start every container, then wait for all.
+async fn create_all(
+    docker: &bollard::Docker,
+    plan: &ServicePlan,
+    specs: &[ContainerSpec],
+    network: &str,
+    progress: &dyn Progress,
+) -> Result<(), RunnerError> {
+    let service = plan.name();
+    for spec in specs {
+        progress.part(service, &spec.part, PartEvent::Starting);
+        start(docker, spec, &spec.name, network).await?;
+        progress.part(service, &spec.part, PartEvent::Started);
+    }
+    let waits = specs.iter().map(|s| async move {
+        let r = wait_healthy(docker, service, s, &s.name).await;
+        match &r {
+            Ok(()) => progress.part(service, &s.part, PartEvent::Healthy),
+            Err(e) => progress.part(service, &s.part, PartEvent::Failed(e.to_string())),
+        }
+        r
+    });
+    for r in futures::future::join_all(waits).await {
+        r?;
+    }
+    Ok(())
+}
+
+/// An existing service: replace what changed, one container at a time.
+async fn update(
+    docker: &bollard::Docker,
+    plan: &ServicePlan,
+    specs: &[ContainerSpec],
+    existing: &[ContainerSummary],
+    network: &str,
+    progress: &dyn Progress,
+) -> Result<(), RunnerError> {
+    let service = plan.name();
+    let by_name: HashMap<String, &ContainerSummary> = existing
+        .iter()
+        .filter_map(|c| Some((container_name(c)?, c)))
+        .collect();
+    // Leftovers of an interrupted update.
+    for (n, c) in &by_name {
+        if n.ends_with(NEXT) {
+            remove(docker, c.id.as_deref().unwrap_or(n)).await;
+        }
+    }
+    for spec in specs {
+        let old = by_name.get(&spec.name);
+        let running = old.is_some_and(|c| {
+            c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
+        });
+        match old {
+            Some(c) if label(c, labels::SPEC) == Some(spec.digest()) && running => {
+                // Unchanged; still make sure it is healthy before going on.
+                wait_healthy(docker, service, spec, &spec.name).await?;
+                progress.part(service, &spec.part, PartEvent::Healthy);
+            }
+            Some(c) if spec.front_port.is_none() => {
+                // New before old, under a temporary name with the same alias.
+                let temp = format!("{}{NEXT}", spec.name);
+                progress.part(service, &spec.part, PartEvent::Starting);
+                let started = start(docker, spec, &temp, network).await;
+                if let Err(e) = started.and(wait_healthy(docker, service, spec, &temp).await) {
+                    remove(docker, &temp).await;
+                    progress.part(service, &spec.part, PartEvent::Failed(e.to_string()));
+                    return Err(e);
+                }
+                progress.part(service, &spec.part, PartEvent::Stopping);
+                stop_and_remove(docker, c.id.as_deref().unwrap_or(&spec.name)).await;
+                let rename = RenameContainerOptionsBuilder::default().name(&spec.name).build();
+                docker
+                    .rename_container(&temp, rename)
+                    .await
+                    .map_err(|e| DockerError::api(format!("renaming {temp}"), e))?;
+                progress.part(service, &spec.part, PartEvent::Healthy);
+            }
+            Some(c) => {
+                // The front holds the published port: stop, then start anew.
+                progress.part(service, &spec.part, PartEvent::Stopping);
+                stop_and_remove(docker, c.id.as_deref().unwrap_or(&spec.name)).await;
+                progress.part(service, &spec.part, PartEvent::Starting);
+                start(docker, spec, &spec.name, network).await?;
+                wait_healthy(docker, service, spec, &spec.name).await?;
+                progress.part(service, &spec.part, PartEvent::Healthy);
+            }
+            None => {
+                progress.part(service, &spec.part, PartEvent::Starting);
+                start(docker, spec, &spec.name, network).await?;
+                wait_healthy(docker, service, spec, &spec.name).await?;
+                progress.part(service, &spec.part, PartEvent::Healthy);
+            }
+        }
+    }
+    // Parts the plan no longer has (a smaller spread), once the front has
+    // been updated to stop sending them calls.
+    for (n, c) in &by_name {
+        if !n.ends_with(NEXT) && !specs.iter().any(|s| &s.name == n) {
+            let part = label(c, labels::PART).unwrap_or(n).to_string();
+            progress.part(service, &part, PartEvent::Stopping);
+            stop_and_remove(docker, c.id.as_deref().unwrap_or(n)).await;
+            progress.part(service, &part, PartEvent::Stopped);
+        }
+    }
+    Ok(())
+}
+
+/// Creates and starts the container of `spec` under the name `name`.
+async fn start(
+    docker: &bollard::Docker,
+    spec: &ContainerSpec,
+    name: &str,
+    network: &str,
+) -> Result<(), RunnerError> {
+    let port_key = format!("{PORT}/tcp");
+    let binding = PortBinding {
+        host_ip: Some("127.0.0.1".into()),
+        // Empty: the engine picks a free port (for health checks from here).
+        host_port: Some(spec.front_port.map(|p| p.to_string()).unwrap_or_default()),
+    };
+    let host_config = HostConfig {
+        port_bindings: Some([(port_key.clone(), Some(vec![binding]))].into_iter().collect()),
+        restart_policy: Some(RestartPolicy {
+            name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+            maximum_retry_count: None,
+        }),
+        network_mode: Some(network.to_string()),
+        // A tiny init as PID 1 forwards SIGTERM and reaps children, so
+        // `docker stop` is prompt even for handlers that ignore signals.
+        init: Some(true),
+        ..Default::default()
+    };
+    let endpoint = EndpointSettings {
+        aliases: Some(spec.aliases.clone()),
+        ..Default::default()
+    };
+    let body = ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: spec.cmd.clone(),
+        env: Some(spec.env.clone()),
+        labels: Some(spec.labels.clone().into_iter().collect()),
+        hostname: Some(spec.name.chars().take(63).collect()),
+        exposed_ports: Some(vec![port_key]),
+        host_config: Some(host_config),
+        networking_config: Some(NetworkingConfig {
+            endpoints_config: Some([(network.to_string(), endpoint)].into_iter().collect()),
+        }),
+        ..Default::default()
+    };
+    let options = CreateContainerOptionsBuilder::default().name(name).build();
+    docker
+        .create_container(Some(options), body)
+        .await
+        .map_err(|e| match status_of(&e) {
+            Some(409) => RunnerError::Other(format!(
+                "container {name} already exists and is not mp's: remove it (`docker rm -f {name}`) \
+                 or choose another service name"
+            )),
+            _ => DockerError::api(format!("creating container {name}"), e).into(),
+        })?;
+    if let Err(e) = docker.start_container(name, None).await {
+        let err = DockerError::api(format!("starting container {name}"), e);
+        let msg = err.to_string();
+        remove(docker, name).await;
+        if let (Some(port), true) = (
+            spec.front_port,
+            msg.contains("already allocated") || msg.contains("address already in use"),
+        ) {
+            return Err(RunnerError::PortInUse {
+                port,
+                by: String::new(),
+            });
+        }
+        return Err(err.into());
+    }
+    Ok(())
+}
+
+/// Waits until the container `name` (running `spec`) passes its gRPC health
+/// check; fails early, with its last line of output, if it exits.
+async fn wait_healthy(
+    docker: &bollard::Docker,
+    service: &str,
+    spec: &ContainerSpec,
+    name: &str,
+) -> Result<(), RunnerError> {
+    let started = Instant::now();
+    let mut last_error = String::new();
+    loop {
+        let inspect = docker
+            .inspect_container(name, None)
+            .await
+            .map_err(|e| DockerError::api(format!("inspecting {name}"), e))?;
+        let state = inspect.state.clone().unwrap_or_default();
+        let restarts = inspect.restart_count.unwrap_or(0);
+        if restarts > 0 || !state.running.unwrap_or(false) || state.restarting.unwrap_or(false) {
+            // Give the engine a moment to report a part that never ran.
+            if restarts > 0 || started.elapsed() > Duration::from_secs(2) {
+                let status = match (state.exit_code, state.error.as_deref()) {
+                    (_, Some(err)) if !err.is_empty() => err.to_string(),
+                    (Some(code), _) => format!("exit code {code}"),
+                    _ => "not running".into(),
+                };
+                let last = last_line(docker, name).await;
+                return Err(RunnerError::PartExited {
+                    service: service.to_string(),
+                    part: spec.part.clone(),
+                    role: spec.role,
+                    status,
+                    last_line: last.map(|l| format!(": {l}")).unwrap_or_default(),
+                });
+            }
+        } else if let Some(port) = published_port(Some(&inspect)) {
+            match healthy(port, Duration::from_secs(1)).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last_error = e,
+            }
+        }
+        if started.elapsed() > READY_TIMEOUT {
+            return Err(RunnerError::Unhealthy {
+                service: service.to_string(),
+                part: spec.part.clone(),
+                after: READY_TIMEOUT,
+                detail: if last_error.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {last_error}")
+                },
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+/// The loopback port the container's gRPC port is published on.
+pub fn published_port(inspect: Option<&ContainerInspectResponse>) -> Option<u16> {
+    let ports = inspect?.network_settings.as_ref()?.ports.as_ref()?;
+    let bindings = ports.get(&format!("{PORT}/tcp"))?.as_ref()?;
+    bindings
+        .iter()
+        .find_map(|b| b.host_port.as_deref().and_then(|p| p.parse().ok()))
+}
+
+/// Asks `grpc.health.v1.Health/Check` on `127.0.0.1:port`. A server that
+/// answers but has no health service (UNIMPLEMENTED) counts as healthy: it
+/// is up and speaks gRPC.
+pub async fn healthy(port: u16, limit: Duration) -> Result<(), String> {
+    let check = async {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(limit);
+        let channel = endpoint.connect().await.map_err(|e| format!("connect: {e}"))?;
+        let reply = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await;
+        match reply {
+            Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => Ok(()),
+            Ok(r) => Err(format!("health status {}", r.get_ref().status)),
+            Err(s) if s.code() == tonic::Code::Unimplemented => Ok(()),
+            Err(s) => Err(format!("health check: {}", s.message())),
+        }
+    };
+    tokio::time::timeout(limit, check)
+        .await
+        .unwrap_or_else(|_| Err("health check timed out".into()))
+}
+
+/// The last non-empty line the container printed, if any.
+async fn last_line(docker: &bollard::Docker, name: &str) -> Option<String> {
+    let options = LogsOptionsBuilder::default()
+        .stdout(true)
+        .stderr(true)
+        .tail("20")
+        .build();
+    let mut out = String::new();
+    let mut logs = docker.logs(name, Some(options));
+    while let Some(Ok(chunk)) = logs.next().await {
+        out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+    }
+    out.lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .map(str::to_string)
+}
+
+/// Creates the service's network unless it exists; returns whether it made it.
+async fn ensure_network(
+    docker: &bollard::Docker,
+    service: &str,
+    network: &str,
+) -> Result<bool, RunnerError> {
+    match docker.inspect_network(network, None).await {
+        Ok(n) => {
+            let ours = n
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(labels::SERVICE))
+                .is_some_and(|s| s == service);
+            if ours {
+                Ok(false)
+            } else {
+                Err(RunnerError::Other(format!(
+                    "a Docker network named {network} exists and is not mp's: remove it \
+                     (`docker network rm {network}`) or choose another service name"
+                )))
+            }
+        }
+        Err(e) if status_of(&e) == Some(404) => {
+            let net_labels: HashMap<String, String> = [
+                (labels::MANAGED_BY.to_string(), labels::MANAGER.to_string()),
+                (labels::SERVICE.to_string(), service.to_string()),
+            ]
+            .into_iter()
+            .collect();
+            docker
+                .create_network(NetworkCreateRequest {
+                    name: network.to_string(),
+                    driver: Some("bridge".into()),
+                    labels: Some(net_labels),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| DockerError::api(format!("creating network {network}"), e))?;
+            Ok(true)
+        }
+        Err(e) => Err(DockerError::api(format!("inspecting network {network}"), e).into()),
+    }
+}
+
+/// Stops `id` gracefully (SIGTERM, then SIGKILL after the grace period) and
+/// removes it. Errors are ignored: it may be gone already.
+async fn stop_and_remove(docker: &bollard::Docker, id: &str) {
+    let stop = StopContainerOptionsBuilder::default()
+        .t(STOP_GRACE_SECS)
+        .build();
+    let _ = docker.stop_container(id, Some(stop)).await;
+    remove(docker, id).await;
+}
+
+/// Removes `id` at once (killing it if it runs). Errors are ignored.
+async fn remove(docker: &bollard::Docker, id: &str) {
+    let options = RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .v(true)
+        .build();
+    let _ = docker.remove_container(id, Some(options)).await;
+}
+
+/// Removes every container of `service`; returns the images they ran and
+/// whether there was any.
+async fn remove_service(
+    docker: &bollard::Docker,
+    service: &str,
+    progress: &dyn Progress,
+) -> (Vec<String>, bool) {
+    let filters: HashMap<&str, Vec<String>> = [("label", labels::filter(Some(service)))]
+        .into_iter()
+        .collect();
+    let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let containers = docker.list_containers(Some(options)).await.unwrap_or_default();
+    let images: Vec<String> = containers.iter().filter_map(|c| c.image.clone()).collect();
+    let removals = containers.iter().map(|c| async move {
+        let part = label(c, labels::PART).unwrap_or("?").to_string();
+        progress.part(service, &part, PartEvent::Stopping);
+        if let Some(id) = &c.id {
+            remove(docker, id).await;
+        }
+        progress.part(service, &part, PartEvent::Stopped);
+    });
+    futures::future::join_all(removals).await;
+    (images, !containers.is_empty())
+}
+
+/// Deletes everything of `service`: containers, network, and with pruning
+/// the images mp built for it that nothing else uses.
+pub async fn delete(
+    runner: &DockerRunner,
+    service: &str,
+    progress: &dyn Progress,
+) -> Result<bool, RunnerError> {
+    let docker = &runner.docker;
+    // Fail with the engine's error (not "nothing to delete") if it is unwell.
+    runner.containers(Some(service)).await?;
+    let (images, had_containers) = remove_service(docker, service, progress).await;
+    let network = labels::network_name(service);
+    let had_network = match docker.remove_network(&network).await {
+        Ok(()) => true,
+        Err(e) if status_of(&e) == Some(404) => false,
+        Err(e) => return Err(DockerError::api(format!("removing network {network}"), e).into()),
+    };
+    if runner.prune_images {
+        let mut unique = images;
+        unique.sort();
+        unique.dedup();
+        for image in unique {
+            let ours = docker
+                .inspect_image(&image)
+                .await
+                .ok()
+                .and_then(|i| i.config.and_then(|c| c.labels))
+                .is_some_and(|l| l.get(labels::MANAGED_BY).map(String::as_str) == Some(labels::MANAGER));
+            if !ours {
+                continue; // a user's image is theirs to keep
+            }
+            let options = RemoveImageOptionsBuilder::default().build();
+            match docker.remove_image(&image, Some(options), None).await {
+                Ok(_) => progress.note(service, &format!("removed image {image}")),
+                Err(e) if status_of(&e) == Some(409) => {
+                    progress.note(service, &format!("kept image {image}: other containers use it"))
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    Ok(had_containers || had_network)
+}
+
+/// The container's name without the leading `/`.
+fn container_name(c: &ContainerSummary) -> Option<String> {
+    c.names
+        .as_ref()?
+        .first()
+        .map(|n| n.trim_start_matches('/').to_string())
+}
+
+/// A loopback port that is free now, for a front without `--port`.
+fn free_port() -> Result<u16, RunnerError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| RunnerError::io("finding a free port for the front", e))
+}
+
+/// Fails with [`RunnerError::PortInUse`] if `port` cannot be bound here.
+fn ensure_port_free(port: u16) -> Result<(), RunnerError> {
+    match std::net::TcpListener::bind(("127.0.0.1", port)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(RunnerError::PortInUse {
+            port,
+            by: String::new(),
+        }),
+        Err(e) => Err(RunnerError::io(format!("checking port {port}"), e)),
+    }
+}

@@ -1,0 +1,172 @@
+//! The parts' output, from the engine's log API, one line at a time and
+//! tagged with the part that printed it.
+//!
+//! The engine ends a follow stream when its container stops, so a followed
+//! part that restarts is reopened from the last line seen (lines carry the
+//! engine's timestamps, which also drop the repeats of that second).
+
+use std::time::Duration;
+
+use bollard::query_parameters::LogsOptionsBuilder;
+use bollard::Docker;
+use futures::channel::mpsc;
+use futures::{SinkExt, StreamExt};
+
+use super::error::{status_of, DockerError};
+use crate::runner::{LogLine, LogStream, RunnerError};
+
+/// The output of `parts` (`(part name, container id)`): one after the other,
+/// or interleaved as it comes when following.
+pub fn stream(docker: Docker, parts: Vec<(String, String)>, follow: bool) -> LogStream {
+    if follow {
+        let streams = parts
+            .into_iter()
+            .map(|(part, id)| one(docker.clone(), part, id, true));
+        futures::stream::select_all(streams).boxed()
+    } else {
+        let streams = parts
+            .into_iter()
+            .map(move |(part, id)| one(docker.clone(), part, id, false));
+        futures::stream::iter(streams).flatten().boxed()
+    }
+}
+
+/// The lines of one container. A task reads the engine's stream and stops
+/// when the receiver is dropped (a send fails) or the container is gone.
+fn one(docker: Docker, part: String, id: String, follow: bool) -> LogStream {
+    let (mut tx, rx) = mpsc::channel::<Result<LogLine, RunnerError>>(256);
+    tokio::spawn(async move {
+        let mut last: Option<Stamp> = None;
+        loop {
+            let since = last.map_or(0, |s| s.secs.clamp(0, i32::MAX as i64) as i32);
+            let options = LogsOptionsBuilder::default()
+                .stdout(true)
+                .stderr(true)
+                .timestamps(true)
+                .follow(follow)
+                .since(since)
+                .build();
+            let mut logs = docker.logs(&id, Some(options));
+            let mut pending = String::new();
+            while let Some(chunk) = logs.next().await {
+                let chunk = match chunk {
+                    Ok(c) => c,
+                    Err(e) if status_of(&e) == Some(404) => return,
+                    Err(e) => {
+                        let e = DockerError::api(format!("reading the output of {part}"), e);
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                pending.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+                while let Some(nl) = pending.find('\n') {
+                    let raw: String = pending.drain(..=nl).collect();
+                    let (stamp, line) = split_stamp(raw.trim_end_matches(['\n', '\r']));
+                    if let (Some(s), Some(l)) = (stamp, last) {
+                        if s <= l {
+                            continue; // seen before the stream was reopened
+                        }
+                    }
+                    last = stamp.or(last);
+                    let line = LogLine {
+                        part: part.clone(),
+                        line: line.to_string(),
+                    };
+                    if tx.send(Ok(line)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if !follow {
+                return;
+            }
+            // The container stopped (or the engine closed the stream): wait
+            // for a restart unless the container is gone.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if tx.is_closed() {
+                return;
+            }
+            match docker.inspect_container(&id, None).await {
+                Err(e) if status_of(&e) == Some(404) => return,
+                _ => {}
+            }
+        }
+    });
+    rx.boxed()
+}
+
+/// A log timestamp as seconds and nanoseconds since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Stamp {
+    secs: i64,
+    nanos: u32,
+}
+
+/// Splits `2026-11-22T00:09:39.123456789Z rest` into its stamp and `rest`.
+fn split_stamp(line: &str) -> (Option<Stamp>, &str) {
+    match line.split_once(' ') {
+        Some((ts, rest)) => match parse_stamp(ts) {
+            Some(s) => (Some(s), rest),
+            None => (None, line),
+        },
+        None => match parse_stamp(line) {
+            Some(s) => (Some(s), ""),
+            None => (None, line),
+        },
+    }
+}
+
+/// Parses the engine's RFC 3339 UTC timestamps (`...T...Z`, fraction optional).
+fn parse_stamp(ts: &str) -> Option<Stamp> {
+    let ts = ts.strip_suffix('Z')?;
+    let (date, time) = ts.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut t = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (h, min, s) = (t.next()??, t.next()??, t.next()??);
+    if !frac.chars().all(|c| c.is_ascii_digit()) || frac.len() > 9 {
+        return None;
+    }
+    let nanos = format!("{frac:0<9}").parse::<u32>().ok()?;
+    let secs = days_from_civil(y, m, day) * 86_400 + h * 3600 + min * 60 + s;
+    Some(Stamp { secs, nanos })
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+/// algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_parse_and_order() {
+        let a = parse_stamp("1970-01-02T00:00:01.5Z").unwrap();
+        assert_eq!(a, Stamp { secs: 86_401, nanos: 500_000_000 });
+        let b = parse_stamp("2026-11-22T00:09:39.123456789Z").unwrap();
+        let c = parse_stamp("2026-11-22T00:09:39.12345Z").unwrap();
+        assert!(c < b, "fractions of different lengths compare by value");
+        assert_eq!(b.secs, 1_795_306_179);
+        assert!(parse_stamp("yesterday").is_none());
+    }
+
+    #[test]
+    fn lines_lose_their_stamp() {
+        let (s, l) = split_stamp("2026-11-22T00:09:39.1Z listening on 0.0.0.0:8080");
+        assert!(s.is_some());
+        assert_eq!(l, "listening on 0.0.0.0:8080");
+        let (s, l) = split_stamp("no stamp here");
+        assert!(s.is_none());
+        assert_eq!(l, "no stamp here");
+    }
+}
