@@ -1,2 +1,65 @@
-//! mp-lb: a round-robin gRPC load balancer and transparent HTTP/2 proxy.
-fn main() {}
+//! `mp-lb`: parse flags, bind, run until SIGTERM/SIGINT, exit 0 after draining.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use mp_lb::Args;
+use tracing::info;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(e) = args.validate() {
+        eprintln!("mp-lb: {e}");
+        return ExitCode::from(2);
+    }
+    mp_sidecar::telemetry::init();
+    let threads = args.threads.map(usize::from).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get().min(2))
+            .unwrap_or(1)
+    });
+    // One thread: a current-thread runtime, no cross-thread wakeups at all.
+    let rt = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mp-lb: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve(args, threads)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mp-lb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: Args, threads: usize) -> anyhow::Result<()> {
+    use anyhow::Context;
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
+    let admin = tokio::net::TcpListener::bind(args.admin)
+        .await
+        .with_context(|| format!("cannot listen on {} (--admin)", args.admin))?;
+    info!(
+        listen = %listener.local_addr()?,
+        admin = %admin.local_addr()?,
+        threads,
+        "mp-lb serving"
+    );
+    mp_lb::run(args, listener, Some(admin), mp_sidecar::shutdown::signal()).await;
+    Ok(())
+}

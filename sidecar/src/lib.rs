@@ -5,7 +5,24 @@
 //! - [`shutdown`]: SIGTERM/SIGINT as a future, and [`shutdown::Drain`], a bounded drain of
 //!   in-flight connections.
 //! - [`admin`]: the admin HTTP server (`/metrics`, `/ready`, `/live`).
+//! - [`addr`]: `HOST:PORT` and name resolution without the C library.
+//! - [`discovery`]: static, file and DNS sources merged into a watch of endpoint sets.
+//! - [`grpc`]: status codes, `grpc-timeout`, trailers-only error responses.
+//! - [`pool`]: per-endpoint HTTP/2 connection pools, round robin, passive ejection; [`health`]:
+//!   active grpc.health.v1 checks; [`body`]: the body type the pool sends.
+//! - [`server`]: an HTTP/2 server loop with a bounded drain on shutdown.
+//! - [`metrics`]: per-endpoint Prometheus metrics with a lock-free histogram.
+//! - [`duration`]: `250ms`/`2s` durations for command-line flags.
 
+pub mod addr;
 pub mod admin;
+pub mod body;
+pub mod discovery;
+pub mod duration;
+pub mod grpc;
+pub mod health;
+pub mod metrics;
+pub mod pool;
+pub mod server;
 pub mod shutdown;
 pub mod telemetry;

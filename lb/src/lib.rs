@@ -1,0 +1,116 @@
+//! `mp-lb`: a round-robin gRPC load balancer and transparent HTTP/2 proxy.
+//!
+//! # Layout
+//! - [`cli`]: the command line.
+//! - [`proxy`]: the per-call path: pick a backend, forward the call, stream the
+//!   answer back, record its status; errors of our own as gRPC responses.
+//! - [`run`]: wires discovery, the pool, the proxy server and the admin server
+//!   (all in `mp-sidecar`) together, until shutdown.
+//!
+//! A call flows: client -> [`mp_sidecar::server`] (HTTP/2) -> [`proxy::Proxy`]
+//! -> [`mp_sidecar::pool::Pool::send`] (round robin over healthy endpoints,
+//! pooled HTTP/2 connections) -> backend; the response body streams back
+//! through [`proxy::ProxyBody`], which records the `grpc-status` it carries.
+
+pub mod cli;
+pub mod proxy;
+
+use std::future::Future;
+use std::time::Duration;
+
+use mp_sidecar::addr::Resolver;
+use mp_sidecar::admin::{self, AdminState};
+use mp_sidecar::discovery::{self, DiscoveryConfig, Source};
+use mp_sidecar::health::HealthConfig;
+use mp_sidecar::metrics::PoolMetrics;
+use mp_sidecar::pool::{Pool, PoolConfig};
+use mp_sidecar::server::{self, ServerConfig};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tracing::info;
+
+pub use cli::Args;
+
+/// The pool configuration `args` ask for.
+pub fn pool_config(args: &Args) -> PoolConfig {
+    PoolConfig {
+        conns_per_endpoint: usize::from(args.pool_size),
+        connect_timeout: args.connect_timeout,
+        health: HealthConfig {
+            interval: (!args.health_interval.is_zero()).then_some(args.health_interval),
+            timeout: args.health_timeout,
+            unhealthy_threshold: args.unhealthy_threshold,
+            healthy_threshold: args.healthy_threshold,
+        },
+        eject_after_unavailable: args.eject_after,
+        ..PoolConfig::default()
+    }
+}
+
+/// The discovery sources `args` name.
+pub fn sources(args: &Args) -> Vec<Source> {
+    let mut v: Vec<Source> = args.backends.iter().cloned().map(Source::Static).collect();
+    v.extend(args.backends_file.iter().cloned().map(Source::File));
+    v.extend(args.dns.iter().cloned().map(Source::Dns));
+    v
+}
+
+/// Runs the load balancer on `listener` (and the admin server on `admin`,
+/// when given) until `shutdown` resolves; then drains within `args.grace`.
+pub async fn run(
+    args: Args,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut registry = Registry::with_prefix("mp_lb");
+    let metrics = PoolMetrics::register(&mut registry);
+    let state = AdminState::new(registry);
+
+    let endpoints = discovery::spawn(
+        sources(&args),
+        Resolver::system(),
+        DiscoveryConfig {
+            dns_interval: args.dns_interval,
+            ..DiscoveryConfig::default()
+        },
+    );
+    let pool = Pool::new("backends", pool_config(&args), metrics.clone(), endpoints);
+    let proxy = proxy::Proxy::new(pool.clone(), &metrics);
+
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(admin) = admin {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _ = admin::serve(admin, state, async {
+                let _ = admin_stopped.await;
+            })
+            .await;
+        });
+    }
+    // Ready while some backend takes traffic.
+    let ready = {
+        let (state, pool) = (state.clone(), pool.clone());
+        tokio::spawn(async move {
+            loop {
+                state.set_ready(pool.available() > 0);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+
+    let cfg = ServerConfig {
+        max_concurrent_streams: args.max_concurrent_streams,
+        grace: args.grace,
+        ..ServerConfig::default()
+    };
+    let st = state.clone();
+    let shutdown = async move {
+        shutdown.await;
+        ready.abort();
+        st.set_ready(false);
+    };
+    server::serve(listener, proxy.service(), cfg, shutdown).await;
+    let _ = admin_stop.send(());
+    info!("stopped");
+}

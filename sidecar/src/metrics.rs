@@ -1,0 +1,303 @@
+//! Data-plane metrics (Prometheus, via `prometheus_client`): per endpoint
+//! requests, responses by gRPC status, a latency histogram, health and
+//! connections.
+//!
+//! Handles for an endpoint are looked up once, when the endpoint appears; the
+//! request path then only touches atomics. The latency histogram is our own
+//! lock-free one: `prometheus_client`'s takes a lock on every observation.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+
+use crate::grpc::code;
+
+/// Latency buckets (seconds): 100 µs to 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// A histogram of durations with fixed buckets, updated with atomics only.
+#[derive(Clone, Debug)]
+pub struct Histogram {
+    inner: Arc<HistogramInner>,
+}
+
+#[derive(Debug)]
+struct HistogramInner {
+    bounds: &'static [f64],
+    /// Per bucket (not cumulative), plus one for +Inf.
+    counts: Box<[AtomicU64]>,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    /// An empty histogram with the given upper bounds (seconds, ascending).
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            inner: Arc::new(HistogramInner {
+                bounds,
+                counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+                sum_nanos: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Records one observation.
+    #[inline]
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = self
+            .inner
+            .bounds
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(self.inner.bounds.len());
+        self.inner.counts[i].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.inner.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// The number of observations so far.
+    pub fn count(&self) -> u64 {
+        self.inner
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram::new(LATENCY_BUCKETS)
+    }
+}
+
+impl TypedMetric for Histogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(self.inner.counts.len());
+        for (i, c) in self.inner.counts.iter().enumerate() {
+            cumulative += c.load(Ordering::Relaxed);
+            let bound = self.inner.bounds.get(i).copied().unwrap_or(f64::MAX);
+            buckets.push((bound, cumulative));
+        }
+        let sum = self.inner.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, cumulative, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    endpoint: String,
+    grpc_code: &'static str,
+}
+
+/// The metric families of a pool (or several pools sharing one registry).
+/// Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct PoolMetrics {
+    requests: Family<EndpointLabels, Counter>,
+    responses: Family<StatusLabels, Counter>,
+    latency: Family<EndpointLabels, Histogram>,
+    healthy: Family<EndpointLabels, Gauge>,
+    connections: Family<EndpointLabels, Gauge>,
+}
+
+impl PoolMetrics {
+    /// Registers the families in `registry` (give it a prefix, e.g.
+    /// `Registry::with_prefix("mp_lb")`).
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = PoolMetrics {
+            requests: Family::default(),
+            responses: Family::default(),
+            latency: Family::default(),
+            healthy: Family::default(),
+            connections: Family::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests sent, by endpoint (`none`: answered by the proxy itself)",
+            m.requests.clone(),
+        );
+        registry.register(
+            "responses",
+            "Calls finished, by endpoint and gRPC status (CANCELLED includes calls the client abandoned)",
+            m.responses.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from receiving a call to its last response frame, by endpoint",
+            m.latency.clone(),
+        );
+        registry.register(
+            "endpoint_healthy",
+            "1 when the endpoint takes traffic (connected, passing health checks, not ejected)",
+            m.healthy.clone(),
+        );
+        registry.register(
+            "endpoint_connections",
+            "Open HTTP/2 connections to the endpoint",
+            m.connections.clone(),
+        );
+        m
+    }
+
+    /// Metrics that go nowhere (for tests and callers without a registry).
+    pub fn unregistered() -> Self {
+        PoolMetrics::register(&mut Registry::default())
+    }
+
+    /// The handles of one endpoint (`endpoint` is its label value).
+    pub fn endpoint(&self, endpoint: &str) -> EndpointMetrics {
+        let l = EndpointLabels {
+            endpoint: endpoint.to_string(),
+        };
+        EndpointMetrics {
+            label: l.endpoint.clone(),
+            requests: self.requests.get_or_create_owned(&l),
+            latency: self.latency.get_or_create_owned(&l),
+            healthy: self.healthy.get_or_create_owned(&l),
+            connections: self.connections.get_or_create_owned(&l),
+            statuses: Default::default(),
+            family: self.clone(),
+        }
+    }
+
+    /// Removes an endpoint's series (when it leaves discovery).
+    pub fn remove(&self, endpoint: &str) {
+        let l = EndpointLabels {
+            endpoint: endpoint.to_string(),
+        };
+        self.requests.remove(&l);
+        self.latency.remove(&l);
+        self.healthy.remove(&l);
+        self.connections.remove(&l);
+        for c in 0..=code::MAX + 1 {
+            self.responses.remove(&StatusLabels {
+                endpoint: l.endpoint.clone(),
+                grpc_code: status_label(c),
+            });
+        }
+    }
+}
+
+fn status_label(c: u16) -> &'static str {
+    if c <= code::MAX {
+        code::name(c)
+    } else {
+        "OTHER"
+    }
+}
+
+/// One endpoint's metric handles; every method is a few atomic operations.
+#[derive(Debug)]
+pub struct EndpointMetrics {
+    label: String,
+    requests: Counter,
+    latency: Histogram,
+    healthy: Gauge,
+    connections: Gauge,
+    /// Created on first use, so unused codes do not fill the scrape.
+    statuses: [OnceLock<Counter>; code::MAX as usize + 2],
+    family: PoolMetrics,
+}
+
+impl EndpointMetrics {
+    /// Counts a request sent.
+    #[inline]
+    pub fn request(&self) {
+        self.requests.inc();
+    }
+
+    /// Counts a finished call with gRPC status `code` that took `elapsed`.
+    #[inline]
+    pub fn response(&self, status: u16, elapsed: Duration) {
+        let i = usize::from(status.min(code::MAX + 1));
+        self.statuses[i]
+            .get_or_init(|| {
+                self.family.responses.get_or_create_owned(&StatusLabels {
+                    endpoint: self.label.clone(),
+                    grpc_code: status_label(status),
+                })
+            })
+            .inc();
+        self.latency.observe(elapsed);
+    }
+
+    /// Sets the health gauge.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.set(i64::from(healthy));
+    }
+
+    /// Sets the open connection count.
+    pub fn set_connections(&self, n: usize) {
+        self.connections.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_and_families_encode() {
+        let mut reg = Registry::with_prefix("t");
+        let m = PoolMetrics::register(&mut reg);
+        let e = m.endpoint("127.0.0.1:1");
+        e.request();
+        e.response(0, Duration::from_micros(300));
+        e.response(14, Duration::from_secs(20));
+        e.set_healthy(true);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        assert!(
+            out.contains(r#"t_requests_total{endpoint="127.0.0.1:1"} 1"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"t_responses_total{endpoint="127.0.0.1:1",grpc_code="UNAVAILABLE"} 1"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                r#"t_request_duration_seconds_bucket{le="0.0005",endpoint="127.0.0.1:1"} 1"#
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"t_request_duration_seconds_count{endpoint="127.0.0.1:1"} 2"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"t_endpoint_healthy{endpoint="127.0.0.1:1"} 1"#),
+            "{out}"
+        );
+        m.remove("127.0.0.1:1");
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        assert!(!out.contains("127.0.0.1:1"), "{out}");
+    }
+}
