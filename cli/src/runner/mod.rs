@@ -41,7 +41,7 @@ impl RunnerKind {
 
 impl fmt::Display for RunnerKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -204,7 +204,7 @@ pub enum PartState {
 
 impl fmt::Display for PartState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             PartState::Healthy => "healthy",
             PartState::Running => "running",
             PartState::Restarting => "restarting",

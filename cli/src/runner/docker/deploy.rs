@@ -153,9 +153,8 @@ async fn update(
     }
     for spec in specs {
         let old = by_name.get(&spec.name);
-        let running = old.is_some_and(|c| {
-            c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
-        });
+        let running = old
+            .is_some_and(|c| c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING));
         match old {
             Some(c) if label(c, labels::SPEC) == Some(spec.digest()) && running => {
                 // Unchanged; still make sure it is healthy before going on.
@@ -174,7 +173,9 @@ async fn update(
                 }
                 progress.part(service, &spec.part, PartEvent::Stopping);
                 stop_and_remove(docker, c.id.as_deref().unwrap_or(&spec.name)).await;
-                let rename = RenameContainerOptionsBuilder::default().name(&spec.name).build();
+                let rename = RenameContainerOptionsBuilder::default()
+                    .name(&spec.name)
+                    .build();
                 docker
                     .rename_container(&temp, rename)
                     .await
@@ -225,7 +226,11 @@ async fn start(
         host_port: Some(spec.front_port.map(|p| p.to_string()).unwrap_or_default()),
     };
     let host_config = HostConfig {
-        port_bindings: Some([(port_key.clone(), Some(vec![binding]))].into_iter().collect()),
+        port_bindings: Some(
+            [(port_key.clone(), Some(vec![binding]))]
+                .into_iter()
+                .collect(),
+        ),
         restart_policy: Some(RestartPolicy {
             name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
             maximum_retry_count: None,
@@ -355,7 +360,10 @@ pub async fn healthy(port: u16, limit: Duration) -> Result<(), String> {
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
             .map_err(|e| e.to_string())?
             .connect_timeout(limit);
-        let channel = endpoint.connect().await.map_err(|e| format!("connect: {e}"))?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         let reply = HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: String::new(),
@@ -468,7 +476,10 @@ async fn remove_service(
         .all(true)
         .filters(&filters)
         .build();
-    let containers = docker.list_containers(Some(options)).await.unwrap_or_default();
+    let containers = docker
+        .list_containers(Some(options))
+        .await
+        .unwrap_or_default();
     let images: Vec<String> = containers.iter().filter_map(|c| c.image.clone()).collect();
     let removals = containers.iter().map(|c| async move {
         let part = label(c, labels::PART).unwrap_or("?").to_string();
@@ -509,16 +520,19 @@ pub async fn delete(
                 .await
                 .ok()
                 .and_then(|i| i.config.and_then(|c| c.labels))
-                .is_some_and(|l| l.get(labels::MANAGED_BY).map(String::as_str) == Some(labels::MANAGER));
+                .is_some_and(|l| {
+                    l.get(labels::MANAGED_BY).map(String::as_str) == Some(labels::MANAGER)
+                });
             if !ours {
                 continue; // a user's image is theirs to keep
             }
             let options = RemoveImageOptionsBuilder::default().build();
             match docker.remove_image(&image, Some(options), None).await {
                 Ok(_) => progress.note(service, &format!("removed image {image}")),
-                Err(e) if status_of(&e) == Some(409) => {
-                    progress.note(service, &format!("kept image {image}: other containers use it"))
-                }
+                Err(e) if status_of(&e) == Some(409) => progress.note(
+                    service,
+                    &format!("kept image {image}: other containers use it"),
+                ),
                 Err(_) => {}
             }
         }

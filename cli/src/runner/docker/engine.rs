@@ -74,6 +74,10 @@ fn unreachable(host: &str, e: &bollard::errors::Error) -> DockerError {
 
 /// The kind of the I/O error at the root of `e`, if there is one.
 fn io_kind(e: &bollard::errors::Error) -> Option<ErrorKind> {
+    // A transparent wrapper's `source()` skips the I/O error it wraps.
+    if let bollard::errors::Error::IOError { err } = e {
+        return Some(err.kind());
+    }
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
@@ -90,7 +94,11 @@ fn first_line(e: &bollard::errors::Error) -> String {
     while let Some(next) = cur.source() {
         cur = next;
     }
-    cur.to_string().lines().next().unwrap_or_default().to_string()
+    cur.to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[cfg(test)]

@@ -71,13 +71,13 @@ impl Sources {
                     })
                 }
             }
-            let name = bin
-                .file_name()
-                .and_then(|n| n.to_str())
-                .ok_or_else(|| DockerError::Package {
-                    path: bin.clone(),
-                    reason: "has no usable file name".into(),
-                })?;
+            let name =
+                bin.file_name()
+                    .and_then(|n| n.to_str())
+                    .ok_or_else(|| DockerError::Package {
+                        path: bin.clone(),
+                        reason: "has no usable file name".into(),
+                    })?;
             src.files
                 .insert(format!("{BIN_DIR}/{name}"), (bin.clone(), 0o755));
             for lib in shared_libraries(bin)? {
@@ -104,7 +104,13 @@ impl Sources {
             })?;
             h.update(at.as_bytes());
             h.update(path.to_string_lossy().as_bytes());
-            for n in [m.len(), m.ino(), m.dev(), m.mtime() as u64, m.mtime_nsec() as u64] {
+            for n in [
+                m.len(),
+                m.ino(),
+                m.dev(),
+                m.mtime() as u64,
+                m.mtime_nsec() as u64,
+            ] {
                 h.update(n.to_le_bytes());
             }
             h.update(mode.to_le_bytes());
@@ -330,12 +336,10 @@ pub async fn ensure_image(
     progress: &mut (dyn FnMut(String) + Send),
 ) -> Result<String, DockerError> {
     let key = sources.metadata_key()?;
-    let filters: std::collections::HashMap<&str, Vec<String>> = [(
-        "label",
-        vec![format!("{}={}", SOURCES_LABEL, key)],
-    )]
-    .into_iter()
-    .collect();
+    let filters: std::collections::HashMap<&str, Vec<String>> =
+        [("label", vec![format!("{}={}", SOURCES_LABEL, key)])]
+            .into_iter()
+            .collect();
     let options = bollard::query_parameters::ListImagesOptionsBuilder::default()
         .filters(&filters)
         .build();
@@ -429,7 +433,10 @@ mod tests {
 
     #[test]
     fn repository_names_are_what_docker_accepts() {
-        assert_eq!(repository_for("histogram-leaf"), "mp-handler-histogram-leaf");
+        assert_eq!(
+            repository_for("histogram-leaf"),
+            "mp-handler-histogram-leaf"
+        );
         assert_eq!(repository_for("My_Leaf.v2"), "mp-handler-my-leaf-v2");
         assert_eq!(repository_for("__"), "mp-handler");
     }

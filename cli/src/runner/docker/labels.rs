@@ -76,7 +76,9 @@ pub fn validate_service_name(name: &str) -> Result<(), DockerError> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
     {
-        return refuse(format!("Docker refuses {c:?} in container and network names"));
+        return refuse(format!(
+            "Docker refuses {c:?} in container and network names"
+        ));
     }
     if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
         return refuse("it must start with a letter or digit".into());

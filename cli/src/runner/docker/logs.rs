@@ -152,7 +152,13 @@ mod tests {
     #[test]
     fn stamps_parse_and_order() {
         let a = parse_stamp("1970-01-02T00:00:01.5Z").unwrap();
-        assert_eq!(a, Stamp { secs: 86_401, nanos: 500_000_000 });
+        assert_eq!(
+            a,
+            Stamp {
+                secs: 86_401,
+                nanos: 500_000_000
+            }
+        );
         let b = parse_stamp("2026-11-22T00:09:39.123456789Z").unwrap();
         let c = parse_stamp("2026-11-22T00:09:39.12345Z").unwrap();
         assert!(c < b, "fractions of different lengths compare by value");

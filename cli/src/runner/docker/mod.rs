@@ -84,7 +84,10 @@ impl DockerRunner {
 
     /// Every container mp made for `service` (or for every service), running
     /// or not.
-    async fn containers(&self, service: Option<&str>) -> Result<Vec<ContainerSummary>, DockerError> {
+    async fn containers(
+        &self,
+        service: Option<&str>,
+    ) -> Result<Vec<ContainerSummary>, DockerError> {
         let filters: std::collections::HashMap<&str, Vec<String>> =
             [("label", labels::filter(service))].into_iter().collect();
         let options = ListContainersOptionsBuilder::default()
@@ -135,14 +138,18 @@ impl DockerRunner {
                     }
                 }
                 Exec::Command { program, .. } => {
-                    let bin = handler_binary(program).map_err(|message| RunnerError::BadProgram {
-                        part: part.name.clone(),
-                        message,
-                    })?;
+                    let bin =
+                        handler_binary(program).map_err(|message| RunnerError::BadProgram {
+                            part: part.name.clone(),
+                            message,
+                        })?;
                     let tag = match built.get(&bin) {
                         Some(t) => t.clone(),
                         None => {
-                            let name = bin.file_name().and_then(|n| n.to_str()).unwrap_or("handler");
+                            let name = bin
+                                .file_name()
+                                .and_then(|n| n.to_str())
+                                .unwrap_or("handler");
                             let t = self
                                 .package(&image::repository_for(name), vec![bin.clone()], &mut note)
                                 .await
@@ -218,7 +225,10 @@ pub fn find_data_plane(which: DataPlane) -> Result<PathBuf, RunnerError> {
         }
     }
     if let Some(path) = std::env::var_os("PATH") {
-        if let Some(p) = std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file()) {
+        if let Some(p) = std::env::split_paths(&path)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+        {
             return Ok(p);
         }
     }
@@ -243,7 +253,9 @@ fn handler_binary(program: &str) -> Result<PathBuf, String> {
     if program.contains('/') {
         return Err(format!("`{program}` does not exist (build it first?)"));
     }
-    Err(format!("`{program}` is a command, not a binary file: {needs_image}"))
+    Err(format!(
+        "`{program}` is a command, not a binary file: {needs_image}"
+    ))
 }
 
 fn label<'a>(c: &'a ContainerSummary, key: &str) -> Option<&'a str> {
@@ -376,7 +388,11 @@ impl DockerRunner {
         let published = deploy::published_port(inspect.as_ref());
         let state = match c.state {
             Some(S::RUNNING) => match published {
-                Some(p) if deploy::healthy(p, std::time::Duration::from_secs(1)).await.is_ok() => {
+                Some(p)
+                    if deploy::healthy(p, std::time::Duration::from_secs(1))
+                        .await
+                        .is_ok() =>
+                {
                     PartState::Healthy
                 }
                 _ => PartState::Running,

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 
 use super::labels;
-use crate::plan::{Address, Addressing, Endpoint, Exec, Part, PartKey, PlanError, Role, ServicePlan};
+use crate::plan::{
+    Address, Addressing, Endpoint, Exec, Part, PartKey, PlanError, Role, ServicePlan,
+};
 
 /// The port every part serves gRPC on inside its container. Each container
 /// has its own address on the service's network, so they can all use one.
@@ -96,14 +98,22 @@ impl ContainerSpec {
 
 /// The container for `part` of `plan`, started as `launch` says, with the
 /// front published on `front_port`.
-pub fn container_spec(plan: &ServicePlan, part: &Part, launch: &Launch, front_port: u16) -> ContainerSpec {
+pub fn container_spec(
+    plan: &ServicePlan,
+    part: &Part,
+    launch: &Launch,
+    front_port: u16,
+) -> ContainerSpec {
     let service = plan.name();
     let name = container_name(service, &part.name);
     let is_front = part.name == plan.front;
     let cmd = match (&part.exec, &launch.program) {
-        (Exec::Command { args, .. }, Some(program)) | (Exec::DataPlane { args, .. }, Some(program)) => {
-            Some(std::iter::once(program.clone()).chain(args.iter().cloned()).collect())
-        }
+        (Exec::Command { args, .. }, Some(program))
+        | (Exec::DataPlane { args, .. }, Some(program)) => Some(
+            std::iter::once(program.clone())
+                .chain(args.iter().cloned())
+                .collect(),
+        ),
         // A user's image runs as its author meant it to.
         _ => None,
     };
@@ -123,7 +133,10 @@ pub fn container_spec(plan: &ServicePlan, part: &Part, launch: &Launch, front_po
     }
     l.insert(labels::FRONT.to_string(), is_front.to_string());
     l.insert(labels::FRONT_PORT.to_string(), front_port.to_string());
-    l.insert(labels::PORT.to_string(), part.endpoint.listen.port.to_string());
+    l.insert(
+        labels::PORT.to_string(),
+        part.endpoint.listen.port.to_string(),
+    );
     let mut spec = ContainerSpec {
         name: name.clone(),
         part: part.name.clone(),
@@ -165,7 +178,11 @@ fn digest_of(spec: &ContainerSpec) -> String {
     field("aliases");
     spec.aliases.iter().for_each(|a| field(a));
     field(&format!("{:?}", spec.front_port));
-    h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect()
+    h.finalize()
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -214,14 +231,22 @@ mod tests {
         let part = plan.part("replica-1").unwrap();
         let spec = container_spec(&plan, part, &launch("/usr/local/bin/hello"), 7700);
         assert_eq!(spec.name, "mp-hello-replica-1");
-        assert_eq!(spec.cmd.as_deref().unwrap(), ["/usr/local/bin/hello", "--x"]);
+        assert_eq!(
+            spec.cmd.as_deref().unwrap(),
+            ["/usr/local/bin/hello", "--x"]
+        );
         assert!(spec.env.contains(&"MP_PORT=8080".to_string()));
         assert!(spec.env.contains(&"MP_ROLE=replica".to_string()));
         assert_eq!(spec.labels[labels::SERVICE], "hello");
         assert_eq!(spec.labels[labels::ROLE], "replica");
         assert_eq!(spec.labels[labels::FRONT], "false");
         assert_eq!(spec.front_port, None);
-        let front = container_spec(&plan, plan.front_part(), &launch("/usr/local/bin/mp-lb"), 7700);
+        let front = container_spec(
+            &plan,
+            plan.front_part(),
+            &launch("/usr/local/bin/mp-lb"),
+            7700,
+        );
         assert_eq!(front.front_port, Some(7700));
         assert_eq!(front.labels[labels::FRONT], "true");
     }
