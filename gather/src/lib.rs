@@ -164,6 +164,8 @@ pub async fn run(
     let service = GatherService::new(gather.clone(), health, &reflection);
 
     let state = AdminState::new(registry);
+    // The gather listener is bound already: connections queue from now on.
+    state.set_ready(true);
     let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
     let admin_task = admin.map(|l| {
         let addr = l.local_addr().ok();
@@ -186,7 +188,6 @@ pub async fn run(
         policy = %args.policy,
         "mp-gather serving"
     );
-    state.set_ready(true);
     let draining = {
         let state = state.clone();
         let reporter = reporter.clone();

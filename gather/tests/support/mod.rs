@@ -398,3 +398,82 @@ pub async fn eventually(limit: Duration, cond: impl Fn() -> bool) -> bool {
     }
     cond()
 }
+
+/// A handler process (an example, or a Python script) on a free port.
+pub struct Process {
+    /// Killed when dropped.
+    pub child: ChildGuard,
+    /// `127.0.0.1:port`.
+    pub addr: SocketAddr,
+}
+
+impl Process {
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+fn start_handler(mut cmd: Command, env: &[(&str, &str)]) -> Process {
+    let port = free_port();
+    cmd.env("MP_HOST", "127.0.0.1")
+        .env("MP_PORT", port.to_string())
+        .env("RUST_LOG", "warn")
+        .env("MP_LOG_LEVEL", "WARNING");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = ChildGuard::spawn(&mut cmd);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    assert!(
+        wait_for_port(addr, Duration::from_secs(30)),
+        "{cmd:?} did not listen on {addr} within 30 s"
+    );
+    Process { child, addr }
+}
+
+/// Starts the Rust example `name` (examples/) with `env`.
+pub fn example(name: &str, env: &[(&str, &str)]) -> Process {
+    start_handler(Command::new(mp_testkit::example(name)), env)
+}
+
+/// Starts the Python example `script` (examples/python/) with `env`.
+pub fn python(script: &str, env: &[(&str, &str)]) -> Process {
+    let path = mp_testkit::repo_root().join("examples/python").join(script);
+    let mut cmd = Command::new("python3");
+    cmd.arg(path);
+    start_handler(cmd, env)
+}
+
+/// True when python3 with grpcio is installed. Outside CI a missing one is
+/// reported loudly and the caller skips; in CI it fails the test.
+pub fn python_grpc_available() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import grpc, grpc_health, grpc_reflection"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            !mp_testkit::in_ci(),
+            "python3 with grpcio is required in CI: pip install -r examples/python/requirements.txt"
+        );
+        eprintln!(
+            "SKIPPED: python3 with grpcio, grpcio-health-checking and grpcio-reflection is not \
+             installed (pip install -r examples/python/requirements.txt)"
+        );
+    }
+    ok
+}
+
+/// Runs grpcurl; its stdout, failing the test with its stderr when it fails.
+pub fn grpcurl_ok(a: &[&str]) -> String {
+    let out = mp_testkit::run_grpcurl(a);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "grpcurl {a:?} failed ({}):\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}

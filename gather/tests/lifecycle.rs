@@ -1,0 +1,147 @@
+//! The gather process around the calls: malformed input, admin endpoints and
+//! metrics, graceful shutdown on SIGTERM.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+use support::*;
+
+/// Posts `body` to `path` on the gather port as a gRPC request over h2c,
+/// with raw control of the bytes; returns the HTTP status and the
+/// grpc-status and grpc-message (from headers or trailers).
+async fn raw_post(
+    g: &GatherProc,
+    path: &str,
+    content_type: &str,
+    body: &'static [u8],
+) -> (u16, Option<String>, Option<String>) {
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let req = http::Request::post(format!("{}{path}", g.url()))
+        .header("content-type", content_type)
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(body)))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("answer in time")
+        .expect("HTTP answer");
+    let status = resp.status().as_u16();
+    let mut headers = resp.headers().clone();
+    let collected = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .expect("body in time")
+        .expect("body");
+    if let Some(t) = collected.trailers() {
+        headers.extend(t.clone());
+    }
+    let get = |k: &str| headers.get(k).map(|v| v.to_str().unwrap().to_string());
+    (status, get("grpc-status"), get("grpc-message"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_get_clear_statuses() {
+    let ls = leaves(2).await;
+    let g = GatherProc::start(&shard_args(&ls));
+    let path = "/mp.v1.Handler/Handle";
+
+    // A frame header announcing 10 bytes, then only 2.
+    let (_, code, msg) = raw_post(&g, path, "application/grpc", &[0, 0, 0, 0, 10, 1, 2]).await;
+    assert_eq!(
+        code.as_deref(),
+        Some("13"),
+        "INTERNAL expected, got {code:?} {msg:?}"
+    );
+    // Half a frame header.
+    let (_, code, _) = raw_post(&g, path, "application/grpc", &[0, 0, 0]).await;
+    assert_eq!(code.as_deref(), Some("13"));
+    // A compressed frame, though no compression was negotiated.
+    let (_, code, msg) = raw_post(&g, path, "application/grpc", &[1, 0, 0, 0, 1, 0]).await;
+    assert!(code.is_some_and(|c| c != "0"), "{msg:?}");
+    // A message declared larger than the 4 MiB limit.
+    let (_, code, msg) = raw_post(&g, path, "application/grpc", &[0, 0x7f, 0, 0, 0]).await;
+    // tonic says OUT_OF_RANGE for a message over its decoding limit.
+    assert_eq!(
+        code.as_deref(),
+        Some("11"),
+        "OUT_OF_RANGE expected: {msg:?}"
+    );
+    assert!(msg.unwrap_or_default().contains("too%20large"));
+    // A frame that is not an mp.v1.Request: the leaves refuse it.
+    let (_, code, msg) = raw_post(&g, path, "application/grpc", &[0, 0, 0, 0, 2, 0xff, 0xff]).await;
+    assert!(code.is_some_and(|c| c != "0"), "{msg:?}");
+    // Not gRPC at all.
+    let (status, _, _) = raw_post(&g, path, "text/plain", b"hello").await;
+    assert_eq!(status, 415);
+
+    // And the gather still serves good calls afterwards.
+    call(&mut g.client().await, json!(1))
+        .await
+        .expect("still serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_serves_metrics_ready_and_live() {
+    let ls = leaves(2).await;
+    let mut a = shard_args(&ls);
+    a.extend(args(&["--shard", &dead_addr(), "--policy", "best-effort"]));
+    let g = GatherProc::start_with(&a, true);
+    assert!(g.admin_get("/ready").starts_with("HTTP/1.1 200"));
+    assert!(g.admin_get("/live").starts_with("HTTP/1.1 200"));
+    call(&mut g.client().await, json!(1))
+        .await
+        .expect("partial");
+    let m = g.admin_get("/metrics");
+    for want in [
+        "mp_gather_requests_total{code=\"OK\"} 1",
+        "mp_gather_leaf_calls_total{shard=\"0\",code=\"OK\"} 1",
+        "mp_gather_leaf_calls_total{shard=\"2\",code=\"UNAVAILABLE\"} 1",
+        "mp_gather_leaf_duration_seconds_count{shard=\"1\"} 1",
+        "mp_gather_request_duration_seconds_count 1",
+    ] {
+        assert!(m.contains(want), "{want} missing from:\n{m}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_calls_in_flight_then_exits_zero() {
+    let slow = leaf(LeafSpec {
+        delay: Duration::from_millis(800),
+        ..LeafSpec::default()
+    })
+    .await;
+    let mut g = GatherProc::start_with(&args(&["--shard", &slow.addr(), "--grace", "5s"]), true);
+    let mut c = g.client().await;
+    let in_flight = tokio::spawn(async move { call(&mut c, json!(1)).await });
+    // Let the call reach the leaf, then ask the gather to stop.
+    let stats = slow.stats.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || stats
+            .started
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 1)
+        .await
+    );
+    g.child.signal("TERM");
+    let reply = in_flight
+        .await
+        .unwrap()
+        .expect("the call in flight completes");
+    assert_eq!(reply.body_json().unwrap()[0]["shard"], 0);
+    let status = tokio::task::spawn_blocking(move || {
+        let s = g.child.wait_timeout(Duration::from_secs(10));
+        (s, g)
+    })
+    .await
+    .unwrap()
+    .0;
+    let status = status.expect("mp-gather exited after SIGTERM");
+    assert!(status.success(), "exit status {status}");
+}
