@@ -75,3 +75,62 @@ fn health_says_serving() {
         assert_eq!(json(&out)["status"], "SERVING", "{service:?}: {out}");
     }
 }
+
+#[test]
+fn a_raw_body_is_invalid_argument_with_a_message() {
+    let hello = start_example("hello", &[]);
+    let err = grpcurl_err(&[
+        "-plaintext",
+        "-d",
+        r#"{"body":{"raw":"3q2+7w=="}}"#,
+        &hello.target(),
+        "mp.v1.Handler/Handle",
+    ]);
+    assert!(err.contains("Code: InvalidArgument"), "{err}");
+    assert!(err.contains("expected a JSON value"), "{err}");
+    // And the process is still serving.
+    grpcurl_ok(&["-plaintext", &hello.target(), "grpc.health.v1.Health/Check"]);
+}
+
+/// grpcurl 1.8 speaks only reflection v1alpha; newer tools use v1. Ask v1
+/// with tonic's reflection client, as such a tool would.
+#[tokio::test]
+async fn reflection_v1_lists_the_same_services() {
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
+    };
+    let hello = start_example("hello", &[]);
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", hello.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let ask = |request| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let mut stream = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([
+            ask(MessageRequest::ListServices(String::new())),
+            ask(MessageRequest::FileContainingSymbol("mp.v1.Handler".into())),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        stream.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"mp.v1.Handler"), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+    let Some(MessageResponse::FileDescriptorResponse(files)) =
+        stream.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected file descriptors");
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+}

@@ -216,13 +216,18 @@ impl Server {
         let signal = async move {
             shutdown.await;
             // Tell health checkers first, so balancers stop sending here.
-            health
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
-            for name in &services {
+            // Then forget the statuses: that ends every open Watch stream
+            // (after it delivered NOT_SERVING), which would otherwise hold
+            // its connection, and so the drain, open for the whole grace.
+            let mut health = health;
+            let all = std::iter::once("").chain(services.iter().copied());
+            for name in all.clone() {
                 health
-                    .set_service_status(*name, ServingStatus::NotServing)
+                    .set_service_status(name, ServingStatus::NotServing)
                     .await;
+            }
+            for name in all {
+                health.clear_service_status(name).await;
             }
             info!(
                 ?grace,
