@@ -1,9 +1,12 @@
 //! Logging: a `tracing` subscriber writing to stderr, filtered by `RUST_LOG`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the process-wide `tracing` subscriber: human-readable lines on
-/// stderr, filtered by `RUST_LOG` (default `info`).
+/// stderr (coloured only on a terminal), filtered by `RUST_LOG` (default
+/// `info`).
 ///
 /// Safe to call more than once (e.g. from several tests): later calls do nothing.
 pub fn init() {
@@ -12,5 +15,7 @@ pub fn init() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only for people: logs piped to files or collectors stay plain.
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
