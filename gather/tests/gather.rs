@@ -437,3 +437,34 @@ fn bad_flags_give_one_clear_line() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("--hedge-after"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_by_host_name_and_replica_lists() {
+    let ls = leaves(2).await;
+    let replica = leaf(LeafSpec {
+        shard: 1,
+        name: "second",
+        ..LeafSpec::default()
+    })
+    .await;
+    let a = args(&[
+        "--shard",
+        &format!("localhost:{}", ls[0].addr.port()),
+        "--shard",
+        &format!("{},localhost:{}", ls[1].addr(), replica.addr.port()),
+    ]);
+    let g = GatherProc::start(&a);
+    let mut c = g.client().await;
+    let mut names = Vec::new();
+    for _ in 0..4 {
+        let body = call(&mut c, json!(1))
+            .await
+            .expect("gathered")
+            .body_json()
+            .unwrap();
+        assert_eq!(body[0]["shard"], 0);
+        names.push(body[1]["name"].as_str().unwrap().to_string());
+    }
+    // Round robin between shard 1's two replicas.
+    assert_eq!(names, ["", "second", "", "second"]);
+}
