@@ -341,17 +341,19 @@ async fn ps(a: PsArgs) -> Result<(), CmdError> {
             return Err(RunnerError::NotFound(name.clone()).into());
         };
         println!(
-            "{:<16} {:<8} {:<11} {:>8}  {:<22} LAST EXIT",
-            "PART", "ROLE", "STATE", "RESTARTS", "ADDRESS"
+            "{:<16} {:<8} {:<11} {:>8}  {:<22} {:<14} LAST EXIT",
+            "PART", "ROLE", "STATE", "RESTARTS", "ADDRESS", "ID"
         );
         for p in &s.parts {
+            let id = p.id.as_deref().unwrap_or("-");
             println!(
-                "{:<16} {:<8} {:<11} {:>8}  {:<22} {}",
+                "{:<16} {:<8} {:<11} {:>8}  {:<22} {:<14} {}",
                 p.name,
                 p.role,
                 p.state,
                 p.restarts,
                 p.address,
+                &id[..id.len().min(14)],
                 p.last_exit.as_deref().unwrap_or("-")
             );
         }

@@ -1,0 +1,803 @@
+//! End to end: the built `mp` binary deploys real handler processes (the
+//! `hello` and histogram examples, the Python leaf and merger) behind the real
+//! mp-lb and mp-gather with the local runner, and calls, lists, follows,
+//! updates and deletes them.
+//!
+//! Every test has its own state directory (`MP_STATE_DIR`), so tests never see
+//! each other's services, and an [`Mp`] guard that deletes what the test
+//! deployed even when the test fails.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mp_testkit::{bin, example, output_within, repo_root, ChildGuard};
+use serde_json::Value;
+
+/// The `mp` binary with a private state directory; deletes what was deployed
+/// when dropped.
+struct Mp {
+    state: tempfile::TempDir,
+    deployed: std::sync::Mutex<Vec<String>>,
+}
+
+impl Mp {
+    fn new() -> Mp {
+        Mp {
+            state: tempfile::tempdir().expect("temp dir"),
+            deployed: Default::default(),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin("mp"));
+        cmd.args(args)
+            .env("MP_STATE_DIR", self.state.path())
+            .env_remove("MP_RUNNER")
+            .current_dir(repo_root());
+        cmd
+    }
+
+    /// Runs `mp args...` (at most 90 s).
+    fn run(&self, args: &[&str]) -> Output {
+        if args.first() == Some(&"deploy") {
+            let mut it = args.iter();
+            while let Some(a) = it.next() {
+                if *a == "--name" {
+                    let name = it.next().expect("a name after --name").to_string();
+                    self.deployed.lock().unwrap().push(name);
+                }
+            }
+        }
+        output_within(&mut self.command(args), Duration::from_secs(90))
+    }
+
+    /// Runs `mp args...` and returns its stdout; panics with its stderr on failure.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "mp {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `mp args...`, expects it to fail, and returns its error: the
+    /// last line of stderr (progress lines may come before it), the only one
+    /// that starts with `mp: `.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        assert!(
+            !out.status.success(),
+            "mp {args:?} succeeded but should fail:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let err = stderr.lines().last().unwrap_or_default().to_string();
+        assert!(err.starts_with("mp: "), "mp {args:?}: {stderr}");
+        assert_eq!(
+            stderr.lines().filter(|l| l.starts_with("mp")).count(),
+            1,
+            "mp {args:?}: more than one error line:\n{stderr}"
+        );
+        err
+    }
+
+    /// Calls the service with the default body and returns the reply's JSON.
+    fn call(&self, name: &str) -> Value {
+        let out = self.ok(&["call", name]);
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("reply {out:?}: {e}"))
+    }
+
+    /// `mp ps NAME` as rows of (part, state, restarts, address, pid).
+    fn parts(&self, name: &str) -> Vec<PartRow> {
+        self.ok(&["ps", name])
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                PartRow {
+                    name: f[0].to_string(),
+                    state: f[2].to_string(),
+                    restarts: f[3].parse().unwrap(),
+                    address: f[4].to_string(),
+                    pid: f[5].parse().ok(),
+                }
+            })
+            .collect()
+    }
+
+    fn services_dir(&self) -> PathBuf {
+        self.state.path().join("services")
+    }
+
+    /// The supervisor's pid of a service, from its status file.
+    fn supervisor_pid(&self, name: &str) -> u32 {
+        let path = self.services_dir().join(name).join("status.json");
+        let status: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        status["supervisor"].as_u64().unwrap() as u32
+    }
+
+    /// Waits until `cond` holds on `mp ps NAME`, at most `limit`.
+    fn wait_parts(
+        &self,
+        name: &str,
+        limit: Duration,
+        cond: impl Fn(&[PartRow]) -> bool,
+    ) -> Vec<PartRow> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let rows = self.parts(name);
+            if cond(&rows) {
+                return rows;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mp ps {name} did not reach the state in {limit:?}: {rows:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Mp {
+    fn drop(&mut self) {
+        let names = std::mem::take(&mut *self.deployed.lock().unwrap());
+        for name in names {
+            let _ = output_within(
+                &mut self.command(&["delete", &name]),
+                Duration::from_secs(60),
+            );
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct PartRow {
+    name: String,
+    state: String,
+    restarts: u32,
+    address: String,
+    pid: Option<u32>,
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next()),
+            Some("Z")
+        ),
+        Err(_) => false,
+    }
+}
+
+fn port_free(addr: &str) -> bool {
+    TcpListener::bind(addr).is_ok()
+}
+
+/// Checks a histogram reply: 10 bins counting the 1,000 samples of 10
+/// leaves. The leaves draw from a Gaussian (mean 100, sigma 25) and the
+/// merger drops the rare sample outside [0, 200) (4 sigma: about one call in
+/// sixteen loses one), so a few may be missing; the exact count of samples is
+/// checked with the json-array reducer in
+/// `logs_are_prefixed_by_part_filtered_by_role_and_followed`.
+fn assert_histogram_of_1000(v: &Value) {
+    let bins = v.as_array().unwrap_or_else(|| panic!("not an array: {v}"));
+    assert_eq!(bins.len(), 10, "{v}");
+    let sum: u64 = bins.iter().map(|b| b.as_u64().unwrap()).sum();
+    assert!((995..=1000).contains(&sum), "the bins sum to {sum}: {v}");
+    // The middle bins (80..120) hold most of a Gaussian around 100.
+    assert!(
+        bins[4].as_u64().unwrap() + bins[5].as_u64().unwrap() > 400,
+        "{v}"
+    );
+}
+
+#[test]
+fn spread_3_hello_calls_reach_3_servers_3_times_each() {
+    let mp = Mp::new();
+    let out = mp.ok(&[
+        "deploy",
+        "--pattern",
+        "spread",
+        "--name",
+        "hello",
+        "--replicas",
+        "3",
+        "--handler",
+        path(&example("hello")),
+        "--timeout",
+        "60",
+    ]);
+    assert!(
+        out.starts_with("deployed hello (local): 4 processes, front at 127.0.0.1:"),
+        "{out}"
+    );
+
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..9 {
+        let reply = mp.call("hello");
+        assert_eq!(reply["request"], serde_json::json!({"foo": "bar"}));
+        *seen
+            .entry(reply["server"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen.values().all(|n| *n == 3), "{seen:?}");
+}
+
+#[test]
+fn scatter_10_histogram_sums_to_1000_and_ps_from_another_process_sees_it() {
+    let mp = Mp::new();
+    let out = mp.ok(&[
+        "deploy",
+        "--pattern",
+        "scatter",
+        "--name",
+        "histogram-service",
+        "--shards",
+        "10",
+        "--leaf",
+        path(&example("histogram-leaf")),
+        "--merge",
+        path(&example("histogram-merge")),
+        "--timeout",
+        "60",
+    ]);
+    assert!(out.contains("12 processes"), "{out}");
+    assert_histogram_of_1000(&mp.call("histogram-service"));
+
+    // Every `mp` run is its own process: this one only has the state directory.
+    let ps = mp.ok(&["ps", "--runner", "local"]);
+    let row = ps
+        .lines()
+        .find(|l| l.starts_with("histogram-service "))
+        .unwrap_or_else(|| panic!("{ps}"));
+    let f: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&f[1..5], ["scatter", "local", "12/12", "0"], "{ps}");
+    assert_eq!(f.last(), Some(&"healthy"), "{ps}");
+
+    let parts = mp.parts("histogram-service");
+    assert_eq!(parts.len(), 12);
+    assert!(
+        parts
+            .iter()
+            .all(|p| p.state == "healthy" && p.pid.is_some()),
+        "{parts:?}"
+    );
+}
+
+#[test]
+fn scatter_with_the_python_leaf_and_merger() {
+    let mp = Mp::new();
+    mp.ok(&[
+        "deploy",
+        "--pattern",
+        "scatter",
+        "--name",
+        "py-histogram",
+        "--shards",
+        "10",
+        "--leaf",
+        "python3 examples/python/leaf.py",
+        "--merge",
+        "python3 examples/python/merge.py",
+        "--timeout",
+        "90",
+    ]);
+    assert_histogram_of_1000(&mp.call("py-histogram"));
+}
+
+#[test]
+fn mp_toml_deploys_two_services_side_by_side() {
+    let mp = Mp::new();
+    let file = mp.state.path().join("mp.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[service]]\nname = \"greeter\"\npattern = \"spread\"\nreplicas = 2\nhandler = {:?}\n\n\
+             [[service]]\nname = \"histogram\"\npattern = \"scatter\"\nshards = 10\nleaf = {:?}\nmerge = {:?}\n",
+            path(&example("hello")),
+            path(&example("histogram-leaf")),
+            path(&example("histogram-merge")),
+        ),
+    )
+    .unwrap();
+    mp.deployed
+        .lock()
+        .unwrap()
+        .extend(["greeter".to_string(), "histogram".to_string()]);
+    let out = mp.ok(&["deploy", "-f", path(&file), "--timeout", "60"]);
+    assert!(
+        out.contains("deployed greeter (local): 3 processes"),
+        "{out}"
+    );
+    assert!(
+        out.contains("deployed histogram (local): 12 processes"),
+        "{out}"
+    );
+
+    let ps = mp.ok(&["ps", "--runner", "local"]);
+    let fronts: Vec<&str> = ps
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().nth(5).unwrap())
+        .collect();
+    assert_eq!(fronts.len(), 2, "{ps}");
+    assert_ne!(fronts[0], fronts[1], "{ps}");
+    assert!(mp.call("greeter")["server"].is_string());
+    assert_histogram_of_1000(&mp.call("histogram"));
+
+    // Deleting one leaves the other alone.
+    mp.ok(&["delete", "greeter"]);
+    assert_histogram_of_1000(&mp.call("histogram"));
+    let ps = mp.ok(&["ps", "--runner", "local"]);
+    assert!(!ps.contains("greeter") && ps.contains("histogram"), "{ps}");
+}
+
+#[test]
+fn a_killed_handler_is_restarted_and_calls_succeed_again() {
+    let mp = Mp::new();
+    mp.ok(&[
+        "deploy",
+        "--pattern",
+        "service",
+        "--name",
+        "solo",
+        "--handler",
+        path(&example("hello")),
+        "--timeout",
+        "60",
+    ]);
+    mp.call("solo");
+    let before = mp.parts("solo");
+    let pid = before[0].pid.expect("a pid");
+    assert!(Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+
+    let after = mp.wait_parts("solo", Duration::from_secs(30), |rows| {
+        rows[0].restarts == 1 && rows[0].state == "healthy" && rows[0].pid != Some(pid)
+    });
+    assert!(!alive(pid));
+    assert_eq!(
+        after[0].address, before[0].address,
+        "restarted on the same port"
+    );
+    assert_eq!(
+        mp.call("solo")["request"],
+        serde_json::json!({"foo": "bar"})
+    );
+    let logs = mp.ok(&["logs", "solo"]);
+    assert!(logs.contains("killed by signal 9"), "{logs}");
+}
+
+#[test]
+fn a_part_that_keeps_crashing_shows_as_a_crash_loop() {
+    let mp = Mp::new();
+    // The handler serves for a moment, then the test makes it crash at once
+    // on every restart (by removing the script it runs).
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("handler.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ -f {0} ] || exit 7\nexec {1}\n",
+            dir.path().join("ok").display(),
+            path(&example("hello"))
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("ok"), "").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    mp.ok(&[
+        "deploy",
+        "--pattern",
+        "service",
+        "--name",
+        "crashy",
+        "--handler",
+        path(&script),
+        "--timeout",
+        "60",
+    ]);
+    let pid = mp.parts("crashy")[0].pid.unwrap();
+    std::fs::remove_file(dir.path().join("ok")).unwrap();
+    assert!(Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    mp.wait_parts("crashy", Duration::from_secs(30), |rows| {
+        rows[0].state == "crash-loop" && rows[0].restarts >= 3
+    });
+    let ps = mp.ok(&["ps", "--runner", "local"]);
+    assert!(ps.contains("handler crash-loop"), "{ps}");
+    let detail = mp.ok(&["ps", "crashy"]);
+    assert!(detail.contains("exit status 7"), "{detail}");
+}
+
+#[test]
+fn redeploy_updates_with_no_failed_call_during_a_steady_stream() {
+    let mp = Mp::new();
+    let hello = example("hello");
+    let deploy = |replicas: &str| {
+        mp.ok(&[
+            "deploy",
+            "--pattern",
+            "spread",
+            "--name",
+            "rolling",
+            "--replicas",
+            replicas,
+            "--handler",
+            path(&hello),
+            "--timeout",
+            "60",
+        ])
+    };
+    deploy("3");
+    let front = mp
+        .ok(&["ps"])
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .nth(5)
+        .unwrap()
+        .to_string();
+    let before: Vec<u32> = mp.parts("rolling").iter().filter_map(|p| p.pid).collect();
+
+    // A steady stream of calls from this process while the update runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let caller = {
+        let (stop, ok, failures, front) =
+            (stop.clone(), ok.clone(), failures.clone(), front.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                while !stop.load(Ordering::Relaxed) {
+                    let body = serde_json::json!({"n": 1});
+                    match mp_cli::health::call_json(&front, body, Duration::from_secs(10)).await {
+                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            failures.lock().unwrap().push(e.to_string());
+                            0
+                        }
+                    };
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let out = deploy("2");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    caller.join().unwrap();
+
+    assert!(
+        out.starts_with("updated rolling (local): 3 processes"),
+        "{out}"
+    );
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} calls failed during the update: {failures:?}",
+        failures.len()
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) >= 20,
+        "only {} calls",
+        ok.load(Ordering::Relaxed)
+    );
+
+    // The new replicas serve; the old ones are gone; the front stayed.
+    let parts = mp.parts("rolling");
+    let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["replica-0", "replica-1", "lb"]);
+    let lb_pid = parts[2].pid;
+    assert!(
+        before.contains(&lb_pid.unwrap()),
+        "the same mp-lb keeps serving"
+    );
+    for old in before.iter().filter(|p| Some(**p) != lb_pid) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while alive(*old) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!alive(*old), "old replica {old} still runs");
+    }
+    let servers: std::collections::BTreeSet<String> = (0..4)
+        .map(|_| mp.call("rolling")["server"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(servers.len(), 2, "{servers:?}");
+}
+
+#[test]
+fn delete_stops_every_process_and_frees_every_port() {
+    let mp = Mp::new();
+    mp.ok(&[
+        "deploy",
+        "--pattern",
+        "scatter",
+        "--name",
+        "doomed",
+        "--shards",
+        "3",
+        "--leaf",
+        path(&example("histogram-leaf")),
+        "--merge",
+        path(&example("histogram-merge")),
+        "--timeout",
+        "60",
+    ]);
+    let parts = mp.parts("doomed");
+    assert_eq!(parts.len(), 5);
+    let supervisor = mp.supervisor_pid("doomed");
+    let pids: Vec<u32> = parts
+        .iter()
+        .filter_map(|p| p.pid)
+        .chain([supervisor])
+        .collect();
+    assert_eq!(pids.len(), 6);
+    assert!(pids.iter().all(|p| alive(*p)));
+
+    let out = mp.ok(&["delete", "doomed"]);
+    assert_eq!(out.trim(), "deleted doomed");
+    for pid in &pids {
+        assert!(!alive(*pid), "pid {pid} still runs after delete");
+    }
+    for p in &parts {
+        assert!(
+            port_free(&p.address),
+            "{} still taken after delete",
+            p.address
+        );
+    }
+    assert!(!mp.services_dir().join("doomed").exists());
+    // Deleting what is gone is not an error.
+    assert_eq!(
+        mp.ok(&["delete", "doomed"]).trim(),
+        "nothing to delete: no service named doomed"
+    );
+    let ps = mp.run(&["ps", "--runner", "local"]);
+    assert!(String::from_utf8_lossy(&ps.stdout).is_empty());
+}
+
+#[test]
+fn logs_are_prefixed_by_part_filtered_by_role_and_followed() {
+    let mp = Mp::new();
+    mp.ok(&[
+        "deploy",
+        "--pattern",
+        "scatter",
+        "--name",
+        "talky",
+        "--shards",
+        "2",
+        "--leaf",
+        path(&example("histogram-leaf")),
+        "--reducer",
+        "json-array",
+        "--timeout",
+        "60",
+    ]);
+    // Each leaf answers 100 samples; the json-array reducer gathers them all.
+    let reply = mp.call("talky");
+    let leaves = reply.as_array().unwrap_or_else(|| panic!("{reply}"));
+    assert_eq!(leaves.len(), 2, "{reply}");
+    assert!(
+        leaves.iter().all(|l| l.as_array().unwrap().len() == 100),
+        "{reply}"
+    );
+
+    let all = mp.ok(&["logs", "talky"]);
+    for part in ["leaf-0 ", "leaf-1 ", "gather ", "supervisor "] {
+        assert!(
+            all.lines().any(|l| l.starts_with(part)),
+            "no {part} line in:\n{all}"
+        );
+    }
+    let leaves = mp.ok(&["logs", "talky", "--role", "leaf"]);
+    assert!(!leaves.is_empty());
+    assert!(leaves.lines().all(|l| l.starts_with("leaf-")), "{leaves}");
+
+    // --follow prints what comes later: kill a leaf, and the supervisor's
+    // restart line (and the new leaf's start lines) show up.
+    let mut follow = ChildGuard::spawn(
+        mp.command(&["logs", "talky", "--follow"])
+            .stdout(Stdio::piped()),
+    );
+    let stdout = follow.inner().stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = mp.parts("talky")[0].pid.unwrap();
+    assert!(Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut got = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            if line.starts_with("supervisor") && line.contains("restarting") {
+                return;
+            }
+            got.push(line);
+        }
+    }
+    panic!(
+        "no restart line followed within 20 s; got:\n{}",
+        got.join("\n")
+    );
+}
+
+#[test]
+fn bad_input_gets_a_one_line_error_and_deploys_nothing() {
+    let mp = Mp::new();
+    let hello = example("hello");
+    let hello = path(&hello);
+
+    let e = mp.fails(&[
+        "deploy",
+        "--pattern",
+        "ring",
+        "--name",
+        "bad",
+        "--handler",
+        hello,
+    ]);
+    assert!(
+        e.contains("'ring'") && e.contains("service, spread, scatter"),
+        "{e}"
+    );
+
+    let e = mp.fails(&[
+        "deploy",
+        "--pattern",
+        "spread",
+        "--name",
+        "bad",
+        "--replicas",
+        "2",
+        "--handler",
+        "./no/such/handler",
+    ]);
+    assert!(e.contains("`./no/such/handler` does not exist"), "{e}");
+    let e = mp.fails(&[
+        "deploy",
+        "--pattern",
+        "service",
+        "--name",
+        "bad",
+        "--handler",
+        "no-such-program-anywhere",
+    ]);
+    assert!(e.contains("not found on PATH"), "{e}");
+
+    let e = mp.fails(&[
+        "deploy",
+        "--pattern",
+        "spread",
+        "--name",
+        "bad",
+        "--replicas",
+        "2",
+        "--handler",
+        "sh -c 'echo boom >&2; exit 3'",
+        "--timeout",
+        "60",
+    ]);
+    assert!(e.contains("exited at once (exit status 3): boom"), "{e}");
+    assert!(e.contains("mp logs bad --role replica"), "{e}");
+
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let e = mp.fails(&[
+        "deploy",
+        "--pattern",
+        "service",
+        "--name",
+        "bad",
+        "--handler",
+        hello,
+        "--port",
+        &port,
+    ]);
+    assert!(e.contains(&format!("port {port} is already in use")), "{e}");
+
+    let file = mp.state.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "[[service]]\nname = \"bad\"\npattern = \"spread\"\nhandler = \"x\"\n",
+    )
+    .unwrap();
+    let e = mp.fails(&["deploy", "-f", path(&file)]);
+    assert!(e.contains("needs `replicas`"), "{e}");
+    std::fs::write(&file, "[[service]\n").unwrap();
+    let e = mp.fails(&["deploy", "-f", path(&file)]);
+    assert!(e.contains("invalid") && e.contains("line 1"), "{e}");
+
+    let e = mp.fails(&["call", "nobody"]);
+    assert_eq!(
+        e,
+        "mp: no service named `nobody` is deployed (`mp ps` lists them)"
+    );
+    let e = mp.fails(&["logs", "nobody"]);
+    assert!(e.contains("no service named `nobody`"), "{e}");
+
+    // Nothing of any of these was left behind.
+    assert!(!mp.services_dir().join("bad").exists());
+    assert!(String::from_utf8_lossy(&mp.run(&["ps", "--runner", "local"]).stdout).is_empty());
+    let leftovers = Command::new("pgrep")
+        .args(["-f", "echo boom"])
+        .output()
+        .unwrap();
+    assert!(
+        leftovers.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&leftovers.stdout)
+    );
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_starts_nothing() {
+    let mp = Mp::new();
+    let out = mp.ok(&[
+        "deploy",
+        "--pattern",
+        "scatter",
+        "--name",
+        "plan-only",
+        "--shards",
+        "2",
+        "--leaf",
+        "python3 examples/python/leaf.py",
+        "--reducer",
+        "json-array",
+        "--dry-run",
+    ]);
+    assert!(
+        out.starts_with("service plan-only (scatter, 3 parts, front gather)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("MP_SHARD=1") && out.contains("MP_SHARDS=2"),
+        "{out}"
+    );
+    assert!(out.contains("mp-gather --listen 127.0.0.1:"), "{out}");
+    assert!(!mp.services_dir().join("plan-only").exists());
+}
