@@ -55,7 +55,7 @@ fn servers(results: &[(Instant, Result<String, tonic::Status>)], after: Instant)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_backend_is_ejected_then_no_call_fails_and_it_is_used_again_when_back() {
-    let mut bs = vec![
+    let mut bs = [
         Backend::start("k0"),
         Backend::start("k1"),
         Backend::start("k2"),
@@ -115,7 +115,7 @@ async fn killed_backend_is_ejected_then_no_call_fails_and_it_is_used_again_when_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_stopped_gracefully_under_load_fails_no_call() {
-    let mut bs = vec![
+    let mut bs = [
         Backend::start("t0"),
         Backend::start("t1"),
         Backend::start("t2"),
