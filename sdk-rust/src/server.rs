@@ -75,7 +75,9 @@ impl std::fmt::Debug for ServeError {
 /// # }
 /// ```
 pub struct Server {
-    routes: Routes,
+    /// Adds one served service to the routes, given the message size limit
+    /// (known only at serve time, so the builder calls can come in any order).
+    adders: Vec<Box<dyn FnOnce(Routes, usize) -> Routes + Send>>,
     services: Vec<&'static str>,
     grace: Option<Duration>,
     max_message_size: usize,
@@ -101,15 +103,15 @@ impl Server {
     /// A server with nothing to serve yet.
     pub fn new() -> Self {
         Server {
-            routes: Routes::default(),
+            adders: Vec::new(),
             services: Vec::new(),
             grace: None,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
         }
     }
 
-    /// The largest request or reply message, in bytes (default 16 MiB). Set it
-    /// before adding the handler or merger it applies to.
+    /// The largest request or reply message, in bytes (default 16 MiB). A
+    /// larger request is refused with `OUT_OF_RANGE` (tonic's choice).
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes;
         self
@@ -117,20 +119,26 @@ impl Server {
 
     /// Serves `handler` as `mp.v1.Handler`.
     pub fn handler(mut self, handler: impl Handler) -> Self {
-        let svc = HandlerServer::new(HandlerService(handler))
-            .max_decoding_message_size(self.max_message_size)
-            .max_encoding_message_size(self.max_message_size);
-        self.routes = self.routes.add_service(svc);
+        self.adders.push(Box::new(move |routes, max| {
+            routes.add_service(
+                HandlerServer::new(HandlerService(handler))
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+            )
+        }));
         self.services.push(mp_proto::names::HANDLER);
         self
     }
 
     /// Serves `merger` as `mp.v1.Merger`.
     pub fn merger(mut self, merger: impl Merger) -> Self {
-        let svc = MergerServer::new(MergerService(merger))
-            .max_decoding_message_size(self.max_message_size)
-            .max_encoding_message_size(self.max_message_size);
-        self.routes = self.routes.add_service(svc);
+        self.adders.push(Box::new(move |routes, max| {
+            routes.add_service(
+                MergerServer::new(MergerService(merger))
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+            )
+        }));
         self.services.push(mp_proto::names::MERGER);
         self
     }
@@ -205,8 +213,11 @@ impl Server {
                 .await;
         }
         let (reflection_v1, reflection_v1alpha) = reflection(&self.services);
+        let max = self.max_message_size;
         let routes = self
-            .routes
+            .adders
+            .into_iter()
+            .fold(Routes::default(), |routes, add| add(routes, max))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
