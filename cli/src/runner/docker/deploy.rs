@@ -36,11 +36,16 @@ use super::{label, labels, DockerRunner};
 use crate::plan::ServicePlan;
 use crate::runner::{Deployed, PartEvent, Progress, RunnerError};
 
-/// How long a part may take to pass its first health check.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a part may take to pass its first health check, by default.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a stopped part may take to finish what it is doing.
 const STOP_GRACE_SECS: i32 = 10;
+
+/// How long a replacement runs next to the part it replaces: mp-lb resolves
+/// names again every 5 s, and must know the new address before the old one
+/// goes away (or a spread of one replica would have nowhere to send calls).
+const DNS_SETTLE: Duration = Duration::from_secs(6);
 
 /// Suffix of a replacement container while it starts next to the original.
 const NEXT: &str = "-next";
@@ -76,13 +81,14 @@ pub async fn deploy(
         .collect();
 
     let docker = &runner.docker;
+    let limit = runner.ready_timeout;
     let network = labels::network_name(name);
     let made_network = ensure_network(docker, name, &network).await?;
     let updated = !existing.is_empty();
     let result = if updated {
-        update(docker, plan, &specs, &existing, &network, progress).await
+        update(docker, plan, &specs, &existing, &network, limit, progress).await
     } else {
-        create_all(docker, plan, &specs, &network, progress).await
+        create_all(docker, plan, &specs, &network, limit, progress).await
     };
     if let Err(e) = result {
         if !updated {
@@ -109,6 +115,7 @@ async fn create_all(
     plan: &ServicePlan,
     specs: &[ContainerSpec],
     network: &str,
+    limit: Duration,
     progress: &dyn Progress,
 ) -> Result<(), RunnerError> {
     let service = plan.name();
@@ -118,7 +125,7 @@ async fn create_all(
         progress.part(service, &spec.part, PartEvent::Started);
     }
     let waits = specs.iter().map(|s| async move {
-        let r = wait_healthy(docker, service, s, &s.name).await;
+        let r = wait_healthy(docker, service, s, &s.name, limit).await;
         match &r {
             Ok(()) => progress.part(service, &s.part, PartEvent::Healthy),
             Err(e) => progress.part(service, &s.part, PartEvent::Failed(e.to_string())),
@@ -138,6 +145,7 @@ async fn update(
     specs: &[ContainerSpec],
     existing: &[ContainerSummary],
     network: &str,
+    limit: Duration,
     progress: &dyn Progress,
 ) -> Result<(), RunnerError> {
     let service = plan.name();
@@ -158,19 +166,23 @@ async fn update(
         match old {
             Some(c) if label(c, labels::SPEC) == Some(spec.digest()) && running => {
                 // Unchanged; still make sure it is healthy before going on.
-                wait_healthy(docker, service, spec, &spec.name).await?;
+                wait_healthy(docker, service, spec, &spec.name, limit).await?;
                 progress.part(service, &spec.part, PartEvent::Healthy);
             }
             Some(c) if spec.front_port.is_none() => {
                 // New before old, under a temporary name with the same alias.
                 let temp = format!("{}{NEXT}", spec.name);
                 progress.part(service, &spec.part, PartEvent::Starting);
-                let started = start(docker, spec, &temp, network).await;
-                if let Err(e) = started.and(wait_healthy(docker, service, spec, &temp).await) {
+                let result = match start(docker, spec, &temp, network).await {
+                    Ok(()) => wait_healthy(docker, service, spec, &temp, limit).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = result {
                     remove(docker, &temp).await;
                     progress.part(service, &spec.part, PartEvent::Failed(e.to_string()));
                     return Err(e);
                 }
+                tokio::time::sleep(DNS_SETTLE).await;
                 progress.part(service, &spec.part, PartEvent::Stopping);
                 stop_and_remove(docker, c.id.as_deref().unwrap_or(&spec.name)).await;
                 let rename = RenameContainerOptionsBuilder::default()
@@ -188,13 +200,13 @@ async fn update(
                 stop_and_remove(docker, c.id.as_deref().unwrap_or(&spec.name)).await;
                 progress.part(service, &spec.part, PartEvent::Starting);
                 start(docker, spec, &spec.name, network).await?;
-                wait_healthy(docker, service, spec, &spec.name).await?;
+                wait_healthy(docker, service, spec, &spec.name, limit).await?;
                 progress.part(service, &spec.part, PartEvent::Healthy);
             }
             None => {
                 progress.part(service, &spec.part, PartEvent::Starting);
                 start(docker, spec, &spec.name, network).await?;
-                wait_healthy(docker, service, spec, &spec.name).await?;
+                wait_healthy(docker, service, spec, &spec.name, limit).await?;
                 progress.part(service, &spec.part, PartEvent::Healthy);
             }
         }
@@ -294,6 +306,7 @@ async fn wait_healthy(
     service: &str,
     spec: &ContainerSpec,
     name: &str,
+    limit: Duration,
 ) -> Result<(), RunnerError> {
     let started = Instant::now();
     let mut last_error = String::new();
@@ -327,11 +340,11 @@ async fn wait_healthy(
                 Err(e) => last_error = e,
             }
         }
-        if started.elapsed() > READY_TIMEOUT {
+        if started.elapsed() > limit {
             return Err(RunnerError::Unhealthy {
                 service: service.to_string(),
                 part: spec.part.clone(),
-                after: READY_TIMEOUT,
+                after: limit,
                 detail: if last_error.is_empty() {
                     String::new()
                 } else {

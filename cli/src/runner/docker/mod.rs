@@ -48,6 +48,7 @@ pub use spec::DockerAddressing;
 pub struct DockerRunner {
     docker: Docker,
     prune_images: bool,
+    ready_timeout: std::time::Duration,
 }
 
 impl From<DockerError> for RunnerError {
@@ -66,7 +67,15 @@ impl DockerRunner {
         Ok(DockerRunner {
             docker: engine::connect().await?,
             prune_images: false,
+            ready_timeout: deploy::READY_TIMEOUT,
         })
+    }
+
+    /// How long [`Runner::deploy`] waits for each part to pass its health
+    /// check before it gives up (and removes what it started).
+    pub fn deploy_timeout(mut self, limit: std::time::Duration) -> DockerRunner {
+        self.ready_timeout = limit;
+        self
     }
 
     /// Whether [`Runner::delete`] also removes the images mp built for the

@@ -1,0 +1,637 @@
+//! End to end on a real Docker engine: the built `mp` binary deploys the
+//! `hello` and histogram examples behind the real mp-lb and mp-gather as
+//! containers (images built `FROM scratch` on the spot: nothing is pulled),
+//! and calls, lists, updates, breaks and deletes them.
+//!
+//! Outside CI, with no engine reachable, every test prints a loud SKIPPED line
+//! and passes; with `CI=true` a missing engine fails them. Each test uses its
+//! own service names and a guard that deletes them even when the test fails.
+//! The images are built once per run of this file and shared by the tests.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bollard::models::ContainerSummary;
+use bollard::query_parameters::{ListContainersOptionsBuilder, ListNetworksOptionsBuilder};
+use bollard::Docker;
+use mp_cli::runner::docker::{engine, image};
+use mp_testkit::{bin, example, in_ci, output_within, repo_root};
+
+/// A runtime for the few engine calls the tests make themselves.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(f)
+}
+
+/// The engine, with the shared images built; `None` (after a loud SKIPPED
+/// line) when no engine answers outside CI.
+fn engine(test: &str) -> Option<Docker> {
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    let ready = READY.get_or_init(|| block_on(prepare()));
+    match ready {
+        Ok(()) => Some(block_on(engine::connect()).expect("the engine answered a moment ago")),
+        Err(e) if in_ci() => panic!("CI=true and the Docker engine is needed: {e}"),
+        Err(e) => {
+            eprintln!("\n*** SKIPPED docker test {test}: {e} ***\n");
+            None
+        }
+    }
+}
+
+/// Builds every image the tests deploy, once, so tests running in parallel
+/// do not all build the same ones.
+async fn prepare() -> Result<(), String> {
+    let docker = engine::connect().await.map_err(|e| e.to_string())?;
+    let canonical = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
+    let mut data_plane = vec![canonical(bin("mp-lb")), canonical(bin("mp-gather"))];
+    data_plane.sort();
+    let mut images = vec![("mp-data-plane".to_string(), data_plane)];
+    for ex in ["hello", "histogram-leaf", "histogram-merge"] {
+        images.push((image::repository_for(ex), vec![canonical(example(ex))]));
+    }
+    for (repository, binaries) in images {
+        let sources = image::Sources::for_binaries(&binaries).map_err(|e| e.to_string())?;
+        image::ensure_image(&docker, &repository, sources, &mut |m| eprintln!("{m}"))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// A unique service name for this run.
+fn unique(what: &str) -> String {
+    format!("dt-{what}-{}", std::process::id())
+}
+
+/// Runs the `mp` binary; deletes the services it deployed when dropped.
+struct Mp {
+    services: std::sync::Mutex<Vec<String>>,
+}
+
+impl Mp {
+    fn new() -> Mp {
+        Mp {
+            services: Default::default(),
+        }
+    }
+
+    fn command(args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin("mp"));
+        cmd.args(args)
+            .env_remove("MP_RUNNER")
+            .current_dir(repo_root());
+        cmd
+    }
+
+    /// Runs `mp args...` (at most 3 minutes: the first deploy may build).
+    fn run(&self, args: &[&str]) -> Output {
+        if let Some(i) = args.iter().position(|a| *a == "--name") {
+            self.services.lock().unwrap().push(args[i + 1].to_string());
+        }
+        output_within(&mut Self::command(args), Duration::from_secs(180))
+    }
+
+    /// Runs `mp args...`, panics with its output unless it succeeds.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "mp {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `mp args...`, expects a failure, returns its last stderr line.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            !out.status.success(),
+            "mp {args:?} succeeded but should fail:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        stderr
+            .lines()
+            .rfind(|l| !l.trim().is_empty())
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// `mp call NAME` on the docker runner: the reply's JSON.
+    fn call(&self, name: &str) -> Result<serde_json::Value, String> {
+        let out = output_within(
+            &mut Self::command(&["call", name, "--runner", "docker", "--timeout", "10"]),
+            Duration::from_secs(20),
+        );
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+impl Drop for Mp {
+    fn drop(&mut self) {
+        for name in self.services.lock().unwrap().drain(..) {
+            let _ = output_within(
+                &mut Self::command(&["delete", &name, "--runner", "docker"]),
+                Duration::from_secs(60),
+            );
+        }
+    }
+}
+
+/// The containers of `service` (running or not).
+fn containers(docker: &Docker, service: &str) -> Vec<ContainerSummary> {
+    let filters: HashMap<&str, Vec<String>> = [(
+        "label",
+        vec![
+            "mp.managed-by=mp".to_string(),
+            format!("mp.service={service}"),
+        ],
+    )]
+    .into_iter()
+    .collect();
+    let options = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    block_on(docker.list_containers(Some(options))).expect("list containers")
+}
+
+fn names(cs: &[ContainerSummary]) -> Vec<String> {
+    let mut n: Vec<String> = cs
+        .iter()
+        .filter_map(|c| c.names.as_ref()?.first().cloned())
+        .map(|n| n.trim_start_matches('/').to_string())
+        .collect();
+    n.sort();
+    n
+}
+
+/// Whether the network `name` exists.
+fn network_exists(docker: &Docker, name: &str) -> bool {
+    let filters: HashMap<&str, Vec<String>> =
+        [("name", vec![name.to_string()])].into_iter().collect();
+    let options = ListNetworksOptionsBuilder::default()
+        .filters(&filters)
+        .build();
+    block_on(docker.list_networks(Some(options)))
+        .expect("list networks")
+        .iter()
+        .any(|n| n.name.as_deref() == Some(name))
+}
+
+/// Asserts that nothing of `service` is left on the engine.
+fn assert_gone(docker: &Docker, service: &str) {
+    let left = names(&containers(docker, service));
+    assert!(left.is_empty(), "containers of {service} left: {left:?}");
+    assert!(
+        !network_exists(docker, &format!("mp-{service}")),
+        "network mp-{service} left"
+    );
+}
+
+/// The `server` field of hello's replies over `n` calls.
+fn servers(mp: &Mp, name: &str, n: usize) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        let reply = mp.call(name).unwrap_or_else(|e| panic!("call {name}: {e}"));
+        let server = reply["server"].as_str().expect("hello names its server");
+        *seen.entry(server.to_string()).or_default() += 1;
+    }
+    seen
+}
+
+/// Waits (at most `limit`) until `f` is true.
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    false
+}
+
+#[test]
+fn spread_of_three_is_four_containers_and_updates_without_failed_calls() {
+    let Some(docker) = engine("spread") else {
+        return;
+    };
+    let mp = Mp::new();
+    let name = unique("spread");
+    let hello = example("hello");
+    let out = mp.ok(&[
+        "deploy",
+        "--runner",
+        "docker",
+        "--pattern",
+        "spread",
+        "--name",
+        &name,
+        "--replicas",
+        "3",
+        "--handler",
+        hello.to_str().unwrap(),
+    ]);
+    assert!(out.contains("127.0.0.1:"), "deploy prints the front: {out}");
+
+    // Seed chapter 2: 3 replicas and a load balancer, as containers.
+    let cs = containers(&docker, &name);
+    assert_eq!(
+        names(&cs),
+        [
+            format!("mp-{name}-lb-0"),
+            format!("mp-{name}-replica-0"),
+            format!("mp-{name}-replica-1"),
+            format!("mp-{name}-replica-2"),
+        ]
+    );
+    assert!(network_exists(&docker, &format!("mp-{name}")));
+    let seen = servers(&mp, &name, 9);
+    assert_eq!(
+        seen.len(),
+        3,
+        "9 calls reach 3 container hostnames: {seen:?}"
+    );
+    assert!(
+        seen.keys()
+            .all(|s| s.starts_with(&format!("mp-{name}-replica-"))),
+        "{seen:?}"
+    );
+    assert!(seen.values().all(|n| *n == 3), "round robin: {seen:?}");
+
+    let ps = mp.ok(&["ps", "--runner", "docker"]);
+    let line = ps
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .unwrap_or_else(|| panic!("{ps}"));
+    assert!(line.contains("4/4") && line.contains("docker"), "{line}");
+    let logs = mp.ok(&["logs", &name, "--runner", "docker", "--role", "replica"]);
+    for i in 0..3 {
+        assert!(
+            logs.contains(&format!("replica-{i}")),
+            "logs of replica-{i}:\n{logs}"
+        );
+    }
+
+    // A re-deploy with a change replaces the replicas one at a time while
+    // calls keep succeeding.
+    let before: Vec<String> = cs.iter().filter_map(|c| c.id.clone()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let caller = {
+        let (stop, ok, failed, name) = (stop.clone(), ok.clone(), failed.clone(), name.clone());
+        std::thread::spawn(move || {
+            let mp = Mp::new();
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match mp.call(&name) {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        errors.push(e);
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+            errors
+        })
+    };
+    let out = mp.ok(&[
+        "deploy",
+        "--runner",
+        "docker",
+        "--pattern",
+        "spread",
+        "--name",
+        &name,
+        "--replicas",
+        "3",
+        "--handler",
+        hello.to_str().unwrap(),
+        "--env",
+        "VERSION=2",
+    ]);
+    stop.store(true, Ordering::Relaxed);
+    let errors = caller.join().expect("caller thread");
+    assert!(
+        errors.is_empty(),
+        "calls failed during the update: {errors:?}\n{out}"
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 5,
+        "calls were made during the update"
+    );
+    let after = containers(&docker, &name);
+    assert_eq!(after.len(), 4, "{:?}", names(&after));
+    let replaced = after
+        .iter()
+        .filter(|c| !before.contains(c.id.as_ref().unwrap()))
+        .count();
+    assert_eq!(replaced, 3, "the 3 replicas were replaced, the lb kept");
+    // mp-lb re-resolves the names every few seconds: soon all 3 serve again.
+    let all_three = eventually(Duration::from_secs(20), || {
+        servers(&mp, &name, 6).len() == 3
+    });
+    assert!(all_three, "the new replicas all serve");
+
+    // Stopping one replica by hand: mp-lb takes it out, and no call fails.
+    let victim = format!("mp-{name}-replica-1");
+    block_on(docker.stop_container(
+        &victim,
+        None::<bollard::query_parameters::StopContainerOptions>,
+    ))
+    .expect("docker stop");
+    std::thread::sleep(Duration::from_secs(6));
+    let seen = servers(&mp, &name, 12);
+    assert!(!seen.contains_key(&format!("{victim}:8080")), "{seen:?}");
+    assert_eq!(seen.len(), 2, "{seen:?}");
+
+    // Delete leaves no container and no network.
+    let out = mp.ok(&["delete", &name, "--runner", "docker"]);
+    assert!(out.contains("deleted"), "{out}");
+    assert_gone(&docker, &name);
+    let out = mp.ok(&["delete", &name, "--runner", "docker"]);
+    assert!(
+        out.contains("nothing to delete"),
+        "deleting twice is fine: {out}"
+    );
+}
+
+#[test]
+fn scatter_of_ten_sums_to_a_thousand_and_a_killed_leaf_comes_back() {
+    let Some(docker) = engine("scatter") else {
+        return;
+    };
+    let mp = Mp::new();
+    let name = unique("histogram");
+    let leaf = example("histogram-leaf");
+    let merge = example("histogram-merge");
+    mp.ok(&[
+        "deploy",
+        "--runner",
+        "docker",
+        "--pattern",
+        "scatter",
+        "--name",
+        &name,
+        "--shards",
+        "10",
+        "--leaf",
+        leaf.to_str().unwrap(),
+        "--merge",
+        merge.to_str().unwrap(),
+    ]);
+    // Seed chapter 4: 10 leaves, the gather root and the merger.
+    let cs = containers(&docker, &name);
+    let n = names(&cs);
+    assert_eq!(n.len(), 12, "{n:?}");
+    assert!(n.contains(&format!("mp-{name}-gather-0")), "{n:?}");
+    assert!(n.contains(&format!("mp-{name}-merge-0")), "{n:?}");
+    for i in 0..10 {
+        assert!(n.contains(&format!("mp-{name}-leaf-{i}")), "{n:?}");
+    }
+    let sum = |reply: &serde_json::Value| -> u64 {
+        reply
+            .as_array()
+            .unwrap_or_else(|| panic!("a histogram: {reply}"))
+            .iter()
+            .map(|b| {
+                b.as_u64()
+                    .unwrap_or_else(|| panic!("bins are counts: {reply}"))
+            })
+            .sum()
+    };
+    let reply = mp.call(&name).expect("call the histogram");
+    assert_eq!(reply.as_array().map(Vec::len), Some(10), "{reply}");
+    assert_eq!(sum(&reply), 1000, "10 leaves x 100 samples: {reply}");
+
+    // A leaf's process killed by hand (a crash, not `docker stop`): the
+    // restart policy brings it back and calls succeed again.
+    let victim = format!("mp-{name}-leaf-3");
+    let inspect = block_on(docker.inspect_container(&victim, None)).expect("inspect leaf");
+    let pid = inspect
+        .state
+        .and_then(|s| s.pid)
+        .expect("a running leaf has a pid");
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    if !killed.is_ok_and(|s| s.success()) {
+        assert!(!in_ci(), "cannot kill pid {pid} of {victim}");
+        eprintln!("\n*** SKIPPED the crash part: killing a container's process needs root ***\n");
+        return;
+    }
+    let back = eventually(Duration::from_secs(30), || {
+        let i = block_on(docker.inspect_container(&victim, None)).expect("inspect");
+        i.restart_count.unwrap_or(0) >= 1 && i.state.and_then(|s| s.running) == Some(true)
+    });
+    assert!(back, "{victim} was restarted");
+    let recovered = eventually(Duration::from_secs(30), || {
+        mp.call(&name).is_ok_and(|r| sum(&r) == 1000)
+    });
+    assert!(recovered, "calls succeed again after the leaf came back");
+    let ps = mp.ok(&["ps", "--runner", "docker"]);
+    let line = ps
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .unwrap_or_else(|| panic!("{ps}"));
+    assert!(line.contains("12/12"), "{line}");
+
+    mp.ok(&["delete", &name, "--runner", "docker"]);
+    assert_gone(&docker, &name);
+}
+
+#[test]
+fn two_services_side_by_side_do_not_collide() {
+    let Some(docker) = engine("side-by-side") else {
+        return;
+    };
+    let mp = Mp::new();
+    let (a, b) = (unique("one"), unique("two"));
+    let hello = example("hello");
+    for name in [&a, &b] {
+        mp.ok(&[
+            "deploy",
+            "--runner",
+            "docker",
+            "--pattern",
+            "service",
+            "--name",
+            name,
+            "--handler",
+            hello.to_str().unwrap(),
+        ]);
+    }
+    for name in [&a, &b] {
+        let seen = servers(&mp, name, 2);
+        let expected = format!("mp-{name}-handler-0:8080");
+        assert_eq!(seen.keys().collect::<Vec<_>>(), [&expected], "{seen:?}");
+        assert_eq!(containers(&docker, name).len(), 1);
+    }
+    let fronts: Vec<String> = [&a, &b]
+        .iter()
+        .map(|n| {
+            let ps = mp.ok(&["ps", "--runner", "docker"]);
+            ps.lines()
+                .find(|l| l.starts_with(n.as_str()))
+                .unwrap_or_else(|| panic!("{ps}"))
+                .to_string()
+        })
+        .collect();
+    assert_ne!(fronts[0], fronts[1]);
+    mp.ok(&["delete", &a, "--runner", "docker"]);
+    assert_gone(&docker, &a);
+    assert_eq!(servers(&mp, &b, 1).len(), 1, "{b} still answers");
+    mp.ok(&["delete", &b, "--runner", "docker"]);
+    assert_gone(&docker, &b);
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_leaves_nothing() {
+    let Some(docker) = engine("bad-input") else {
+        return;
+    };
+    let mp = Mp::new();
+    let hello = example("hello");
+    let hello = hello.to_str().unwrap();
+
+    // An image that is not on the engine (nothing can be pulled).
+    let name = unique("noimage");
+    let err = mp.fails(&[
+        "deploy",
+        "--runner",
+        "docker",
+        "--pattern",
+        "service",
+        "--name",
+        &name,
+        "--image",
+        "--handler",
+        "mp-no-such-image:1",
+    ]);
+    assert!(
+        err.contains("mp-no-such-image:1") && err.contains("not on this Docker engine"),
+        "{err}"
+    );
+    assert_gone(&docker, &name);
+
+    // A front port that is taken.
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().unwrap().port().to_string();
+    let name = unique("porttaken");
+    let err = mp.fails(&[
+        "deploy",
+        "--runner",
+        "docker",
+        "--pattern",
+        "spread",
+        "--name",
+        &name,
+        "--replicas",
+        "2",
+        "--handler",
+        hello,
+        "--port",
+        &port,
+    ]);
+    assert!(
+        err.contains(&format!("port {port} is already in use")),
+        "{err}"
+    );
+    assert_gone(&docker, &name);
+    drop(taken);
+
+    // A name Docker would refuse.
+    let err = mp.fails(&[
+        "deploy",
+        "--runner",
+        "docker",
+        "--pattern",
+        "service",
+        "--name",
+        "Bad/Name!",
+        "--handler",
+        hello,
+    ]);
+    assert!(err.contains("invalid service name"), "{err}");
+    assert!(names(&containers(&docker, "Bad/Name!")).is_empty());
+
+    // A command that is not a binary mp can package.
+    let name = unique("python");
+    let err = mp.fails(&[
+        "deploy",
+        "--runner",
+        "docker",
+        "--pattern",
+        "service",
+        "--name",
+        &name,
+        "--handler",
+        "python3 examples/python/leaf.py",
+    ]);
+    assert!(err.contains("image"), "says to use an image: {err}");
+    assert_gone(&docker, &name);
+
+    // A handler that exits at once: its exit is reported, nothing is left.
+    let name = unique("exits");
+    let exits = mp_testkit::which("false").expect("false(1) is installed");
+    let err = mp.fails(&[
+        "deploy",
+        "--runner",
+        "docker",
+        "--pattern",
+        "spread",
+        "--name",
+        &name,
+        "--replicas",
+        "2",
+        "--handler",
+        exits.to_str().unwrap(),
+    ]);
+    assert!(err.contains("exit"), "{err}");
+    assert_gone(&docker, &name);
+}
+
+#[test]
+fn no_engine_is_one_clear_line() {
+    // Needs no engine: that is the point.
+    let out = output_within(
+        Mp::command(&[
+            "deploy",
+            "--runner",
+            "docker",
+            "--pattern",
+            "service",
+            "--name",
+            "dt-noengine",
+            "--handler",
+            "/bin/true",
+        ])
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock"),
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(
+        lines[0].contains("cannot reach the Docker engine at unix:///nonexistent/docker.sock")
+            && lines[0].contains("DOCKER_HOST"),
+        "{stderr}"
+    );
+}
