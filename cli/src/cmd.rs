@@ -159,6 +159,10 @@ pub struct DeleteArgs {
     /// Only delete it from this runner.
     #[arg(long, value_enum)]
     pub runner: Option<RunnerKind>,
+    /// Also remove the images mp built for it (docker runner; images other
+    /// containers still use, and your own images, are kept).
+    #[arg(long)]
+    pub prune: bool,
 }
 
 /// Parses the command line, runs the command, prints a one-line error on
@@ -241,7 +245,19 @@ pub async fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Ps(a) => ps(a).await,
         Command::Logs(a) => logs(a).await,
         Command::Delete(a) => {
-            let deleted = ops::delete(&a.name, a.runner, &NoProgress).await?;
+            let deleted = if a.prune && a.runner != Some(RunnerKind::Local) {
+                // Only the docker runner has images to prune.
+                let docker = runner::docker::DockerRunner::connect()
+                    .await?
+                    .prune_images(true);
+                let mut any = runner::Runner::delete(&docker, &a.name, &NoProgress).await?;
+                if a.runner.is_none() {
+                    any |= ops::delete(&a.name, Some(RunnerKind::Local), &NoProgress).await?;
+                }
+                any
+            } else {
+                ops::delete(&a.name, a.runner, &NoProgress).await?
+            };
             if deleted {
                 println!("deleted {}", a.name);
             } else {
@@ -287,7 +303,11 @@ async fn deploy(a: DeployArgs) -> Result<(), CmdError> {
         RunnerKind::Local => Box::new(
             runner::local::LocalRunner::from_env()?.deploy_timeout(Duration::from_secs(a.timeout)),
         ),
-        other => runner::connect(other).await?,
+        RunnerKind::Docker => Box::new(
+            runner::docker::DockerRunner::connect()
+                .await?
+                .deploy_timeout(Duration::from_secs(a.timeout)),
+        ),
     };
     let plan = ops::make_plan(&*runner, &topology)?;
     if a.dry_run {
