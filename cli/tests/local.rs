@@ -801,3 +801,62 @@ fn dry_run_prints_the_plan_and_starts_nothing() {
     assert!(out.contains("mp-gather --listen 127.0.0.1:"), "{out}");
     assert!(!mp.services_dir().join("plan-only").exists());
 }
+
+#[test]
+fn topology_as_code_deploys_itself_serves_its_roles_and_deletes_itself() {
+    let mp = Mp::new();
+    mp.deployed
+        .lock()
+        .unwrap()
+        .extend(["histogram-service".to_string(), "replicated".to_string()]);
+    let program = |name: &str, args: &[&str]| {
+        let mut cmd = Command::new(example(name));
+        cmd.args(args)
+            .env("MP_STATE_DIR", mp.state.path())
+            .current_dir(repo_root());
+        let out = output_within(&mut cmd, Duration::from_secs(90));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{name} {args:?} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+
+    let out = program("histogram", &[]);
+    assert!(
+        out.starts_with("deployed histogram-service (local): 12 processes, front at 127.0.0.1:"),
+        "{out}"
+    );
+    let reply: Value = serde_json::from_str(program("histogram", &["call"]).trim()).unwrap();
+    assert_histogram_of_1000(&reply);
+    // The same service, seen and called by `mp`.
+    assert_histogram_of_1000(&mp.call("histogram-service"));
+    let parts = mp.parts("histogram-service");
+    assert_eq!(parts.len(), 12);
+    assert!(parts.iter().all(|p| p.state == "healthy"), "{parts:?}");
+
+    program("replicated", &[]);
+    let froms: std::collections::BTreeSet<String> = (0..3)
+        .map(|_| mp.call("replicated")["from"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        froms.into_iter().collect::<Vec<_>>(),
+        [
+            "replica 0 of replicated",
+            "replica 1 of replicated",
+            "replica 2 of replicated"
+        ]
+    );
+
+    assert_eq!(
+        program("histogram", &["delete"]).trim(),
+        "deleted histogram-service"
+    );
+    assert_eq!(
+        program("replicated", &["delete"]).trim(),
+        "deleted replicated"
+    );
+    assert!(String::from_utf8_lossy(&mp.run(&["ps", "--runner", "local"]).stdout).is_empty());
+}

@@ -37,6 +37,9 @@ pub mod handler;
 pub mod merger;
 mod server;
 mod service;
+/// Topology as code (feature `deploy`): `Service` declares a pattern and deploys itself.
+#[cfg(feature = "deploy")]
+pub mod topology;
 
 pub use env::{env, Env, EnvError, DEFAULT_GRACE};
 pub use error::{Error, Result};
@@ -45,6 +48,8 @@ pub use merger::{json_merger, leaf_json, merger, FnMerger, JsonMerger, Leaf, Mer
 pub use server::{
     init_tracing, serve, serve_merger, serve_on, ServeError, Server, DEFAULT_MAX_MESSAGE_SIZE,
 };
+#[cfg(feature = "deploy")]
+pub use topology::{DeployError, Service};
 
 /// The contract crate: generated clients, descriptors, names.
 pub use mp_proto as proto;
