@@ -9,9 +9,10 @@
 //! The images are built once per run of this file and shared by the tests.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use bollard::models::ContainerSummary;
 use bollard::query_parameters::{ListContainersOptionsBuilder, ListNetworksOptionsBuilder};
 use bollard::Docker;
 use mp_cli::runner::docker::{engine, image};
-use mp_testkit::{bin, example, in_ci, output_within, repo_root};
+use mp_testkit::{bin, example, in_ci, output_within, repo_root, ChildGuard};
 
 /// A runtime for the few engine calls the tests make themselves.
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -423,6 +424,35 @@ fn scatter_of_ten_sums_to_a_thousand_and_a_killed_leaf_comes_back() {
     // A leaf's process killed by hand (a crash, not `docker stop`): the
     // restart policy brings it back and calls succeed again.
     let victim = format!("mp-{name}-leaf-3");
+    // Follow the leaf's output across its crash: the stream goes on with the
+    // restarted process's lines.
+    let mut follow = ChildGuard::spawn(
+        Mp::command(&[
+            "logs", &name, "--runner", "docker", "--role", "leaf", "--follow",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null()),
+    );
+    let followed = Arc::new(std::sync::Mutex::new(String::new()));
+    {
+        let stdout = follow.inner().stdout.take().expect("piped");
+        let followed = followed.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let mut f = followed.lock().unwrap();
+                f.push_str(&line);
+                f.push('\n');
+            }
+        });
+    }
+    let leaf3_lines = |followed: &str| followed.lines().filter(|l| l.contains("leaf-3")).count();
+    assert!(
+        eventually(Duration::from_secs(20), || leaf3_lines(
+            &followed.lock().unwrap()
+        ) > 0),
+        "logs --follow shows leaf-3"
+    );
+    let before_crash = leaf3_lines(&followed.lock().unwrap());
     let inspect = block_on(docker.inspect_container(&victim, None)).expect("inspect leaf");
     let pid = inspect
         .state
@@ -445,6 +475,15 @@ fn scatter_of_ten_sums_to_a_thousand_and_a_killed_leaf_comes_back() {
         mp.call(&name).is_ok_and(|r| sum(&r) == 1000)
     });
     assert!(recovered, "calls succeed again after the leaf came back");
+    let followed_on = eventually(Duration::from_secs(20), || {
+        leaf3_lines(&followed.lock().unwrap()) > before_crash
+    });
+    assert!(
+        followed_on,
+        "logs --follow goes on after the restart:\n{}",
+        followed.lock().unwrap()
+    );
+    drop(follow);
     let ps = mp.ok(&["ps", "--runner", "docker"]);
     let line = ps
         .lines()
