@@ -132,9 +132,8 @@ async fn create_all(
         }
         r
     });
-    for r in futures::future::join_all(waits).await {
-        r?;
-    }
+    // The first part that fails ends the wait for the others.
+    futures::future::try_join_all(waits).await?;
     Ok(())
 }
 
@@ -320,8 +319,12 @@ async fn wait_healthy(
         if restarts > 0 || !state.running.unwrap_or(false) || state.restarting.unwrap_or(false) {
             // Give the engine a moment to report a part that never ran.
             if restarts > 0 || started.elapsed() > Duration::from_secs(2) {
+                let running = state.running.unwrap_or(false);
                 let status = match (state.exit_code, state.error.as_deref()) {
                     (_, Some(err)) if !err.is_empty() => err.to_string(),
+                    // Caught between a crash and its restart's next crash.
+                    _ if running && restarts == 1 => "exited, restarted once".to_string(),
+                    _ if running => format!("exited, restarted {restarts} times"),
                     (Some(code), _) => format!("exit code {code}"),
                     _ => "not running".into(),
                 };
