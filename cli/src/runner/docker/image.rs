@@ -391,7 +391,36 @@ pub async fn ensure_image(
         .inspect_image(&tag)
         .await
         .map_err(|e| DockerError::api(format!("building image {tag}"), e))?;
+    remove_older(docker, repository, &tag).await;
     Ok(tag)
+}
+
+/// Removes the other tags of `repository` (earlier builds of the same
+/// binaries), so rebuilding does not pile up images. The engine refuses to
+/// remove what a container still uses; those are kept.
+async fn remove_older(docker: &Docker, repository: &str, keep: &str) {
+    let filters: std::collections::HashMap<&str, Vec<String>> = [
+        ("reference", vec![repository.to_string()]),
+        (
+            "label",
+            vec![format!("{}={}", labels::MANAGED_BY, labels::MANAGER)],
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let options = bollard::query_parameters::ListImagesOptionsBuilder::default()
+        .filters(&filters)
+        .build();
+    let Ok(images) = docker.list_images(Some(options)).await else {
+        return;
+    };
+    let prefix = format!("{repository}:");
+    for tag in images.iter().flat_map(|i| i.repo_tags.iter()) {
+        if tag.starts_with(&prefix) && tag != keep {
+            let options = bollard::query_parameters::RemoveImageOptionsBuilder::default().build();
+            let _ = docker.remove_image(tag, Some(options), None).await;
+        }
+    }
 }
 
 #[cfg(test)]

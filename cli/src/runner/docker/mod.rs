@@ -417,8 +417,9 @@ impl DockerRunner {
             .and_then(|n| n.first())
             .map(|n| n.trim_start_matches('/').to_string())
             .unwrap_or_default();
+        // From this machine, the published port; else the name on the network.
         let address = match published {
-            Some(p) => format!("{container}:{port} (127.0.0.1:{p})"),
+            Some(p) => format!("127.0.0.1:{p}"),
             None => format!("{container}:{port}"),
         };
         PartStatus {
