@@ -674,3 +674,67 @@ fn no_engine_is_one_clear_line() {
         "{stderr}"
     );
 }
+
+#[test]
+fn images_are_built_once_per_content_and_pruned_on_request() {
+    let Some(docker) = engine("images") else {
+        return;
+    };
+    let mp = Mp::new();
+    // A binary of its own, so its image belongs to this test alone.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let own = dir.path().join(format!("hello-img-{}", std::process::id()));
+    std::fs::copy(example("hello"), &own).expect("copy hello");
+    let repository = image::repository_for(own.file_name().unwrap().to_str().unwrap());
+    let name = unique("images");
+    let deploy = || {
+        let out = mp.run(&[
+            "deploy",
+            "--runner",
+            "docker",
+            "--pattern",
+            "service",
+            "--name",
+            &name,
+            "--handler",
+            own.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let tags = || -> Vec<String> {
+        let images =
+            block_on(docker.list_images(None::<bollard::query_parameters::ListImagesOptions>))
+                .expect("list images");
+        images
+            .into_iter()
+            .flat_map(|i| i.repo_tags)
+            .filter(|t| t.starts_with(&format!("{repository}:")))
+            .collect()
+    };
+    let first = deploy();
+    assert!(
+        first.contains(&format!("building image {repository}:")),
+        "{first}"
+    );
+    assert_eq!(tags().len(), 1, "{:?}", tags());
+    // Unchanged binary: found by content, nothing built, nothing replaced.
+    let id = containers(&docker, &name)[0].id.clone();
+    let second = deploy();
+    assert!(!second.contains("building image"), "{second}");
+    assert_eq!(
+        containers(&docker, &name)[0].id,
+        id,
+        "an unchanged part is kept"
+    );
+    assert_eq!(servers(&mp, &name, 1).len(), 1);
+
+    let out = mp.ok(&["delete", &name, "--runner", "docker", "--prune"]);
+    assert!(out.contains("deleted"), "{out}");
+    assert_gone(&docker, &name);
+    assert!(tags().is_empty(), "--prune removed {:?}", tags());
+}

@@ -101,6 +101,19 @@ pub async fn deploy(
         }
         return Err(e);
     }
+    // Earlier builds of the images this service now runs are unused.
+    let mut ours: Vec<&str> = specs
+        .iter()
+        .map(|s| s.image.as_str())
+        .filter(|i| i.starts_with("mp-"))
+        .collect();
+    ours.sort();
+    ours.dedup();
+    for tag in ours {
+        if let Some((repository, _)) = tag.rsplit_once(':') {
+            super::image::remove_older(docker, repository, tag).await;
+        }
+    }
     Ok(Deployed {
         name: name.to_string(),
         parts: specs.len(),

@@ -391,14 +391,14 @@ pub async fn ensure_image(
         .inspect_image(&tag)
         .await
         .map_err(|e| DockerError::api(format!("building image {tag}"), e))?;
-    remove_older(docker, repository, &tag).await;
     Ok(tag)
 }
 
 /// Removes the other tags of `repository` (earlier builds of the same
 /// binaries), so rebuilding does not pile up images. The engine refuses to
-/// remove what a container still uses; those are kept.
-async fn remove_older(docker: &Docker, repository: &str, keep: &str) {
+/// remove what a container still uses; those are kept. Called after a deploy
+/// has started its containers, so the images it uses are protected.
+pub async fn remove_older(docker: &Docker, repository: &str, keep: &str) {
     let filters: std::collections::HashMap<&str, Vec<String>> = [
         ("reference", vec![repository.to_string()]),
         (
