@@ -216,6 +216,35 @@ fn servers(mp: &Mp, name: &str, n: usize) -> BTreeMap<String, usize> {
     seen
 }
 
+/// Runs `f` while another thread calls `name` in a loop; panics if any call
+/// failed, or if none was made.
+fn calls_during<T>(name: &str, f: impl FnOnce() -> T) -> T {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let caller = {
+        let (stop, ok, name) = (stop.clone(), ok.clone(), name.to_string());
+        std::thread::spawn(move || {
+            let mp = Mp::new();
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match mp.call(&name) {
+                    Ok(_) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+            errors
+        })
+    };
+    let out = f();
+    stop.store(true, Ordering::Relaxed);
+    let errors = caller.join().expect("caller thread");
+    assert!(errors.is_empty(), "calls failed meanwhile: {errors:?}");
+    assert!(ok.load(Ordering::Relaxed) > 0, "calls were made meanwhile");
+    out
+}
+
 /// Waits (at most `limit`) until `f` is true.
 fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
@@ -291,64 +320,62 @@ fn spread_of_three_is_four_containers_and_updates_without_failed_calls() {
     }
 
     // A re-deploy with a change replaces the replicas one at a time while
-    // calls keep succeeding.
-    let before: Vec<String> = cs.iter().filter_map(|c| c.id.clone()).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let caller = {
-        let (stop, ok, failed, name) = (stop.clone(), ok.clone(), failed.clone(), name.clone());
-        std::thread::spawn(move || {
-            let mp = Mp::new();
-            let mut errors = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                match mp.call(&name) {
-                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        errors.push(e);
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
-            errors
-        })
+    // calls keep succeeding; the lb is kept.
+    let id_of = |cs: &[ContainerSummary], n: &str| -> Option<String> {
+        cs.iter()
+            .find(|c| {
+                c.names
+                    .as_ref()
+                    .is_some_and(|ns| ns.iter().any(|x| x == &format!("/{n}")))
+            })
+            .and_then(|c| c.id.clone())
     };
-    let out = mp.ok(&[
-        "deploy",
-        "--runner",
-        "docker",
-        "--pattern",
-        "spread",
-        "--name",
-        &name,
-        "--replicas",
-        "3",
-        "--handler",
-        hello.to_str().unwrap(),
-        "--env",
-        "VERSION=2",
-    ]);
-    stop.store(true, Ordering::Relaxed);
-    let errors = caller.join().expect("caller thread");
-    assert!(
-        errors.is_empty(),
-        "calls failed during the update: {errors:?}\n{out}"
-    );
-    assert!(
-        ok.load(Ordering::Relaxed) > 5,
-        "calls were made during the update"
-    );
+    let lb = format!("mp-{name}-lb-0");
+    let lb_id = id_of(&cs, &lb);
+    let before: Vec<String> = cs.iter().filter_map(|c| c.id.clone()).collect();
+    let spread = |replicas: &str, extra: &[&str]| {
+        let mut args = vec![
+            "deploy",
+            "--runner",
+            "docker",
+            "--pattern",
+            "spread",
+            "--name",
+            &name,
+            "--replicas",
+            replicas,
+            "--handler",
+            hello.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        calls_during(&name, || mp.ok(&args))
+    };
+    spread("3", &["--env", "VERSION=2"]);
     let after = containers(&docker, &name);
     assert_eq!(after.len(), 4, "{:?}", names(&after));
     let replaced = after
         .iter()
         .filter(|c| !before.contains(c.id.as_ref().unwrap()))
         .count();
-    assert_eq!(replaced, 3, "the 3 replicas were replaced, the lb kept");
-    // mp-lb re-resolves the names every few seconds: soon all 3 serve again.
-    let all_three = eventually(Duration::from_secs(20), || {
-        servers(&mp, &name, 6).len() == 3
-    });
-    assert!(all_three, "the new replicas all serve");
+    assert_eq!(replaced, 3, "the 3 replicas were replaced");
+    assert_eq!(id_of(&after, &lb), lb_id, "the lb was kept");
+    // mp-lb resolves the replicas' alias again every few seconds.
+    let all = |n: usize| {
+        eventually(Duration::from_secs(20), || {
+            servers(&mp, &name, 2 * n).len() == n
+        })
+    };
+    assert!(all(3), "the new replicas all serve");
+
+    // Scaling up and down is an update too: calls keep succeeding, the lb stays.
+    spread("4", &["--env", "VERSION=2"]);
+    assert_eq!(containers(&docker, &name).len(), 5);
+    assert!(all(4), "the 4th replica serves");
+    spread("3", &["--env", "VERSION=2"]);
+    let after = containers(&docker, &name);
+    assert_eq!(after.len(), 4, "{:?}", names(&after));
+    assert_eq!(id_of(&after, &lb), lb_id, "the lb was kept");
+    assert!(all(3));
 
     // Stopping one replica by hand: mp-lb takes it out, and no call fails.
     let victim = format!("mp-{name}-replica-1");

@@ -30,6 +30,39 @@ pub fn container_name(service: &str, part: &str) -> String {
     }
 }
 
+/// The network alias every replica of a spread carries. mp-lb follows it
+/// with `--dns` (all its A records, resolved again every few seconds) rather
+/// than a fixed `--backend` list, so scaling a spread or replacing a replica
+/// never restarts the front.
+pub fn replicas_alias(service: &str) -> String {
+    format!("mp-{service}-replicas")
+}
+
+/// mp-lb's arguments from the plan with its `--backend` list replaced by one
+/// `--dns` name (see [`replicas_alias`]).
+fn lb_args(args: &[String], dns: &str) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut dns_added = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let is_backend = if a == "--backend" {
+            it.next();
+            true
+        } else {
+            a.starts_with("--backend=")
+        };
+        if is_backend {
+            if !dns_added {
+                out.extend(["--dns".to_string(), dns.to_string()]);
+                dns_added = true;
+            }
+        } else {
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
 /// Addresses on the docker runner: every part listens on `0.0.0.0:`[`PORT`]
 /// in its own container and is reached by its container name on the
 /// service's network.
@@ -108,6 +141,14 @@ pub fn container_spec(
     let name = container_name(service, &part.name);
     let is_front = part.name == plan.front;
     let cmd = match (&part.exec, &launch.program) {
+        (Exec::DataPlane { args, .. }, Some(program)) if part.role == Role::Lb => {
+            let alias = format!("{}:{PORT}", replicas_alias(service));
+            Some(
+                std::iter::once(program.clone())
+                    .chain(lb_args(args, &alias))
+                    .collect(),
+            )
+        }
         (Exec::Command { args, .. }, Some(program))
         | (Exec::DataPlane { args, .. }, Some(program)) => Some(
             std::iter::once(program.clone())
@@ -148,7 +189,11 @@ pub fn container_spec(
         // The container's own name as an alias too: while a replacement
         // starts next to the container it replaces, the name resolves to
         // both, and callers never see it missing.
-        aliases: vec![name],
+        aliases: if part.role == Role::Replica {
+            vec![name, replicas_alias(service)]
+        } else {
+            vec![name]
+        },
         front_port: is_front.then_some(front_port),
     };
     let digest = digest_of(&spec);
@@ -223,6 +268,33 @@ mod tests {
         assert!(args.contains("--backend mp-hello-replica-2:8080"), "{args}");
         assert_eq!(container_name("hello", "lb"), "mp-hello-lb-0");
         assert_eq!(container_name("hello", "leaf-3-1"), "mp-hello-leaf-3-1");
+    }
+
+    #[test]
+    fn the_lb_follows_the_replicas_by_alias() {
+        let plan = spread(3);
+        let lb = container_spec(
+            &plan,
+            plan.front_part(),
+            &launch("/usr/local/bin/mp-lb"),
+            7700,
+        );
+        let cmd = lb.cmd.unwrap().join(" ");
+        assert!(cmd.contains("--dns mp-hello-replicas:8080"), "{cmd}");
+        assert!(!cmd.contains("--backend"), "{cmd}");
+        assert!(cmd.contains("--listen 0.0.0.0:8080"), "{cmd}");
+        let replica = plan.part("replica-2").unwrap();
+        let r = container_spec(&plan, replica, &launch("/usr/local/bin/hello"), 7700);
+        assert_eq!(r.aliases, ["mp-hello-replica-2", "mp-hello-replicas"]);
+        // More replicas: the same front.
+        let bigger = spread(5);
+        let lb5 = container_spec(
+            &bigger,
+            bigger.front_part(),
+            &launch("/usr/local/bin/mp-lb"),
+            7700,
+        );
+        assert_eq!(lb.labels[labels::SPEC], lb5.labels[labels::SPEC]);
     }
 
     #[test]
