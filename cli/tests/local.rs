@@ -717,12 +717,29 @@ fn bad_input_gets_a_one_line_error_and_deploys_nothing() {
         "--replicas",
         "2",
         "--handler",
-        "sh -c 'echo boom >&2; exit 3'",
+        "sh -c 'echo mp-boom >&2; exit 3'",
         "--timeout",
         "60",
     ]);
-    assert!(e.contains("exited at once (exit status 3): boom"), "{e}");
+    assert!(e.contains("exited at once (exit status 3): mp-boom"), "{e}");
     assert!(e.contains("mp logs bad --role replica"), "{e}");
+
+    // A handler that runs but never serves: the deploy gives up at the bound.
+    let e = mp.fails(&[
+        "deploy",
+        "--pattern",
+        "service",
+        "--name",
+        "bad",
+        "--handler",
+        "sleep 37.25",
+        "--timeout",
+        "2",
+    ]);
+    assert!(
+        e.contains("handler did not become healthy within 2s"),
+        "{e}"
+    );
 
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
@@ -762,15 +779,14 @@ fn bad_input_gets_a_one_line_error_and_deploys_nothing() {
     // Nothing of any of these was left behind.
     assert!(!mp.services_dir().join("bad").exists());
     assert!(String::from_utf8_lossy(&mp.run(&["ps", "--runner", "local"]).stdout).is_empty());
-    let leftovers = Command::new("pgrep")
-        .args(["-f", "echo boom"])
-        .output()
-        .unwrap();
-    assert!(
-        leftovers.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&leftovers.stdout)
-    );
+    for pattern in ["echo mp-boom", "sleep 37.25"] {
+        let leftovers = Command::new("pgrep")
+            .args(["-f", pattern])
+            .output()
+            .unwrap();
+        let pids = String::from_utf8_lossy(&leftovers.stdout);
+        assert!(pids.is_empty(), "`{pattern}` still runs: {pids}");
+    }
 }
 
 #[test]

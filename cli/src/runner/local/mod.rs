@@ -48,6 +48,16 @@ pub const DEFAULT_DEPLOY_TIMEOUT: Duration = Duration::from_secs(30);
 /// every second), with a margin.
 const LB_FILE_SETTLE: Duration = Duration::from_millis(2500);
 
+/// How long a deploy or delete waits for another one of the same service.
+const LOCK_WAIT: Duration = Duration::from_secs(120);
+
+/// Held while a service is deployed or deleted; the lock goes with the file
+/// descriptor (which the supervisor does not inherit: Rust opens files
+/// close-on-exec).
+struct NameLock {
+    _file: std::fs::File,
+}
+
 /// The host every local part binds and is reached on.
 const LOOPBACK: &str = "127.0.0.1";
 
@@ -102,6 +112,43 @@ impl LocalRunner {
 
     fn dir(&self, name: &str) -> ServiceDir {
         ServiceDir::new(&self.state_dir, name)
+    }
+
+    /// Takes the lock of service `name`, so two `mp` runs never deploy or
+    /// delete the same service at once; waits for a running one to finish.
+    async fn lock(&self, name: &str) -> Result<NameLock, RunnerError> {
+        use rustix::fs::{flock, FlockOperation};
+        let dir = self.state_dir.join("services");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| RunnerError::io(format!("cannot create {}", dir.display()), e))?;
+        let path = dir.join(format!(".{name}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| RunnerError::io(format!("cannot open {}", path.display()), e))?;
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => return Ok(NameLock { _file: file }),
+                Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    return Err(RunnerError::Other(format!(
+                        "another mp is still deploying or deleting `{name}` after {LOCK_WAIT:?}: \
+                         try again when it is done"
+                    )))
+                }
+                Err(e) => {
+                    return Err(RunnerError::io(
+                        format!("cannot lock {}", path.display()),
+                        e.into(),
+                    ))
+                }
+            }
+        }
     }
 
     /// The front ports of every deployed service, by port.
@@ -692,6 +739,7 @@ impl Runner for LocalRunner {
     ) -> Result<Deployed, RunnerError> {
         let name = plan.name();
         let dir = self.dir(name);
+        let _lock = self.lock(name).await?;
         let cwd = std::env::current_dir()
             .map_err(|e| RunnerError::io("cannot read the current directory", e))?;
 
@@ -802,6 +850,7 @@ impl Runner for LocalRunner {
         if !dir.root.exists() {
             return Ok(false);
         }
+        let _lock = self.lock(name).await?;
         let parts: Vec<String> = dir
             .read_desired()
             .ok()
