@@ -245,6 +245,43 @@ fn calls_during<T>(name: &str, f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// `mp logs NAME --role ROLE --follow` running in the background.
+struct Follow {
+    _child: ChildGuard,
+    text: Arc<std::sync::Mutex<String>>,
+}
+
+impl Follow {
+    fn start(name: &str, role: &str) -> Follow {
+        let mut child = ChildGuard::spawn(
+            Mp::command(&[
+                "logs", name, "--runner", "docker", "--role", role, "--follow",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+        );
+        let text = Arc::new(std::sync::Mutex::new(String::new()));
+        let stdout = child.inner().stdout.take().expect("piped");
+        let sink = text.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let mut t = sink.lock().unwrap();
+                t.push_str(&line);
+                t.push('\n');
+            }
+        });
+        Follow {
+            _child: child,
+            text,
+        }
+    }
+
+    /// Everything printed so far.
+    fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+}
+
 /// Waits (at most `limit`) until `f` is true.
 fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
@@ -350,7 +387,22 @@ fn spread_of_three_is_four_containers_and_updates_without_failed_calls() {
         args.extend_from_slice(extra);
         calls_during(&name, || mp.ok(&args))
     };
+    let follow = Follow::start(&name, "replica");
     spread("3", &["--env", "VERSION=2"]);
+    // `logs --follow` picked up the replacements as they appeared.
+    let started = |i: usize| {
+        follow
+            .text()
+            .lines()
+            .filter(|l| l.starts_with(&format!("replica-{i}")) && l.contains("serving"))
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || (0..3).all(|i| started(i) >= 2)),
+        "logs --follow shows old and new replicas starting:\n{}",
+        follow.text()
+    );
+    drop(follow);
     let after = containers(&docker, &name);
     assert_eq!(after.len(), 4, "{:?}", names(&after));
     let replaced = after
@@ -453,33 +505,13 @@ fn scatter_of_ten_sums_to_a_thousand_and_a_killed_leaf_comes_back() {
     let victim = format!("mp-{name}-leaf-3");
     // Follow the leaf's output across its crash: the stream goes on with the
     // restarted process's lines.
-    let mut follow = ChildGuard::spawn(
-        Mp::command(&[
-            "logs", &name, "--runner", "docker", "--role", "leaf", "--follow",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null()),
-    );
-    let followed = Arc::new(std::sync::Mutex::new(String::new()));
-    {
-        let stdout = follow.inner().stdout.take().expect("piped");
-        let followed = followed.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let mut f = followed.lock().unwrap();
-                f.push_str(&line);
-                f.push('\n');
-            }
-        });
-    }
-    let leaf3_lines = |followed: &str| followed.lines().filter(|l| l.contains("leaf-3")).count();
+    let follow = Follow::start(&name, "leaf");
+    let leaf3_lines = |followed: &str| followed.lines().filter(|l| l.starts_with("leaf-3")).count();
     assert!(
-        eventually(Duration::from_secs(20), || leaf3_lines(
-            &followed.lock().unwrap()
-        ) > 0),
+        eventually(Duration::from_secs(20), || leaf3_lines(&follow.text()) > 0),
         "logs --follow shows leaf-3"
     );
-    let before_crash = leaf3_lines(&followed.lock().unwrap());
+    let before_crash = leaf3_lines(&follow.text());
     let inspect = block_on(docker.inspect_container(&victim, None)).expect("inspect leaf");
     let pid = inspect
         .state
@@ -503,12 +535,12 @@ fn scatter_of_ten_sums_to_a_thousand_and_a_killed_leaf_comes_back() {
     });
     assert!(recovered, "calls succeed again after the leaf came back");
     let followed_on = eventually(Duration::from_secs(20), || {
-        leaf3_lines(&followed.lock().unwrap()) > before_crash
+        leaf3_lines(&follow.text()) > before_crash
     });
     assert!(
         followed_on,
         "logs --follow goes on after the restart:\n{}",
-        followed.lock().unwrap()
+        follow.text()
     );
     drop(follow);
     let ps = mp.ok(&["ps", "--runner", "docker"]);

@@ -5,94 +5,164 @@
 //! part that restarts is reopened from the last line seen (lines carry the
 //! engine's timestamps, which also drop the repeats of that second).
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use bollard::query_parameters::LogsOptionsBuilder;
+use bollard::query_parameters::{ListContainersOptionsBuilder, LogsOptionsBuilder};
 use bollard::Docker;
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 
 use super::error::{status_of, DockerError};
+use super::{label, labels};
+use crate::plan::Role;
 use crate::runner::{LogLine, LogStream, RunnerError};
 
-/// The output of `parts` (`(part name, container id)`): one after the other,
-/// or interleaved as it comes when following.
-pub fn stream(docker: Docker, parts: Vec<(String, String)>, follow: bool) -> LogStream {
-    if follow {
-        let streams = parts
-            .into_iter()
-            .map(|(part, id)| one(docker.clone(), part, id, true));
-        futures::stream::select_all(streams).boxed()
-    } else {
-        let streams = parts
-            .into_iter()
-            .map(move |(part, id)| one(docker.clone(), part, id, false));
-        futures::stream::iter(streams).flatten().boxed()
-    }
+/// The `(part name, container id)` of every container of `service` (only
+/// those of `role`, if given), sorted by part.
+pub async fn parts(
+    docker: &Docker,
+    service: &str,
+    role: Option<Role>,
+) -> Result<Vec<(String, String)>, DockerError> {
+    let filters: HashMap<&str, Vec<String>> = [("label", labels::filter(Some(service)))]
+        .into_iter()
+        .collect();
+    let options = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let containers = docker
+        .list_containers(Some(options))
+        .await
+        .map_err(|e| DockerError::api("listing containers", e))?;
+    let mut parts: Vec<(String, String)> = containers
+        .iter()
+        .filter(|c| role.is_none_or(|r| label(c, labels::ROLE) == Some(r.as_str())))
+        .filter_map(|c| {
+            let id = c.id.clone()?;
+            let part = label(c, labels::PART).unwrap_or("?").to_string();
+            Some((part, id))
+        })
+        .collect();
+    parts.sort();
+    Ok(parts)
 }
 
-/// The lines of one container. A task reads the engine's stream and stops
-/// when the receiver is dropped (a send fails) or the container is gone.
-fn one(docker: Docker, part: String, id: String, follow: bool) -> LogStream {
-    let (mut tx, rx) = mpsc::channel::<Result<LogLine, RunnerError>>(256);
+/// The output of `parts` of `service`: one part after the other, or, when
+/// following, interleaved as it comes, including the parts that appear later
+/// (replacements during an update, a larger spread). A followed stream ends
+/// when the service is deleted.
+pub fn stream(
+    docker: Docker,
+    service: String,
+    role: Option<Role>,
+    parts: Vec<(String, String)>,
+    follow: bool,
+) -> LogStream {
+    if !follow {
+        let streams = parts.into_iter().map(move |(part, id)| {
+            let (tx, rx) = mpsc::channel(256);
+            tokio::spawn(pump(docker.clone(), part, id, false, tx));
+            rx
+        });
+        return futures::stream::iter(streams).flatten().boxed();
+    }
+    let (tx, rx) = mpsc::channel(256);
+    let mut followed: HashSet<String> = HashSet::new();
+    for (part, id) in parts {
+        followed.insert(id.clone());
+        tokio::spawn(pump(docker.clone(), part, id, true, tx.clone()));
+    }
     tokio::spawn(async move {
-        let mut last: Option<Stamp> = None;
         loop {
-            let since = last.map_or(0, |s| s.secs.clamp(0, i32::MAX as i64) as i32);
-            let options = LogsOptionsBuilder::default()
-                .stdout(true)
-                .stderr(true)
-                .timestamps(true)
-                .follow(follow)
-                .since(since)
-                .build();
-            let mut logs = docker.logs(&id, Some(options));
-            let mut pending = String::new();
-            while let Some(chunk) = logs.next().await {
-                let chunk = match chunk {
-                    Ok(c) => c,
-                    Err(e) if status_of(&e) == Some(404) => return,
-                    Err(e) => {
-                        let e = DockerError::api(format!("reading the output of {part}"), e);
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
-                };
-                pending.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
-                while let Some(nl) = pending.find('\n') {
-                    let raw: String = pending.drain(..=nl).collect();
-                    let (stamp, line) = split_stamp(raw.trim_end_matches(['\n', '\r']));
-                    if let (Some(s), Some(l)) = (stamp, last) {
-                        if s <= l {
-                            continue; // seen before the stream was reopened
-                        }
-                    }
-                    last = stamp.or(last);
-                    let line = LogLine {
-                        part: part.clone(),
-                        line: line.to_string(),
-                    };
-                    if tx.send(Ok(line)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            if !follow {
-                return;
-            }
-            // The container stopped (or the engine closed the stream): wait
-            // for a restart unless the container is gone.
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(WATCH_EVERY).await;
             if tx.is_closed() {
                 return;
             }
-            match docker.inspect_container(&id, None).await {
-                Err(e) if status_of(&e) == Some(404) => return,
-                _ => {}
+            match self::parts(&docker, &service, role).await {
+                Ok(now) if now.is_empty() => return, // deleted
+                Ok(now) => {
+                    for (part, id) in now {
+                        if followed.insert(id.clone()) {
+                            tokio::spawn(pump(docker.clone(), part, id, true, tx.clone()));
+                        }
+                    }
+                }
+                Err(_) => {} // the engine may be busy; look again later
             }
         }
     });
     rx.boxed()
+}
+
+/// How often a follow looks for new containers of the service.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// Sends the lines of one container to `tx` until the receiver is dropped,
+/// the container is gone, or (not following) its output so far is sent.
+async fn pump(
+    docker: Docker,
+    part: String,
+    id: String,
+    follow: bool,
+    mut tx: mpsc::Sender<Result<LogLine, RunnerError>>,
+) {
+    let mut last: Option<Stamp> = None;
+    loop {
+        let since = last.map_or(0, |s| s.secs.clamp(0, i32::MAX as i64) as i32);
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .follow(follow)
+            .since(since)
+            .build();
+        let mut logs = docker.logs(&id, Some(options));
+        let mut pending = String::new();
+        while let Some(chunk) = logs.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) if status_of(&e) == Some(404) => return,
+                Err(e) => {
+                    let e = DockerError::api(format!("reading the output of {part}"), e);
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
+            pending.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            while let Some(nl) = pending.find('\n') {
+                let raw: String = pending.drain(..=nl).collect();
+                let (stamp, line) = split_stamp(raw.trim_end_matches(['\n', '\r']));
+                if let (Some(s), Some(l)) = (stamp, last) {
+                    if s <= l {
+                        continue; // seen before the stream was reopened
+                    }
+                }
+                last = stamp.or(last);
+                let line = LogLine {
+                    part: part.clone(),
+                    line: line.to_string(),
+                };
+                if tx.send(Ok(line)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if !follow {
+            return;
+        }
+        // The container stopped (or the engine closed the stream): wait
+        // for a restart unless the container is gone.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if tx.is_closed() {
+            return;
+        }
+        match docker.inspect_container(&id, None).await {
+            Err(e) if status_of(&e) == Some(404) => return,
+            _ => {}
+        }
+    }
 }
 
 /// A log timestamp as seconds and nanoseconds since the epoch.

@@ -327,25 +327,17 @@ impl Runner for DockerRunner {
     }
 
     async fn logs(&self, name: &str, options: &LogOptions) -> Result<LogStream, RunnerError> {
-        let containers = self.containers(Some(name)).await?;
-        if containers.is_empty() {
+        if self.containers(Some(name)).await?.is_empty() {
             return Err(RunnerError::NotFound(name.to_string()));
         }
-        let mut parts: Vec<(String, String)> = containers
-            .iter()
-            .filter(|c| {
-                options
-                    .role
-                    .is_none_or(|r| label(c, labels::ROLE) == Some(r.as_str()))
-            })
-            .filter_map(|c| {
-                let id = c.id.clone()?;
-                let part = label(c, labels::PART).unwrap_or("?").to_string();
-                Some((part, id))
-            })
-            .collect();
-        parts.sort();
-        Ok(logs::stream(self.docker.clone(), parts, options.follow))
+        let parts = logs::parts(&self.docker, name, options.role).await?;
+        Ok(logs::stream(
+            self.docker.clone(),
+            name.to_string(),
+            options.role,
+            parts,
+            options.follow,
+        ))
     }
 
     async fn delete(&self, name: &str, progress: &dyn Progress) -> Result<bool, RunnerError> {
