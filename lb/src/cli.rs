@@ -50,8 +50,9 @@ pub struct Args {
     pub admin: SocketAddr,
 
     /// HTTP/2 connections kept open to each backend; calls are multiplexed
-    /// over them.
-    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// over them. One is the cheapest per call (more calls share each write);
+    /// more can help with many threads or very large messages.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub pool_size: u16,
 
     /// How long connecting to a backend may take.

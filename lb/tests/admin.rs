@@ -32,7 +32,7 @@ async fn metrics_ready_and_live() {
         format!(r#"mp_lb_responses_total{{endpoint="{ep}",grpc_code="UNAVAILABLE"}} 1"#),
         format!(r#"mp_lb_request_duration_seconds_count{{endpoint="{ep}"}} 6"#),
         format!(r#"mp_lb_endpoint_healthy{{endpoint="{ep}"}} 1"#),
-        format!(r#"mp_lb_endpoint_connections{{endpoint="{ep}"}} 2"#),
+        format!(r#"mp_lb_endpoint_connections{{endpoint="{ep}"}} 1"#),
     ] {
         assert!(text.contains(&needle), "no {needle} in\n{text}");
     }

@@ -153,6 +153,24 @@ impl Resolver {
         }
     }
 
+    /// A resolver asking only the DNS server at `server` (plain UDP/TCP), e.g.
+    /// a test's own server; `/etc/hosts` is not read.
+    pub fn with_nameserver(server: SocketAddr) -> Resolver {
+        use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig};
+        use hickory_resolver::name_server::TokioConnectionProvider;
+
+        let group = NameServerConfigGroup::from_ips_clear(&[server.ip()], server.port(), true);
+        let mut builder = TokioResolver::builder_with_config(
+            ResolverConfig::from_parts(None, vec![], group),
+            TokioConnectionProvider::default(),
+        );
+        builder.options_mut().use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
+        builder.options_mut().cache_size = 0;
+        Resolver {
+            inner: Arc::new(builder.build()),
+        }
+    }
+
     /// All addresses of `hp`: itself for an IP literal; `localhost` is
     /// 127.0.0.1 even without an `/etc/hosts`; else every A and AAAA record.
     /// The result is sorted and without duplicates.

@@ -83,3 +83,74 @@ async fn a_missing_file_starts_empty() {
     );
     assert_eq!(*next(&mut rx).await, BTreeSet::from([sa("127.0.0.1:9")]));
 }
+
+/// A tiny DNS server for tests: answers every A question with `answers`
+/// (TTL 0), every other question with no records.
+async fn dns_server(answers: Arc<std::sync::Mutex<Vec<std::net::Ipv4Addr>>>) -> SocketAddr {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        loop {
+            let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
+                return;
+            };
+            let q = &buf[..n];
+            // Header (12 bytes), then one question: labels, 0, qtype, qclass.
+            let mut i = 12;
+            while i < q.len() && q[i] != 0 {
+                i += 1 + q[i] as usize;
+            }
+            let qend = i + 5;
+            if qend > q.len() {
+                continue;
+            }
+            let qtype = u16::from_be_bytes([q[i + 1], q[i + 2]]);
+            let ips = if qtype == 1 {
+                answers.lock().unwrap().clone()
+            } else {
+                vec![]
+            };
+            let mut r = Vec::with_capacity(512);
+            r.extend_from_slice(&q[0..2]); // id
+            r.extend_from_slice(&[0x81, 0x80]); // response, recursion desired+available, NOERROR
+            r.extend_from_slice(&[0, 1]); // one question
+            r.extend_from_slice(&(ips.len() as u16).to_be_bytes());
+            r.extend_from_slice(&[0, 0, 0, 0]); // no authority, no additional
+            r.extend_from_slice(&q[12..qend]);
+            for ip in ips {
+                r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4]);
+                r.extend_from_slice(&ip.octets());
+            }
+            let _ = sock.send_to(&r, peer).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn follows_a_dns_name_through_a_real_dns_exchange() {
+    let answers = Arc::new(std::sync::Mutex::new(vec!["127.0.0.1".parse().unwrap()]));
+    let server = dns_server(answers.clone()).await;
+    let cfg = DiscoveryConfig {
+        dns_interval: Duration::from_millis(50),
+        file_interval: Duration::from_secs(1),
+    };
+    let mut rx = spawn(
+        vec![Source::Dns("replicas.svc.test:7000".parse().unwrap())],
+        Resolver::with_nameserver(server),
+        cfg,
+    );
+    assert_eq!(*next(&mut rx).await, BTreeSet::from([sa("127.0.0.1:7000")]));
+
+    // Scaled up: every record is an endpoint.
+    *answers.lock().unwrap() = vec!["127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap()];
+    assert_eq!(
+        *next(&mut rx).await,
+        BTreeSet::from([sa("127.0.0.1:7000"), sa("127.0.0.2:7000")])
+    );
+
+    // Scaled to zero: no records, no endpoints.
+    answers.lock().unwrap().clear();
+    assert!(next(&mut rx).await.is_empty());
+}
