@@ -269,6 +269,36 @@ mod tests {
     }
 
     #[test]
+    fn shard_dns_template() {
+        let a = Args::try_parse_from([
+            "mp-gather",
+            "--shard-dns",
+            "leaf-{i}.leaves:9000",
+            "--shards",
+            "3",
+        ])
+        .unwrap();
+        let specs = a.shard_specs().unwrap();
+        assert_eq!(specs.len(), 3);
+        assert_eq!(specs[2].replicas, ["leaf-2.leaves:9000"]);
+        let a = Args::try_parse_from(["mp-gather", "--shard-dns", "leaf:9000", "--shards", "3"])
+            .unwrap();
+        assert!(a.shard_specs().unwrap_err().contains("{i}"));
+        // Flags that exclude each other.
+        assert!(Args::try_parse_from([
+            "mp-gather",
+            "--shard",
+            "a:1",
+            "--merge",
+            "m:1",
+            "--reducer",
+            "concat"
+        ])
+        .is_err());
+        assert!(Args::try_parse_from(["mp-gather", "--shard-dns", "x-{i}:1"]).is_err());
+    }
+
+    #[test]
     fn cli_is_consistent() {
         use clap::CommandFactory;
         Args::command().debug_assert();

@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use http::uri::PathAndQuery;
-use tokio::time::{sleep, timeout_at, Instant};
+use tokio::time::{sleep, sleep_until, timeout_at, Instant};
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
@@ -154,6 +154,7 @@ impl Gather {
     /// Calls every shard and applies the policy. On success, returns one
     /// result per shard, in shard order.
     pub async fn scatter(&self, call: &Call<'_>) -> Result<Vec<LeafResult>, Status> {
+        let start = Instant::now();
         let n = self.shards.len();
         let mut pending: FuturesUnordered<_> = self
             .shards
@@ -162,40 +163,85 @@ impl Gather {
             .collect();
         let mut slots: Vec<Option<LeafResult>> = (0..n).map(|_| None).collect();
         let mut failed = 0;
-        while let Some(r) = pending.next().await {
-            if let Err(status) = &r.result {
-                failed += 1;
-                match self.policy {
-                    Policy::All => {
-                        return Err(Status::new(
-                            status.code(),
-                            format!("{} failed: {}", r.who(), status_text(status)),
-                        ))
+        // One timer for the whole fan-out, not one per leaf call.
+        let mut deadline = pin!(sleep_until(call.leaf_deadline));
+        loop {
+            let r = tokio::select! {
+                biased;
+                r = pending.next() => match r {
+                    Some(r) => r,
+                    None => break,
+                },
+                _ = &mut deadline => {
+                    // Dropping the calls still running cancels them.
+                    drop(pending);
+                    let late: Vec<usize> = (0..n).filter(|i| slots[*i].is_none()).collect();
+                    for i in late {
+                        let r = self.late(&self.shards[i], call, start);
+                        self.admit(&mut slots, &mut failed, r)?;
                     }
-                    Policy::Quorum(k) if n - failed < k => {
-                        let code = status.code();
-                        let shard = r.shard;
-                        slots[shard] = Some(r);
-                        return Err(Status::new(
-                            code,
-                            format!(
-                                "quorum of {k} of {n} shards not reachable: {}",
-                                failures(slots.iter().flatten())
-                            ),
-                        ));
-                    }
-                    _ => {}
+                    break;
                 }
-            }
-            let shard = r.shard;
-            slots[shard] = Some(r);
+            };
+            self.admit(&mut slots, &mut failed, r)?;
         }
-        // Every future completed, so every slot is filled.
+        // Every shard has its outcome now (an answer, a failure or the deadline).
         Ok(slots.into_iter().flatten().collect())
     }
 
+    /// Stores one shard's outcome; fails the call when the policy says so.
+    fn admit(
+        &self,
+        slots: &mut [Option<LeafResult>],
+        failed: &mut usize,
+        r: LeafResult,
+    ) -> Result<(), Status> {
+        let n = slots.len();
+        let shard = r.shard;
+        if let Err(status) = &r.result {
+            *failed += 1;
+            let code = status.code();
+            match self.policy {
+                Policy::All => {
+                    return Err(Status::new(
+                        code,
+                        format!("{} failed: {}", r.who(), status_text(status)),
+                    ))
+                }
+                Policy::Quorum(k) if n - *failed < k => {
+                    slots[shard] = Some(r);
+                    return Err(Status::new(
+                        code,
+                        format!(
+                            "quorum of {k} of {n} shards not reachable: {}",
+                            failures(slots.iter().flatten())
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        slots[shard] = Some(r);
+        Ok(())
+    }
+
+    /// The outcome of a shard that did not answer by the leaf deadline.
+    fn late(&self, shard: &Shard, call: &Call<'_>, start: Instant) -> LeafResult {
+        let elapsed = start.elapsed();
+        shard.metrics.latency.observe(elapsed.as_secs_f64());
+        shard.metrics.outcomes[Code::DeadlineExceeded as usize].inc();
+        LeafResult {
+            shard: shard.index,
+            result: Err(late(call)),
+            elapsed,
+            endpoint: None,
+            hedged: false,
+        }
+    }
+
     /// The `first` reducer: the first successful answer wins, the other calls
-    /// are cancelled; fails only when every shard fails.
+    /// are cancelled; fails only when every shard fails or none answers by
+    /// the deadline.
     async fn first(&self, call: &Call<'_>) -> Result<Bytes, Status> {
         let mut pending: FuturesUnordered<_> = self
             .shards
@@ -203,10 +249,21 @@ impl Gather {
             .map(|s| self.call_shard(s, call))
             .collect();
         let mut failed = Vec::new();
-        while let Some(r) = pending.next().await {
-            match r.result {
-                Ok(bytes) => return Ok(bytes),
-                Err(_) => failed.push(r),
+        let mut deadline = pin!(sleep_until(call.leaf_deadline));
+        loop {
+            tokio::select! {
+                biased;
+                r = pending.next() => match r {
+                    Some(LeafResult { result: Ok(bytes), .. }) => return Ok(bytes),
+                    Some(r) => failed.push(r),
+                    None => break,
+                },
+                _ = &mut deadline => {
+                    return Err(Status::deadline_exceeded(format!(
+                        "no shard answered within {}",
+                        call.deadline_note
+                    )))
+                }
             }
         }
         let code = failed
@@ -219,8 +276,8 @@ impl Gather {
         ))
     }
 
-    /// One shard's outcome: a call to one replica, maybe a hedge to another,
-    /// bounded by the leaf deadline.
+    /// One shard's outcome: a call to one replica, maybe a hedge to another.
+    /// The caller bounds it by the leaf deadline.
     async fn call_shard(&self, shard: &Shard, call: &Call<'_>) -> LeafResult {
         let start = Instant::now();
         let first = shard.pick();
@@ -259,24 +316,18 @@ impl Gather {
                 },
             }
         };
-        let late = || Status::deadline_exceeded(format!("no answer within {}", call.deadline_note));
-        let (result, endpoint, hedged) = match timeout_at(call.leaf_deadline, attempt).await {
-            Ok((r, replica, hedged)) => (
-                // The leaf was told the same deadline and may give up first
-                // (tonic answers CANCELLED "Timeout expired"): say what
-                // happened, not how the leaf put it.
-                r.map_err(|s| {
-                    if Instant::now() >= call.leaf_deadline {
-                        late()
-                    } else {
-                        explain(s)
-                    }
-                }),
-                Some(shard.replicas[replica].endpoint.clone()),
-                hedged,
-            ),
-            Err(_) => (Err(late()), None, false),
-        };
+        let (result, replica, hedged) = attempt.await;
+        // The leaf was told the same deadline and may give up first (tonic
+        // answers CANCELLED "Timeout expired"): say what happened, not how
+        // the leaf put it.
+        let result = result.map_err(|s| {
+            if Instant::now() >= call.leaf_deadline {
+                late(call)
+            } else {
+                explain(s)
+            }
+        });
+        let endpoint = Some(shard.replicas[replica].endpoint.clone());
         let elapsed = start.elapsed();
         let m = &shard.metrics;
         m.latency.observe(elapsed.as_secs_f64());
@@ -308,6 +359,10 @@ impl Gather {
             HedgeAfter::Percentile(_) => shard.window.current(),
         }
     }
+}
+
+fn late(call: &Call<'_>) -> Status {
+    Status::deadline_exceeded(format!("no answer within {}", call.deadline_note))
 }
 
 /// One unary call to one replica, message bytes in and out.

@@ -17,7 +17,7 @@ use mp_testkit::{free_port, wait_for_port, ChildGuard};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Server};
 use tonic::{Code, Status};
 
@@ -131,6 +131,12 @@ impl Handler for TestLeaf {
     }
 }
 
+/// Accepted connections with Nagle off, as real gRPC servers run: small
+/// HTTP/2 frames must not wait for an ACK.
+fn incoming(l: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(l).with_nodelay(Some(true))
+}
+
 async fn bind() -> (TcpListener, SocketAddr) {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let a = l.local_addr().expect("addr");
@@ -149,7 +155,7 @@ pub async fn leaf(spec: LeafSpec) -> Running {
     tokio::spawn(
         Server::builder()
             .add_service(svc)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            .serve_with_incoming_shutdown(incoming(listener), async {
                 let _ = rx.await;
             }),
     );
@@ -229,7 +235,7 @@ pub async fn merger(mode: MergerMode) -> Running {
     tokio::spawn(
         Server::builder()
             .add_service(MergerServer::new(TestMerger(mode)))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            .serve_with_incoming_shutdown(incoming(listener), async {
                 let _ = rx.await;
             }),
     );
@@ -280,7 +286,7 @@ pub async fn catalog_leaf(shard: usize, items: &[&str]) -> Running {
         Server::builder()
             .add_service(svc)
             .add_service(reflection)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            .serve_with_incoming_shutdown(incoming(listener), async {
                 let _ = rx.await;
             }),
     );

@@ -1,0 +1,498 @@
+//! gather-bench: measures mp-gather and prints one table.
+//!
+//! - Fan-out scaling: N = 1, 10, 100 leaves; requests/s, p50, p99 and CPU
+//!   microseconds per leaf call, for mp-gather (a separate process, its CPU
+//!   read from /proc) beside the floor: the same fan-out done by a plain tonic
+//!   client calling the leaves directly (join of N unary calls; its CPU is the
+//!   client process's, load generation included).
+//! - Tail: 10 shards x 2 replicas where 1% of leaf calls are delayed 50 ms:
+//!   p99 without delays, with delays and no hedging, with delays and hedging,
+//!   and the share of extra (hedged) leaf calls.
+//!
+//! The leaves are tonic `mp.v1.Handler` servers on loopback in a child
+//! process of this program (`--serve-leaves`), so their CPU is counted
+//! neither as gather's nor as the client's.
+//!
+//! Run: `bench/gather` (or `cargo run --release -p mp-gather --bin gather-bench`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use clap::Parser;
+use http::uri::PathAndQuery;
+use mp_gather::grpc::BytesCodec;
+use mp_proto::v1::handler_server::{Handler, HandlerServer};
+use mp_proto::v1::{Reply, Request};
+use prost::Message;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Channel, Endpoint, Server};
+
+/// Measures mp-gather's fan-out cost and hedged tail latency; prints a table.
+#[derive(Parser, Debug)]
+#[command(name = "gather-bench")]
+struct Cli {
+    /// Seconds of load per measured run.
+    #[arg(long, default_value_t = 2.0)]
+    secs: f64,
+    /// Concurrent callers.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Fan-out sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+    fanout: Vec<usize>,
+    /// The mp-gather binary (default: next to this program).
+    #[arg(long)]
+    gather: Option<PathBuf>,
+    /// Internal: serve this many leaves, print their ports, exit on stdin EOF.
+    #[arg(long, hide = true)]
+    serve_leaves: Option<usize>,
+    /// Internal: percentage of leaf calls to delay.
+    #[arg(long, hide = true, default_value_t = 0.0)]
+    delay_pct: f64,
+    /// Internal: how long a delayed leaf call waits, ms.
+    #[arg(long, hide = true, default_value_t = 50)]
+    delay_ms: u64,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match cli.serve_leaves {
+        Some(n) => rt.block_on(serve_leaves(n, cli.delay_pct, cli.delay_ms)),
+        None => rt.block_on(bench(cli)),
+    }
+}
+
+// ---------------------------------------------------------------- leaves
+
+struct BenchLeaf {
+    reply: Reply,
+    delay_pct: f64,
+    delay: Duration,
+}
+
+#[tonic::async_trait]
+impl Handler for BenchLeaf {
+    async fn handle(
+        &self,
+        _request: tonic::Request<Request>,
+    ) -> Result<tonic::Response<Reply>, tonic::Status> {
+        if self.delay_pct > 0.0 && rand::random::<f64>() * 100.0 < self.delay_pct {
+            tokio::time::sleep(self.delay).await;
+        }
+        Ok(tonic::Response::new(self.reply.clone()))
+    }
+}
+
+async fn serve_leaves(n: usize, delay_pct: f64, delay_ms: u64) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for shard in 0..n {
+        let l = TcpListener::bind("127.0.0.1:0").await?;
+        writeln!(out, "{}", l.local_addr()?.port())?;
+        let leaf = BenchLeaf {
+            reply: Reply::json(serde_json::json!({"shard": shard, "ok": true})),
+            delay_pct,
+            delay: Duration::from_millis(delay_ms),
+        };
+        tokio::spawn(
+            Server::builder()
+                .add_service(HandlerServer::new(leaf))
+                .serve_with_incoming(TcpIncoming::from(l).with_nodelay(Some(true))),
+        );
+    }
+    writeln!(out, "ready")?;
+    out.flush()?;
+    drop(out);
+    // The parent holds our stdin: when it goes away, so do we.
+    tokio::task::spawn_blocking(|| {
+        let mut buf = String::new();
+        while std::io::stdin().read_line(&mut buf).is_ok_and(|n| n > 0) {}
+    })
+    .await?;
+    Ok(())
+}
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_leaves(n: usize, delay_pct: f64) -> Result<(Proc, Vec<u16>)> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["--serve-leaves", &n.to_string()])
+        .args(["--delay-pct", &delay_pct.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the leaves process")?;
+    let stdout = child.stdout.take().context("leaves stdout")?;
+    let proc = Proc(child);
+    let mut ports = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        if line == "ready" {
+            return Ok((proc, ports));
+        }
+        ports.push(line.parse()?);
+    }
+    bail!("the leaves process ended before it was ready")
+}
+
+// ---------------------------------------------------------------- gather
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn gather_bin(cli: &Cli) -> Result<PathBuf> {
+    let p = match &cli.gather {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("mp-gather"),
+    };
+    if !p.is_file() {
+        bail!(
+            "{} not found: build it first (cargo build --release -p mp-gather)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+struct Gather {
+    proc: Proc,
+    port: u16,
+    admin: u16,
+}
+
+fn start_gather(bin: &PathBuf, shards: &[String], extra: &[&str]) -> Result<Gather> {
+    let port = free_port()?;
+    let admin = free_port()?;
+    let mut cmd = Command::new(bin);
+    cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .args(extra)
+        .env("RUST_LOG", "warn");
+    for s in shards {
+        cmd.args(["--shard", s]);
+    }
+    let proc = Proc(cmd.spawn().context("starting mp-gather")?);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("mp-gather did not listen");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Gather { proc, port, admin })
+}
+
+/// user+system CPU time of process `pid`, from /proc (clock ticks of 10 ms).
+fn cpu_time(pid: Option<u32>) -> Duration {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    let Ok(stat) = std::fs::read_to_string(path) else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name (which is in parentheses): utime is the
+    // 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+fn admin_metrics(port: u16) -> String {
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+// ---------------------------------------------------------------- load
+
+struct Run {
+    requests: usize,
+    errors: usize,
+    secs: f64,
+    lat_us: Vec<u32>,
+}
+
+impl Run {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.secs
+    }
+    fn pct(&self, p: f64) -> f64 {
+        if self.lat_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((p / 100.0) * (self.lat_us.len() - 1) as f64).round() as usize;
+        self.lat_us[i] as f64 / 1000.0
+    }
+}
+
+/// Calls `one` from `concurrency` workers for `secs`; latencies of the calls.
+async fn load<F, Fut>(concurrency: usize, secs: f64, one: F) -> Run
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let one = Arc::new(one);
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let one = one.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(4096);
+            let mut errors = 0;
+            while Instant::now() < end {
+                let t = Instant::now();
+                if one().await {
+                    lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                } else {
+                    errors += 1;
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut lat_us = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.unwrap_or_default();
+        lat_us.extend(l);
+        errors += e;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    lat_us.sort_unstable();
+    Run {
+        requests: lat_us.len(),
+        errors,
+        secs,
+        lat_us,
+    }
+}
+
+fn row(n: usize, path: &str, idle: &Run, loaded: &Run, cpu_us: f64) {
+    println!(
+        "| {n} | {path} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {cpu_us:.1} | {} |",
+        idle.pct(50.0),
+        idle.pct(99.0),
+        loaded.rps(),
+        loaded.pct(50.0),
+        loaded.pct(99.0),
+        idle.errors + loaded.errors
+    );
+}
+
+fn channel(port: u16) -> Channel {
+    Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("valid uri")
+        .tcp_nodelay(true)
+        .connect_lazy()
+}
+
+fn request_bytes() -> Bytes {
+    Request::json(serde_json::json!({"q": 1}))
+        .encode_to_vec()
+        .into()
+}
+
+async fn unary(ch: &Channel, body: &Bytes) -> bool {
+    let mut g = tonic::client::Grpc::new(ch.clone());
+    if g.ready().await.is_err() {
+        return false;
+    }
+    g.unary::<Bytes, Bytes, _>(
+        tonic::Request::new(body.clone()),
+        PathAndQuery::from_static(mp_proto::names::HANDLE_PATH),
+        BytesCodec,
+    )
+    .await
+    .is_ok()
+}
+
+/// The floor: this process fans out to the leaves itself.
+async fn run_direct(ports: &[u16], concurrency: usize, secs: f64) -> Run {
+    let channels: Arc<Vec<Channel>> = Arc::new(ports.iter().map(|p| channel(*p)).collect());
+    let body = request_bytes();
+    load(concurrency, secs, move || {
+        let channels = channels.clone();
+        let body = body.clone();
+        async move {
+            let calls = channels.iter().map(|c| unary(c, &body));
+            futures::future::join_all(calls)
+                .await
+                .into_iter()
+                .all(|ok| ok)
+        }
+    })
+    .await
+}
+
+async fn run_gather(port: u16, concurrency: usize, secs: f64) -> Run {
+    let ch = channel(port);
+    let body = request_bytes();
+    load(concurrency, secs, move || {
+        let ch = ch.clone();
+        let body = body.clone();
+        async move { unary(&ch, &body).await }
+    })
+    .await
+}
+
+// ---------------------------------------------------------------- table
+
+async fn bench(cli: Cli) -> Result<()> {
+    let bin = gather_bin(&cli)?;
+    let max_n = cli.fanout.iter().copied().max().unwrap_or(1).max(20);
+    let warm = 0.3;
+    eprintln!("starting {max_n} leaves...");
+    let (_leaves, ports) = start_leaves(max_n, 0.0)?;
+
+    println!(
+        "## mp-gather fan-out (loopback; unloaded = 1 caller, loaded = {} callers; {:.1} s per run)\n",
+        cli.concurrency, cli.secs
+    );
+    println!(
+        "| N leaves | path | unloaded p50 ms | unloaded p99 ms | loaded req/s | loaded p50 ms | loaded p99 ms | CPU us per leaf call | errors |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut ratios = Vec::new();
+    for &n in &cli.fanout {
+        let ports = &ports[..n];
+        // The floor: direct fan-out from this process.
+        run_direct(ports, cli.concurrency, warm).await;
+        let idle = run_direct(ports, 1, cli.secs / 2.0).await;
+        let c0 = cpu_time(None);
+        let d = run_direct(ports, cli.concurrency, cli.secs).await;
+        let cpu = cpu_time(None) - c0;
+        let direct_cpu = cpu.as_secs_f64() * 1e6 / (d.requests.max(1) * n) as f64;
+        row(
+            n,
+            "direct tonic fan-out (client CPU)",
+            &idle,
+            &d,
+            direct_cpu,
+        );
+        // Through mp-gather.
+        let shards: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let g = start_gather(&bin, &shards, &["--reducer", "concat"])?;
+        run_gather(g.port, cli.concurrency, warm).await;
+        let gidle = run_gather(g.port, 1, cli.secs / 2.0).await;
+        let pid = Some(g.proc.0.id());
+        let c0 = cpu_time(pid);
+        let r = run_gather(g.port, cli.concurrency, cli.secs).await;
+        let cpu = cpu_time(pid) - c0;
+        let gather_cpu = cpu.as_secs_f64() * 1e6 / (r.requests.max(1) * n) as f64;
+        row(n, "mp-gather (gather CPU)", &gidle, &r, gather_cpu);
+        ratios.push((
+            n,
+            gidle.pct(50.0) / idle.pct(50.0),
+            r.pct(50.0) / d.pct(50.0),
+            gather_cpu / direct_cpu,
+        ));
+        drop(g);
+    }
+    println!();
+    for (n, idle, loaded, cpu) in &ratios {
+        println!(
+            "- N={n}: mp-gather p50 / direct p50 = {idle:.2} unloaded, {loaded:.2} loaded (target <= 1.2); CPU per leaf call gather / direct = {cpu:.2}"
+        );
+    }
+
+    // Tail at scale: 10 shards x 2 replicas.
+    println!(
+        "\n## Tail: 10 shards x 2 replicas, 1% of leaf calls delayed 50 ms ({} callers, {:.1} s per run)\n",
+        cli.concurrency, cli.secs
+    );
+    println!("| run | req/s | p50 ms | p99 ms | p99.9 ms | extra leaf calls |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let (_slow_leaves, slow_ports) = start_leaves(20, 1.0)?;
+    let shards = |ports: &[u16]| -> Vec<String> {
+        (0..10)
+            .map(|i| format!("127.0.0.1:{},127.0.0.1:{}", ports[2 * i], ports[2 * i + 1]))
+            .collect()
+    };
+    let runs: [(&str, &[u16], &[&str]); 4] = [
+        ("no delays, no hedging", &ports[..20], &[]),
+        ("1% delayed, no hedging", &slow_ports, &[]),
+        (
+            "1% delayed, --hedge-after p95 --hedge-budget 5",
+            &slow_ports,
+            &["--hedge-after", "p95", "--hedge-budget", "5"],
+        ),
+        (
+            "1% delayed, --hedge-after 10ms --hedge-budget 5",
+            &slow_ports,
+            &["--hedge-after", "10ms", "--hedge-budget", "5"],
+        ),
+    ];
+    let mut p99s = Vec::new();
+    for (name, ports, flags) in runs {
+        let mut args = vec!["--reducer", "concat"];
+        args.extend_from_slice(flags);
+        let g = start_gather(&bin, &shards(ports), &args)?;
+        run_gather(g.port, cli.concurrency, warm).await;
+        let before = admin_metrics(g.admin);
+        let r = run_gather(g.port, cli.concurrency, cli.secs).await;
+        let after = admin_metrics(g.admin);
+        let hedges = metric_sum(&after, "mp_gather_hedges_sent_total")
+            - metric_sum(&before, "mp_gather_hedges_sent_total");
+        let calls = metric_sum(&after, "mp_gather_leaf_calls_total")
+            - metric_sum(&before, "mp_gather_leaf_calls_total");
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2}% |",
+            r.rps(),
+            r.pct(50.0),
+            r.pct(99.0),
+            r.pct(99.9),
+            100.0 * hedges / calls.max(1.0)
+        );
+        p99s.push(r.pct(99.0));
+        drop(g);
+    }
+    println!();
+    println!(
+        "- hedged p99 / undelayed p99 = {:.2} (p95 hedge), {:.2} (10 ms hedge); target <= 2",
+        p99s[2] / p99s[0],
+        p99s[3] / p99s[0]
+    );
+    Ok(())
+}
