@@ -162,6 +162,8 @@ impl Server {
     pub async fn serve(mut self) -> Result<(), ServeError> {
         init_tracing();
         let env = Env::from_env()?;
+        // Before binding: a runner may stop us as soon as the port answers.
+        let signals = Signals::install()?;
         let port = env
             .port
             .ok_or_else(|| ServeError::NoPort(env.service.clone()))?;
@@ -178,7 +180,6 @@ impl Server {
             "starting"
         );
 
-        let signals = Signals::install()?;
         let first = signals.clone();
         let drain = self.serve_on(listener, async move { first.reached(1).await });
         tokio::select! {
