@@ -592,6 +592,27 @@ fn two_services_side_by_side_do_not_collide() {
         })
         .collect();
     assert_ne!(fronts[0], fronts[1]);
+
+    // An update to a handler that cannot start fails, and the service keeps
+    // serving from the container it had.
+    let id = containers(&docker, &a)[0].id.clone();
+    let exits = mp_testkit::which("false").expect("false(1) is installed");
+    let err = mp.fails(&[
+        "deploy",
+        "--runner",
+        "docker",
+        "--pattern",
+        "service",
+        "--name",
+        &a,
+        "--handler",
+        exits.to_str().unwrap(),
+    ]);
+    assert!(err.contains("exited"), "{err}");
+    let cs = containers(&docker, &a);
+    assert_eq!(cs.len(), 1, "{:?}", names(&cs));
+    assert_eq!(cs[0].id, id, "the old handler still runs");
+    assert_eq!(servers(&mp, &a, 1).len(), 1, "{a} still answers");
     mp.ok(&["delete", &a, "--runner", "docker"]);
     assert_gone(&docker, &a);
     assert_eq!(servers(&mp, &b, 1).len(), 1, "{b} still answers");

@@ -10,9 +10,11 @@
 //! starts under a temporary name with the same DNS alias, becomes healthy,
 //! then the old one is stopped (SIGTERM, graceful) and removed and the new one
 //! takes its name; callers always find a healthy part behind the name. The
-//! front owns the published port, so a changed front can only be replaced
-//! stop-then-start; it changes only with mp-lb/mp-gather themselves or the
-//! shape of the service.
+//! front owns the published port, so a changed front is first tried on an
+//! ephemeral port (a broken one fails the update and the old one keeps
+//! serving), then replaced stop-then-start; it changes only with
+//! mp-lb/mp-gather themselves, the shape of a scatter, or (for a `service`)
+//! the handler.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -235,7 +237,25 @@ async fn update(
                 progress.part(service, &spec.part, PartEvent::Healthy);
             }
             Some(c) => {
-                // The front holds the published port: stop, then start anew.
+                // The front holds the published port, so two cannot run at
+                // once. First a trial of the new front on an ephemeral port,
+                // so a broken update leaves the old one serving; then stop
+                // the old and start the new on the port.
+                let temp = format!("{}{NEXT}", spec.name);
+                let trial = ContainerSpec {
+                    front_port: None,
+                    ..spec.clone()
+                };
+                progress.part(service, &spec.part, PartEvent::Starting);
+                let result = match start(docker, &trial, &temp, network).await {
+                    Ok(()) => wait_healthy(docker, service, &trial, &temp, limit).await,
+                    Err(e) => Err(e),
+                };
+                remove(docker, &temp).await;
+                if let Err(e) = result {
+                    progress.part(service, &spec.part, PartEvent::Failed(e.to_string()));
+                    return Err(e);
+                }
                 progress.part(service, &spec.part, PartEvent::Stopping);
                 stop_and_remove(docker, c.id.as_deref().unwrap_or(&spec.name)).await;
                 progress.part(service, &spec.part, PartEvent::Starting);
