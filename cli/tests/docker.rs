@@ -41,10 +41,17 @@ fn engine(test: &str) -> Option<Docker> {
         Ok(()) => Some(block_on(engine::connect()).expect("the engine answered a moment ago")),
         Err(e) if in_ci() => panic!("CI=true and the Docker engine is needed: {e}"),
         Err(e) => {
-            eprintln!("\n*** SKIPPED docker test {test}: {e} ***\n");
+            loud(&format!("SKIPPED docker test {test}: {e}"));
             None
         }
     }
+}
+
+/// Prints `message` where it is seen even when the test passes: straight
+/// to stderr, past the test harness's output capture.
+fn loud(message: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "\n*** {message} ***\n");
 }
 
 /// Builds every image the tests deploy, once, so tests running in parallel
@@ -522,7 +529,7 @@ fn scatter_of_ten_sums_to_a_thousand_and_a_killed_leaf_comes_back() {
         .status();
     if !killed.is_ok_and(|s| s.success()) {
         assert!(!in_ci(), "cannot kill pid {pid} of {victim}");
-        eprintln!("\n*** SKIPPED the crash part: killing a container's process needs root ***\n");
+        loud("SKIPPED the crash part: killing a container's process needs root");
         return;
     }
     let back = eventually(Duration::from_secs(30), || {
