@@ -10,8 +10,8 @@
 //! working on them.
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,11 +22,12 @@ use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
 use crate::config::{HedgeAfter, Policy, ReducerKind};
-use crate::grpc::{code_name, forwardable, BytesCodec};
+use crate::grpc::{code_name, forwardable};
 use crate::hedge::Budget;
+use crate::leaf::{self, Outgoing};
 use crate::merge::Merge;
 use crate::metrics::Metrics;
-use crate::shard::{Replica, Shard};
+use crate::shard::Shard;
 
 /// The caller's deadline keeps this share (at most [`MAX_RESERVE`]) for the
 /// merge and the answer's way back; leaves get the rest.
@@ -62,6 +63,8 @@ pub struct Call<'a> {
     pub body: Bytes,
     /// The caller's metadata that is forwarded to leaves and the merger.
     pub metadata: MetadataMap,
+    /// What every leaf call shares (the framed message, the headers).
+    pub out: Outgoing,
     /// When leaves must have answered.
     pub leaf_deadline: Instant,
     /// Why `leaf_deadline` is what it is (for error messages).
@@ -86,8 +89,9 @@ pub struct LeafResult {
     pub result: Result<Bytes, Status>,
     /// From fan-out to this outcome.
     pub elapsed: Duration,
-    /// The replica whose answer was used (none when the deadline hit first).
-    pub endpoint: Option<Arc<str>>,
+    /// The replica whose answer was used (none when the deadline hit first
+    /// or no replica was available).
+    pub endpoint: Option<SocketAddr>,
     /// True when the answer came from the hedged call.
     pub hedged: bool,
 }
@@ -113,6 +117,7 @@ impl Gather {
     ) -> Result<Bytes, Status> {
         let start = Instant::now();
         let (metadata, _, body) = request.into_parts();
+        let metadata = forwardable(metadata);
         let mut leaf_deadline = start + self.leaf_timeout;
         let mut deadline_note = format!("--leaf-timeout {:?}", self.leaf_timeout);
         let caller_deadline = caller_timeout.map(|t| start + t);
@@ -125,8 +130,9 @@ impl Gather {
         }
         let call = Call {
             path,
+            out: Outgoing::new(path.clone(), &body, metadata.clone().into_headers()),
             body,
-            metadata: forwardable(metadata),
+            metadata,
             leaf_deadline,
             deadline_note,
             caller_deadline,
@@ -280,39 +286,54 @@ impl Gather {
     /// The caller bounds it by the leaf deadline.
     async fn call_shard(&self, shard: &Shard, call: &Call<'_>) -> LeafResult {
         let start = Instant::now();
-        let first = shard.pick();
         let delay = self.hedge_delay(shard);
         if delay.is_some() {
             self.budget.deposit();
         }
+        let (out, deadline) = (&call.out, call.leaf_deadline);
+        let first = leaf::pick(shard, None);
         let attempt = async {
-            let primary = call_replica(&shard.replicas[first], call);
+            let primary = leaf::call(shard, out, deadline, first.clone(), None);
             let Some(delay) = delay else {
-                return (primary.await, first, false);
+                let (r, ep) = primary.await;
+                return (r, ep, false);
             };
             let mut primary = pin!(primary);
             tokio::select! {
                 biased;
-                r = &mut primary => return (r, first, false),
+                (r, ep) = &mut primary => return (r, ep, false),
                 _ = sleep(delay) => {}
             }
-            if !self.budget.try_withdraw() {
+            let other = leaf::pick(shard, first.as_ref());
+            let Some(other) = other.filter(|_| self.budget.try_withdraw()) else {
                 self.metrics.hedges_denied.inc();
-                return (primary.await, first, false);
-            }
+                let (r, ep) = primary.await;
+                return (r, ep, false);
+            };
             shard.metrics.hedges_sent.inc();
-            let other = (first + 1) % shard.replicas.len();
-            let mut second = pin!(call_replica(&shard.replicas[other], call));
+            let mut second = pin!(leaf::call(
+                shard,
+                out,
+                deadline,
+                Some(other),
+                first.as_ref()
+            ));
             // The first success wins and the other call is dropped
-            // (cancelled); a failure waits for the other call instead.
+            // (cancelled: RST_STREAM); a failure waits for the other call.
             tokio::select! {
-                r = &mut primary => match r {
-                    Ok(_) => (r, first, false),
-                    Err(_) => (second.await, other, true),
+                (r, ep) = &mut primary => match r {
+                    Ok(_) => (r, ep, false),
+                    Err(_) => {
+                        let (r, ep) = second.await;
+                        (r, ep, true)
+                    }
                 },
-                r = &mut second => match r {
-                    Ok(_) => (r, other, true),
-                    Err(_) => (primary.await, first, false),
+                (r, ep) = &mut second => match r {
+                    Ok(_) => (r, ep, true),
+                    Err(_) => {
+                        let (r, ep) = primary.await;
+                        (r, ep, false)
+                    }
                 },
             }
         };
@@ -327,7 +348,7 @@ impl Gather {
                 explain(s)
             }
         });
-        let endpoint = Some(shard.replicas[replica].endpoint.clone());
+        let endpoint = replica.map(|ep| ep.addr());
         let elapsed = start.elapsed();
         let m = &shard.metrics;
         m.latency.observe(elapsed.as_secs_f64());
@@ -351,10 +372,11 @@ impl Gather {
     }
 
     fn hedge_delay(&self, shard: &Shard) -> Option<Duration> {
-        if shard.replicas.len() < 2 {
+        let hedge = self.hedge?;
+        if shard.pool.available() < 2 {
             return None;
         }
-        match self.hedge? {
+        match hedge {
             HedgeAfter::Fixed(d) => Some(d),
             HedgeAfter::Percentile(_) => shard.window.current(),
         }
@@ -363,23 +385,6 @@ impl Gather {
 
 fn late(call: &Call<'_>) -> Status {
     Status::deadline_exceeded(format!("no answer within {}", call.deadline_note))
-}
-
-/// One unary call to one replica, message bytes in and out.
-async fn call_replica(replica: &Replica, call: &Call<'_>) -> Result<Bytes, Status> {
-    let mut grpc = tonic::client::Grpc::new(replica.channel.clone());
-    grpc.ready()
-        .await
-        .map_err(|e| Status::unavailable(format!("{} is not reachable: {e}", replica.endpoint)))?;
-    let mut request = tonic::Request::new(call.body.clone());
-    if !call.metadata.is_empty() {
-        *request.metadata_mut() = call.metadata.clone();
-    }
-    // Tell the leaf its deadline so it can give up too.
-    request.set_timeout(call.leaf_deadline.saturating_duration_since(Instant::now()));
-    grpc.unary(request, call.path.clone(), BytesCodec)
-        .await
-        .map(tonic::Response::into_inner)
 }
 
 /// Adds the error chain to a transport-level status ("transport error" alone

@@ -11,6 +11,7 @@
 //! - [`shard`]: shards, replicas (one pooled HTTP/2 channel each), latency
 //!   windows.
 //! - [`hedge`]: the hedge budget.
+//! - [`leaf`]: one call to a leaf on the sidecar's HTTP/2 pool.
 //! - [`server`]: the gather port (h2c), routing health and reflection, drain.
 //! - [`reflect`]: server reflection, local for mp.v1, forwarded to a leaf for
 //!   other protos.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod gather;
 pub mod grpc;
 pub mod hedge;
+pub mod leaf;
 pub mod merge;
 pub mod metrics;
 pub mod reflect;
@@ -35,7 +37,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use mp_proto::v1::merger_client::MergerClient;
+use mp_sidecar::addr::HostPort;
 use mp_sidecar::admin::AdminState;
+use mp_sidecar::metrics::PoolMetrics;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tonic_health::server::{HealthReporter, HealthService};
@@ -71,9 +75,9 @@ pub enum Error {
     Descriptors(#[from] prost::DecodeError),
 }
 
-/// Builds the gather (shards, channels, merge) from the command line. Does
-/// not connect: channels connect on first use. Needs a tokio runtime.
-pub fn build(args: &Args, metrics: Metrics) -> Result<Gather, Error> {
+/// Builds the gather (shards, pools, merge) from the command line. The shard
+/// pools start connecting in the background. Needs a tokio runtime.
+pub fn build(args: &Args, metrics: Metrics, pool_metrics: &PoolMetrics) -> Result<Gather, Error> {
     let specs = args.shard_specs().map_err(Error::Config)?;
     if let Policy::Quorum(k) = args.policy {
         if k > specs.len() {
@@ -96,12 +100,29 @@ pub fn build(args: &Args, metrics: Metrics) -> Result<Gather, Error> {
     };
     let mut shards = Vec::with_capacity(specs.len());
     for (i, spec) in specs.iter().enumerate() {
-        let replicas = spec
+        let addrs = spec
             .replicas
             .iter()
-            .map(|a| replica(a))
+            .map(|a| {
+                a.parse::<HostPort>().map_err(|e| Error::Endpoint {
+                    addr: a.clone(),
+                    source: e.into(),
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        shards.push(Shard::new(i, replicas, metrics.shard(i), percentile));
+        let shard = Shard::new(
+            i,
+            &addrs,
+            &resolver,
+            pool_metrics,
+            metrics.shard(i),
+            percentile,
+        )
+        .map_err(|source| Error::Endpoint {
+            addr: spec.replicas.join(","),
+            source,
+        })?;
+        shards.push(shard);
     }
     let merge = match &args.merge {
         Some(addr) => {
@@ -136,7 +157,9 @@ pub async fn run(
     let metrics = Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let gather = Arc::new(build(&args, metrics)?);
+    // Per-replica request, status, latency and health metrics of the pools.
+    let pool_metrics = PoolMetrics::register(registry.sub_registry_with_prefix("mp_gather_leaf"));
+    let gather = Arc::new(build(&args, metrics, &pool_metrics)?);
 
     let reporter = HealthReporter::new();
     reporter
@@ -146,7 +169,13 @@ pub async fn run(
         HealthService::from_health_reporter(reporter.clone()),
     );
     // Reflection questions about other protos go to shard 0's first replica.
-    let upstream = gather.shards.first().map(|s| s.replicas[0].channel.clone());
+    let first = args.shard_specs().map_err(Error::Config)?[0].replicas[0].clone();
+    let upstream = Replica::new(&first, &mp_sidecar::addr::Resolver::system())
+        .map_err(|source| Error::Endpoint {
+            addr: first.clone(),
+            source,
+        })?
+        .channel;
     let reflection = Reflection::new(
         &[
             mp_proto::FILE_DESCRIPTOR_SET,
@@ -160,13 +189,34 @@ pub async fn run(
             "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection",
         ],
-        upstream,
+        Some(upstream),
     )?;
     let service = GatherService::new(gather.clone(), health, &reflection);
 
     let state = AdminState::new(registry);
-    // The gather listener is bound already: connections queue from now on.
-    state.set_ready(true);
+    // Ready while enough shards have a replica to call for the policy to
+    // succeed (all of them, K of them, or one), and not draining.
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let needed = match args.policy {
+        Policy::All => gather.shards.len(),
+        Policy::Quorum(k) => k,
+        Policy::BestEffort => 1,
+    };
+    let readiness = {
+        let (state, gather, draining) = (state.clone(), gather.clone(), draining.clone());
+        tokio::spawn(async move {
+            loop {
+                let up = gather
+                    .shards
+                    .iter()
+                    .filter(|s| s.pool.available() > 0)
+                    .count();
+                let stopping = draining.load(std::sync::atomic::Ordering::Relaxed);
+                state.set_ready(up >= needed && !stopping);
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        })
+    };
     let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
     let admin_task = admin.map(|l| {
         let addr = l.local_addr().ok();
@@ -189,12 +239,13 @@ pub async fn run(
         policy = %args.policy,
         "mp-gather serving"
     );
-    let draining = {
+    let drain = {
         let state = state.clone();
         let reporter = reporter.clone();
         async move {
             shutdown.await;
             // Tell load balancers and probes first, then drain.
+            draining.store(true, std::sync::atomic::Ordering::Relaxed);
             state.set_ready(false);
             reporter
                 .set_service_status("", ServingStatus::NotServing)
@@ -204,7 +255,8 @@ pub async fn run(
                 .await;
         }
     };
-    server::serve(listener, service, draining, args.grace).await;
+    server::serve(listener, service, drain, args.grace).await;
+    readiness.abort();
     let _ = stop_admin.send(true);
     if let Some(t) = admin_task {
         let _ = t.await;

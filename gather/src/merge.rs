@@ -221,7 +221,7 @@ async fn merge_with(
                 shard: o.shard as u32,
                 outcome: Some(outcome),
                 elapsed: prost_types::Duration::try_from(o.elapsed).ok(),
-                endpoint: o.endpoint.as_deref().unwrap_or_default().to_string(),
+                endpoint: o.endpoint.map(|a| a.to_string()).unwrap_or_default(),
                 hedged: o.hedged,
             }
         })

@@ -1,14 +1,19 @@
-//! Shards and their replicas: one pooled HTTP/2 channel per replica, round
-//! robin among a shard's replicas, and a window of recent latencies for
-//! percentile hedging.
+//! Shards and their replicas: a sidecar pool per shard (HTTP/2 connections,
+//! health, round robin), a tonic channel for the few calls that are not on
+//! the data path (reflection, the merger), and a window of recent latencies
+//! for percentile hedging.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http::uri::Authority;
 use hyper_util::rt::TokioIo;
 use mp_sidecar::addr::{HostPort, Resolver};
+use mp_sidecar::discovery::{self, DiscoveryConfig, Source};
+use mp_sidecar::metrics::PoolMetrics;
+use mp_sidecar::pool::{Pool, PoolConfig};
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 
@@ -17,7 +22,8 @@ use crate::metrics::ShardMetrics;
 /// How long a TCP connect to a replica may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// One replica of a shard.
+/// A tonic channel to one address, for calls off the data path: reflection
+/// questions to a leaf, and the merger.
 #[derive(Debug)]
 pub struct Replica {
     /// `host:port` as given on the command line (what metrics and
@@ -55,6 +61,12 @@ impl Replica {
 /// An address that cannot be a replica.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
+    /// A shard without replicas.
+    #[error("a shard needs at least one replica")]
+    NoReplica,
+    /// Not usable as an HTTP/2 `:authority`.
+    #[error("{0:?} cannot be an HTTP/2 authority")]
+    Authority(String),
     /// Not `HOST:PORT`.
     #[error(transparent)]
     Addr(#[from] mp_sidecar::addr::AddrParseError),
@@ -94,14 +106,16 @@ async fn connect(resolver: &Resolver, target: &HostPort) -> io::Result<TcpStream
         })?
 }
 
-/// One shard: its replicas and what mp-gather remembers about it.
+/// One shard: a pool of its replicas and what mp-gather remembers about it.
 #[derive(Debug)]
 pub struct Shard {
     /// 0-based shard index (the leaf's MP_SHARD).
     pub index: usize,
-    /// At least one replica.
-    pub replicas: Box<[Replica]>,
-    next: AtomicUsize,
+    /// The replicas: HTTP/2 connections kept open, health-checked, ejected
+    /// after repeated UNAVAILABLE, round robin; names re-resolved.
+    pub pool: Pool,
+    /// The first replica's `HOST:PORT`, the `:authority` of leaf calls.
+    pub authority: Authority,
     /// Recent latencies, for percentile hedging.
     pub window: LatencyWindow,
     /// Metric handles.
@@ -109,29 +123,44 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// A shard of `replicas` (at least one).
+    /// Shard `index` served by `replicas` (at least one). Must be called
+    /// inside a tokio runtime: the pool connects in the background at once.
     pub fn new(
         index: usize,
-        replicas: Vec<Replica>,
+        replicas: &[HostPort],
+        resolver: &Resolver,
+        pool_metrics: &PoolMetrics,
         metrics: ShardMetrics,
         percentile: f64,
-    ) -> Self {
-        assert!(!replicas.is_empty(), "a shard needs a replica");
-        Shard {
+    ) -> Result<Self, ReplicaError> {
+        let first = replicas.first().ok_or(ReplicaError::NoReplica)?;
+        let authority: Authority = first
+            .to_string()
+            .parse()
+            .map_err(|_| ReplicaError::Authority(first.to_string()))?;
+        // IP literals are fixed; names are resolved again periodically, so a
+        // container that starts late or moves is followed.
+        let sources = replicas
+            .iter()
+            .map(|hp| match hp.socket_addr() {
+                Some(_) => Source::Static(hp.clone()),
+                None => Source::Dns(hp.clone()),
+            })
+            .collect();
+        let endpoints = discovery::spawn(sources, resolver.clone(), DiscoveryConfig::default());
+        let pool = Pool::new(
+            format!("shard {index}"),
+            PoolConfig::default(),
+            pool_metrics.clone(),
+            endpoints,
+        );
+        Ok(Shard {
             index,
-            replicas: replicas.into_boxed_slice(),
-            next: AtomicUsize::new(0),
+            pool,
+            authority,
             window: LatencyWindow::new(percentile),
             metrics,
-        }
-    }
-
-    /// The replica for the next call (round robin).
-    pub fn pick(&self) -> usize {
-        if self.replicas.len() == 1 {
-            return 0;
-        }
-        self.next.fetch_add(1, Ordering::Relaxed) % self.replicas.len()
+        })
     }
 }
 

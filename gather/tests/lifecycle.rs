@@ -93,7 +93,14 @@ async fn admin_serves_metrics_ready_and_live() {
     let mut a = shard_args(&ls);
     a.extend(args(&["--shard", &dead_addr(), "--policy", "best-effort"]));
     let g = GatherProc::start_with(&a, true);
-    assert!(g.admin_get("/ready").starts_with("HTTP/1.1 200"));
+    // Ready once enough shards are connected for best-effort (one).
+    g.wait_healthy(2);
+    assert!(
+        eventually(Duration::from_secs(5), || g
+            .admin_get("/ready")
+            .starts_with("HTTP/1.1 200"))
+        .await
+    );
     assert!(g.admin_get("/live").starts_with("HTTP/1.1 200"));
     call(&mut g.client().await, json!(1))
         .await

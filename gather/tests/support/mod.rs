@@ -352,6 +352,27 @@ impl GatherProc {
             .expect("connect to mp-gather")
     }
 
+    /// Waits (at most 10 s) until the admin metrics show `n` leaf replicas
+    /// connected and healthy.
+    pub fn wait_healthy(&self, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let m = self.admin_get("/metrics");
+            let healthy = m
+                .lines()
+                .filter(|l| l.starts_with("mp_gather_leaf_endpoint_healthy{") && l.ends_with(" 1"))
+                .count();
+            if healthy >= n {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {healthy} of {n} replicas healthy:\n{m}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// GET `path` on the admin port; the response body.
     pub fn admin_get(&self, path: &str) -> String {
         use std::io::{Read, Write};
