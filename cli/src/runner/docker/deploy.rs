@@ -264,6 +264,15 @@ async fn update(
                 progress.part(service, &spec.part, PartEvent::Healthy);
             }
             None => {
+                if spec.front_port.is_some() {
+                    // A new kind of front (the pattern changed): the old
+                    // front gives up the published port first.
+                    for (n, c) in &by_name {
+                        if label(c, labels::FRONT) == Some("true") && !n.ends_with(NEXT) {
+                            stop_and_remove(docker, c.id.as_deref().unwrap_or(n)).await;
+                        }
+                    }
+                }
                 progress.part(service, &spec.part, PartEvent::Starting);
                 start(docker, spec, &spec.name, network).await?;
                 wait_healthy(docker, service, spec, &spec.name, limit).await?;

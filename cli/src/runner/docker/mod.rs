@@ -255,7 +255,7 @@ fn handler_binary(program: &str) -> Result<PathBuf, String> {
     let needs_image = "the docker runner packages native handler binaries given by path (e.g. \
                        target/release/examples/hello) into images; for anything else (python3 \
                        leaf.py, a JVM, ...) build an image that serves on $MP_PORT and deploy it \
-                       as an image (`{ image = \"NAME\" }` in mp.toml)";
+                       with --image (or `{ image = \"NAME\" }` in mp.toml)";
     if path.is_file() {
         return std::fs::canonicalize(path).map_err(|e| format!("cannot read `{program}`: {e}"));
     }
