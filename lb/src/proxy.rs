@@ -70,7 +70,17 @@ impl Proxy {
             .get(grpc::GRPC_TIMEOUT)
             .and_then(grpc::parse_timeout)
             .map(|t| start + t.min(Duration::from_secs(86_400 * 365)));
-        let send = self.inner.pool.send(req.map(Body::Incoming));
+        let (parts, body) = req.into_parts();
+        // A unary call's message usually came with its headers: holding it
+        // lets the pool resend the call if a backend refuses it unprocessed.
+        let body = match Body::settle(body).await {
+            Ok(b) => b,
+            Err(e) => {
+                let msg = format!("mp-lb: cannot read the request: {e}");
+                return self.local(start, code::CANCELLED, &msg);
+            }
+        };
+        let send = self.inner.pool.send(Request::from_parts(parts, body));
         let sent = match deadline {
             None => send.await,
             Some(d) => match tokio::time::timeout_at(d, send).await {

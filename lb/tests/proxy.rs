@@ -174,16 +174,35 @@ async fn deadline_expiry_gives_deadline_exceeded_and_is_forwarded() {
         "grpc-timeout reached the backend"
     );
 
-    // Unary: the backend answers too late.
+    // Unary: the backend answers too late. A backend that ignores
+    // grpc-timeout and a raw HTTP/2 client, so that only mp-lb watches the
+    // clock.
+    let slow = support::sleepy_backend(Duration::from_secs(3)).await;
+    let lb2 = Lb::start_args(vec![
+        "mp-lb".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--backend".into(),
+        slow.to_string(),
+        "--health-interval".into(),
+        "0".into(),
+    ])
+    .await;
     let t = Instant::now();
-    let mut req = tonic::Request::new(EchoRequest {
-        delay_ms: 3000,
-        ..Default::default()
-    });
-    req.set_timeout(Duration::from_millis(300));
-    let st = c.say(req).await.unwrap_err();
-    assert_eq!(st.code(), Code::DeadlineExceeded, "{st:?}");
-    assert!(t.elapsed() < Duration::from_secs(2));
+    let (head, _) = support::raw_call(
+        lb2.addr,
+        "/lbtest.echo.v1.Echo/Say",
+        &[("grpc-timeout", "300m")],
+        &EchoRequest::default(),
+    )
+    .await;
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert_eq!(head["content-type"], "application/grpc");
+    assert_eq!(head["grpc-status"], "4", "{head:?}");
+    assert!(
+        head["grpc-message"].to_str().unwrap().contains("mp-lb"),
+        "{head:?}"
+    );
 
     // Streaming: messages flow, then the deadline passes mid-stream; only
     // mp-lb is watching the clock then, so the status is its own.

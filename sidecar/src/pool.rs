@@ -458,11 +458,22 @@ impl Pool {
                 .any(|e| !e.tried.load(Ordering::Relaxed))
     }
 
-    /// Sends `req` to the next available endpoint. A request that was not
-    /// written to a backend (its connection had just closed) goes to the next
-    /// endpoint. With no endpoint available, fails at once, unless the pool is
-    /// still starting (then it waits up to the connect timeout).
-    pub async fn send(&self, mut req: Request<Body>) -> Result<Sent, SendError> {
+    /// Sends `req` to the next available endpoint.
+    ///
+    /// Retried on the next endpoint, and only then: a request that was not
+    /// written to a backend (its connection had just closed), and a request
+    /// whose body is in memory ([`Body::Bytes`], [`Body::Empty`]) that the
+    /// backend refused unprocessed (REFUSED_STREAM, or beyond the last stream
+    /// of its GOAWAY). With no endpoint available, fails at once, unless the
+    /// pool is still starting (then it waits up to the connect timeout).
+    pub async fn send(&self, req: Request<Body>) -> Result<Sent, SendError> {
+        // Keep what it takes to send the request again, when that is cheap.
+        let replay = req
+            .body()
+            .try_clone()
+            .is_some()
+            .then(|| clone_request(&req));
+        let mut req = req;
         let mut waited = false;
         let mut attempts = 0;
         loop {
@@ -477,7 +488,7 @@ impl Pool {
                 None => return Err(SendError::NoEndpoint(self.describe())),
             };
             let Some(mut conn) = ep.conn() else {
-                if attempts > 8 {
+                if attempts > MAX_ATTEMPTS {
                     return Err(SendError::NoEndpoint(self.describe()));
                 }
                 continue;
@@ -490,18 +501,24 @@ impl Pool {
                         response,
                     })
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(r) if attempts <= 8 => {
-                        debug!(endpoint = %ep.addr, error = %e.error(), "request not sent; trying the next endpoint");
-                        req = r;
+                Err(mut e) => {
+                    if attempts <= MAX_ATTEMPTS {
+                        if let Some(r) = e.take_message() {
+                            debug!(endpoint = %ep.addr, error = %e.error(), "request not sent; trying the next endpoint");
+                            req = r;
+                            continue;
+                        }
+                        if let Some(copy) = replay.as_ref().filter(|_| never_processed(e.error())) {
+                            debug!(endpoint = %ep.addr, error = %e.error(), "request refused unprocessed; trying the next endpoint");
+                            req = clone_request(copy);
+                            continue;
+                        }
                     }
-                    _ => {
-                        return Err(SendError::Backend {
-                            endpoint: ep,
-                            source: e.into_error(),
-                        })
-                    }
-                },
+                    return Err(SendError::Backend {
+                        endpoint: ep,
+                        source: e.into_error(),
+                    });
+                }
             }
         }
     }
@@ -523,6 +540,33 @@ impl Pool {
             states.join(", ")
         )
     }
+}
+
+/// How many endpoints one request may be tried on.
+const MAX_ATTEMPTS: usize = 8;
+
+/// True when the backend says it did not process the stream: REFUSED_STREAM,
+/// or a GOAWAY whose last stream is below ours. Such a request may be sent
+/// elsewhere whatever its method.
+fn never_processed(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.is_remote());
+        }
+        source = s.source();
+    }
+    false
+}
+
+fn clone_request(r: &Request<Body>) -> Request<Body> {
+    let mut copy = Request::new(r.body().try_clone().unwrap_or_default());
+    *copy.method_mut() = r.method().clone();
+    *copy.uri_mut() = r.uri().clone();
+    *copy.version_mut() = r.version();
+    *copy.headers_mut() = r.headers().clone();
+    copy
 }
 
 /// Applies a new endpoint set: keeps the endpoints still present, starts new

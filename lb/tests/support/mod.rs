@@ -393,3 +393,75 @@ pub async fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// One gRPC call over a fresh raw HTTP/2 connection (no client-side timers or
+/// retries): returns the response headers and trailers (empty for a
+/// trailers-only response).
+pub async fn raw_call(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    msg: &impl prost::Message,
+) -> (http::HeaderMap, http::HeaderMap) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let body = msg.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    let mut req = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::from(frame)))
+        .unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .expect("answer within 10 s")
+        .unwrap();
+    let (parts, body) = res.into_parts();
+    let collected = tokio::time::timeout(Duration::from_secs(10), body.collect())
+        .await
+        .expect("body within 10 s")
+        .unwrap();
+    (
+        parts.headers,
+        collected.trailers().cloned().unwrap_or_default(),
+    )
+}
+
+/// An HTTP/2 server that answers every request after `delay`, ignoring any
+/// grpc-timeout (unlike tonic, which enforces it too).
+pub async fn sleepy_backend(delay: Duration) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| async move {
+                    tokio::time::sleep(delay).await;
+                    let mut r = http::Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+                    r.headers_mut()
+                        .insert("content-type", "application/grpc".parse().unwrap());
+                    r.headers_mut().insert("grpc-status", "0".parse().unwrap());
+                    Ok::<_, std::convert::Infallible>(r)
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+            });
+        }
+    });
+    addr
+}
