@@ -12,11 +12,15 @@ use std::time::Duration;
 /// | `role` | `MP_ROLE` | `"handler"` |
 /// | `shard` | `MP_SHARD` | `0` |
 /// | `shards` | `MP_SHARDS` | `1` |
+/// | `replica` | `MP_REPLICA` | `None` (which replica, when a runner runs several) |
 /// | `port` | `MP_PORT` | `None` ([`serve`](crate::serve) then refuses to start) |
 /// | `host` | `MP_HOST` | `"0.0.0.0"` (every interface, as containers need) |
 /// | `grace` | `MP_GRACE` | 10 s |
 /// | `hostname` | (the machine's) | `"localhost"` if it cannot be read |
+///
+/// New variables may become new fields: the struct is `non_exhaustive`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Env {
     /// The service this process belongs to.
     pub service: String,
@@ -26,6 +30,8 @@ pub struct Env {
     pub shard: u32,
     /// How many shards the service has (at least 1).
     pub shards: u32,
+    /// Which replica this process is (of a spread, or of its shard), 0-based.
+    pub replica: Option<u32>,
     /// The port to listen on.
     pub port: Option<u16>,
     /// The address to listen on.
@@ -58,6 +64,7 @@ impl Default for Env {
             role: "handler".into(),
             shard: 0,
             shards: 1,
+            replica: None,
             port: None,
             host: "0.0.0.0".into(),
             grace: DEFAULT_GRACE,
@@ -110,6 +117,13 @@ impl Env {
                 value: v,
                 expected: "a whole number below MP_SHARDS (shards count from 0)",
             })?;
+        }
+        if let Some(v) = get("MP_REPLICA") {
+            env.replica = Some(v.trim().parse::<u32>().ok().ok_or(EnvError {
+                var: "MP_REPLICA",
+                value: v,
+                expected: "a whole number (replicas count from 0)",
+            })?);
         }
         if let Some(v) = get("MP_GRACE") {
             env.grace = parse_duration(&v).ok_or(EnvError {
@@ -185,7 +199,7 @@ mod tests {
     #[test]
     fn defaults_when_unset() {
         let e = env_of(&[]).unwrap();
-        assert_eq!((e.shard, e.shards, e.port), (0, 1, None));
+        assert_eq!((e.shard, e.shards, e.port, e.replica), (0, 1, None, None));
         assert_eq!(e.role, "handler");
         assert_eq!(e.grace, DEFAULT_GRACE);
         assert!(!e.service.is_empty() && !e.hostname.is_empty());
@@ -198,6 +212,7 @@ mod tests {
             ("MP_ROLE", "leaf"),
             ("MP_SHARD", "3"),
             ("MP_SHARDS", "10"),
+            ("MP_REPLICA", "2"),
             ("MP_PORT", "7001"),
             ("MP_HOST", "127.0.0.1"),
             ("MP_GRACE", "250ms"),
@@ -206,6 +221,7 @@ mod tests {
         assert_eq!(e.service, "histogram");
         assert_eq!(e.role, "leaf");
         assert_eq!((e.shard, e.shards, e.port), (3, 10, Some(7001)));
+        assert_eq!(e.replica, Some(2));
         assert_eq!(e.host, "127.0.0.1");
         assert_eq!(e.grace, Duration::from_millis(250));
     }
@@ -218,6 +234,7 @@ mod tests {
             ("MP_PORT", "70000"),
             ("MP_SHARDS", "0"),
             ("MP_SHARD", "-1"),
+            ("MP_REPLICA", "first"),
             ("MP_GRACE", "soon"),
         ] {
             let err = env_of(&[(var, value)]).unwrap_err();
