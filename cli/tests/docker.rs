@@ -67,9 +67,11 @@ async fn prepare() -> Result<(), String> {
     }
     for (repository, binaries) in images {
         let sources = image::Sources::for_binaries(&binaries).map_err(|e| e.to_string())?;
-        image::ensure_image(&docker, &repository, sources, &mut |m| eprintln!("{m}"))
+        let tag = image::ensure_image(&docker, &repository, sources, &mut |m| eprintln!("{m}"))
             .await
             .map_err(|e| e.to_string())?;
+        // Earlier builds (of binaries since rebuilt) would only pile up.
+        image::remove_older(&docker, &repository, &tag).await;
     }
     Ok(())
 }
@@ -824,4 +826,82 @@ fn images_are_built_once_per_content_and_pruned_on_request() {
     assert!(out.contains("deleted"), "{out}");
     assert_gone(&docker, &name);
     assert!(tags().is_empty(), "--prune removed {:?}", tags());
+}
+
+/// Removes an image when dropped.
+struct ImageGuard<'a>(&'a Docker, String);
+
+impl Drop for ImageGuard<'_> {
+    fn drop(&mut self) {
+        let options = bollard::query_parameters::RemoveImageOptionsBuilder::default()
+            .force(true)
+            .build();
+        let _ = block_on(self.0.remove_image(&self.1, Some(options), None));
+    }
+}
+
+#[test]
+fn a_user_image_runs_as_given_and_is_never_pruned() {
+    let Some(docker) = engine("user-image") else {
+        return;
+    };
+    // A user's image with its own entrypoint, built here FROM mp's hello
+    // image (nothing can be pulled).
+    let hello = std::fs::canonicalize(example("hello")).expect("hello");
+    let sources = image::Sources::for_binaries(&[hello]).expect("sources");
+    let base = block_on(image::ensure_image(
+        &docker,
+        &image::repository_for("hello"),
+        sources,
+        &mut |_| {},
+    ))
+    .expect("hello image");
+    let user = format!("dt-user-hello-{}:1", std::process::id());
+    let _guard = ImageGuard(&docker, user.clone());
+    let dockerfile = format!("FROM {base}\nENTRYPOINT [\"/usr/local/bin/hello\"]\n");
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(dockerfile.len() as u64);
+    header.set_mode(0o644);
+    tar.append_data(&mut header, "Dockerfile", dockerfile.as_bytes())
+        .expect("tar");
+    let context = tar.into_inner().expect("tar");
+    let options = bollard::query_parameters::BuildImageOptionsBuilder::default()
+        .t(&user)
+        .rm(true)
+        .build();
+    block_on(async {
+        use futures::StreamExt;
+        let mut build = docker.build_image(options, None, Some(bollard::body_full(context.into())));
+        while let Some(step) = build.next().await {
+            step.expect("build the user image");
+        }
+    });
+
+    let mp = Mp::new();
+    let name = unique("userimage");
+    mp.ok(&[
+        "deploy",
+        "--runner",
+        "docker",
+        "--pattern",
+        "service",
+        "--name",
+        &name,
+        "--image",
+        "--handler",
+        &user,
+    ]);
+    // A service (no data plane), so pruning here cannot race other tests.
+    let cs = containers(&docker, &name);
+    assert_eq!(cs.len(), 1, "{:?}", names(&cs));
+    assert_eq!(cs[0].image.as_deref(), Some(user.as_str()));
+    assert_eq!(servers(&mp, &name, 2).len(), 1);
+
+    mp.ok(&["delete", &name, "--runner", "docker", "--prune"]);
+    assert_gone(&docker, &name);
+    assert!(
+        block_on(docker.inspect_image(&user)).is_ok(),
+        "--prune keeps the user's image"
+    );
 }

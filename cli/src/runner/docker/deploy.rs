@@ -110,7 +110,7 @@ pub async fn deploy(
     let mut ours: Vec<&str> = specs
         .iter()
         .map(|s| s.image.as_str())
-        .filter(|i| i.starts_with("mp-"))
+        .filter(|i| super::image::is_our_repository(i))
         .collect();
     ours.sort();
     ours.dedup();
@@ -601,14 +601,17 @@ pub async fn delete(
         unique.sort();
         unique.dedup();
         for image in unique {
-            let ours = docker
-                .inspect_image(&image)
-                .await
-                .ok()
-                .and_then(|i| i.config.and_then(|c| c.labels))
-                .is_some_and(|l| {
-                    l.get(labels::MANAGED_BY).map(String::as_str) == Some(labels::MANAGER)
-                });
+            // Labels are inherited by images built FROM ours, so the name
+            // must be one mp gives too.
+            let ours = super::image::is_our_repository(&image)
+                && docker
+                    .inspect_image(&image)
+                    .await
+                    .ok()
+                    .and_then(|i| i.config.and_then(|c| c.labels))
+                    .is_some_and(|l| {
+                        l.get(labels::MANAGED_BY).map(String::as_str) == Some(labels::MANAGER)
+                    });
             if !ours {
                 continue; // a user's image is theirs to keep
             }

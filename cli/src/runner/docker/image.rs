@@ -303,6 +303,16 @@ fn parse_ldd(stdout: &str, stderr: &str, success: bool) -> Result<Vec<PathBuf>, 
     Ok(libs)
 }
 
+/// The repository of the data-plane image (mp-lb and mp-gather).
+pub const DATA_PLANE_REPOSITORY: &str = "mp-data-plane";
+
+/// Whether `image` (`repository:tag`) is named the way mp names the images
+/// it builds.
+pub fn is_our_repository(image: &str) -> bool {
+    let repository = image.rsplit_once(':').map_or(image, |(r, _)| r);
+    repository == DATA_PLANE_REPOSITORY || repository.starts_with("mp-handler")
+}
+
 /// A repository name Docker accepts for an image of the binary called `name`.
 pub fn repository_for(name: &str) -> String {
     let clean: String = name
@@ -458,6 +468,14 @@ mod tests {
     fn a_missing_library_is_named() {
         let err = parse_ldd("\tlibfoo.so.1 => not found\n", "", true).unwrap_err();
         assert!(err.contains("libfoo.so.1"), "{err}");
+    }
+
+    #[test]
+    fn only_our_names_are_ours() {
+        assert!(is_our_repository("mp-data-plane:0123"));
+        assert!(is_our_repository("mp-handler-hello:0123"));
+        assert!(!is_our_repository("my/leaf:1"));
+        assert!(!is_our_repository("mp-data-plane-mine:1"));
     }
 
     #[test]

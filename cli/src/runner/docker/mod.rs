@@ -136,7 +136,9 @@ impl DockerRunner {
                             };
                             bins.extend(find_data_plane(other).ok());
                             bins.sort();
-                            let t = self.package("mp-data-plane", bins, &mut note).await?;
+                            let t = self
+                                .package(image::DATA_PLANE_REPOSITORY, bins, &mut note)
+                                .await?;
                             data_plane = Some(t.clone());
                             t
                         }
