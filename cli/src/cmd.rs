@@ -450,3 +450,99 @@ async fn logs(a: LogsArgs) -> Result<(), CmdError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn deploy_flags_parse_into_a_service() {
+        let cli = Cli::try_parse_from([
+            "mp",
+            "deploy",
+            "--pattern",
+            "scatter",
+            "--name",
+            "h",
+            "--shards",
+            "3",
+            "--leaf",
+            "python3 'my leaf.py'",
+            "--reducer",
+            "concat",
+            "--policy",
+            "quorum=2",
+            "--env",
+            "A=1",
+            "--port",
+            "7700",
+            "--dry-run",
+        ])
+        .unwrap();
+        let Command::Deploy(a) = cli.command else {
+            panic!("not deploy")
+        };
+        assert_eq!(a.pattern, Some(PatternKind::Scatter));
+        assert_eq!(a.policy, Some(Policy::Quorum(2)));
+        assert_eq!(a.reducer, Some(Reducer::Concat));
+        assert_eq!(a.env, [("A".to_string(), "1".to_string())]);
+        assert!(a.dry_run);
+        assert_eq!(
+            program(a.leaf, false, "leaf").unwrap(),
+            Some(Program::Command(vec![
+                "python3".into(),
+                "my leaf.py".into()
+            ]))
+        );
+        assert_eq!(
+            program(Some("me/leaf:1".into()), true, "leaf").unwrap(),
+            Some(Program::Image("me/leaf:1".into()))
+        );
+    }
+
+    #[test]
+    fn usage_errors_are_refused_by_the_parser() {
+        for args in [
+            &["mp", "deploy", "--pattern", "ring", "--name", "x"][..],
+            &["mp", "deploy", "--name", "x"],
+            &["mp", "deploy", "-f", "mp.toml", "--pattern", "spread"],
+            &[
+                "mp",
+                "deploy",
+                "--pattern",
+                "scatter",
+                "--name",
+                "x",
+                "--merge",
+                "m",
+                "--reducer",
+                "first",
+            ],
+            &[
+                "mp",
+                "deploy",
+                "--pattern",
+                "spread",
+                "--name",
+                "x",
+                "--env",
+                "NOEQUALS",
+            ],
+            &["mp", "call"],
+            &["mp", "logs", "x", "--role", "boss"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?} was accepted");
+        }
+        let cli = Cli::try_parse_from(["mp", "call", "x"]).unwrap();
+        let Command::Call(a) = cli.command else {
+            panic!("not call")
+        };
+        assert_eq!(a.json, r#"{"foo":"bar"}"#);
+    }
+}
