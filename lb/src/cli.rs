@@ -88,6 +88,29 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_concurrent_streams: u32,
 
+    /// Serve TLS (HTTP/2 over TLS, ALPN h2) with this PEM certificate chain;
+    /// needs --tls-key.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Speak TLS to the backends, trusting the PEM certificates in this file.
+    #[arg(long, value_name = "PATH")]
+    pub backend_tls_ca: Option<PathBuf>,
+
+    /// The name backends' certificates must carry (with --backend-tls-ca).
+    /// Backends are dialled by address, so it cannot come from the address.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "localhost",
+        requires = "backend_tls_ca"
+    )]
+    pub backend_tls_name: String,
+
     /// Worker threads; 1 runs everything on one thread (the cheapest per
     /// call). Default: the CPUs this process may run on, at most 2.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]

@@ -25,6 +25,7 @@ use mp_sidecar::health::HealthConfig;
 use mp_sidecar::metrics::PoolMetrics;
 use mp_sidecar::pool::{Pool, PoolConfig};
 use mp_sidecar::server::{self, ServerConfig};
+use mp_sidecar::tls::{self, ClientTls, TlsError};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::info;
@@ -32,8 +33,12 @@ use tracing::info;
 pub use cli::Args;
 
 /// The pool configuration `args` ask for.
-pub fn pool_config(args: &Args) -> PoolConfig {
-    PoolConfig {
+pub fn pool_config(args: &Args) -> Result<PoolConfig, TlsError> {
+    let tls = match &args.backend_tls_ca {
+        Some(ca) => Some(ClientTls::new(ca, &args.backend_tls_name)?),
+        None => None,
+    };
+    Ok(PoolConfig {
         conns_per_endpoint: usize::from(args.pool_size),
         connect_timeout: args.connect_timeout,
         health: HealthConfig {
@@ -43,8 +48,9 @@ pub fn pool_config(args: &Args) -> PoolConfig {
             healthy_threshold: args.healthy_threshold,
         },
         eject_after_unavailable: args.eject_after,
+        tls,
         ..PoolConfig::default()
-    }
+    })
 }
 
 /// The discovery sources `args` name.
@@ -57,12 +63,18 @@ pub fn sources(args: &Args) -> Vec<Source> {
 
 /// Runs the load balancer on `listener` (and the admin server on `admin`,
 /// when given) until `shutdown` resolves; then drains within `args.grace`.
+/// Fails at once, before serving, when the TLS files cannot be used.
 pub async fn run(
     args: Args,
     listener: TcpListener,
     admin: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
-) {
+) -> Result<(), TlsError> {
+    let pool_cfg = pool_config(&args)?;
+    let server_tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+        _ => None,
+    };
     let mut registry = Registry::with_prefix("mp_lb");
     let metrics = PoolMetrics::register(&mut registry);
     let state = AdminState::new(registry);
@@ -75,7 +87,7 @@ pub async fn run(
             ..DiscoveryConfig::default()
         },
     );
-    let pool = Pool::new("backends", pool_config(&args), metrics.clone(), endpoints);
+    let pool = Pool::new("backends", pool_cfg, metrics.clone(), endpoints);
     let proxy = proxy::Proxy::new(pool.clone(), &metrics);
 
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -102,6 +114,7 @@ pub async fn run(
     let cfg = ServerConfig {
         max_concurrent_streams: args.max_concurrent_streams,
         grace: args.grace,
+        tls: server_tls,
         ..ServerConfig::default()
     };
     let st = state.clone();
@@ -113,4 +126,5 @@ pub async fn run(
     server::serve(listener, proxy.service(), cfg, shutdown).await;
     let _ = admin_stop.send(());
     info!("stopped");
+    Ok(())
 }

@@ -60,6 +60,8 @@ async fn serve(args: Args, threads: usize) -> anyhow::Result<()> {
         threads,
         "mp-lb serving"
     );
-    mp_lb::run(args, listener, Some(admin), mp_sidecar::shutdown::signal()).await;
+    mp_lb::run(args, listener, Some(admin), mp_sidecar::shutdown::signal())
+        .await
+        .context("cannot set up TLS (--tls-cert, --tls-key, --backend-tls-ca)")?;
     Ok(())
 }

@@ -12,6 +12,7 @@
 //!   active grpc.health.v1 checks; [`body`]: the body type the pool sends.
 //! - [`server`]: an HTTP/2 server loop with a bounded drain on shutdown.
 //! - [`metrics`]: per-endpoint Prometheus metrics with a lock-free histogram.
+//! - [`tls`]: rustls server/client configurations (ALPN h2) and a plain-or-TLS connection type.
 //! - [`duration`]: `250ms`/`2s` durations for command-line flags.
 
 pub mod addr;
@@ -26,3 +27,4 @@ pub mod pool;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;

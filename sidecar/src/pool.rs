@@ -31,6 +31,7 @@ use crate::discovery::Endpoints;
 use crate::grpc::code;
 use crate::health::{self, HealthConfig};
 use crate::metrics::{EndpointMetrics, PoolMetrics};
+use crate::tls::Io;
 
 /// Exponential backoff bounds.
 #[derive(Clone, Copy, Debug)]
@@ -102,6 +103,8 @@ pub struct PoolConfig {
     pub ejection: Backoff,
     /// HTTP/2 settings.
     pub h2: H2Config,
+    /// TLS to the backends; `None`: h2c.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl Default for PoolConfig {
@@ -120,6 +123,7 @@ impl Default for PoolConfig {
                 max: Duration::from_secs(30),
             },
             h2: H2Config::default(),
+            tls: None,
         }
     }
 }
@@ -632,17 +636,18 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
 async fn connect(
     addr: SocketAddr,
     cfg: &PoolConfig,
-) -> Result<
-    (
-        Conn,
-        http2::Connection<TokioIo<TcpStream>, Body, TokioExecutor>,
-    ),
-    String,
-> {
+) -> Result<(Conn, http2::Connection<TokioIo<Io>, Body, TokioExecutor>), String> {
     let attempt = async {
         let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         // Small gRPC frames must not wait for Nagle.
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let io = match &cfg.tls {
+            None => Io::Plain(stream),
+            Some(tls) => tls
+                .connect(stream)
+                .await
+                .map_err(|e| format!("TLS handshake: {e}"))?,
+        };
         let mut b = http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
             .initial_stream_window_size(cfg.h2.stream_window)
@@ -653,7 +658,7 @@ async fn connect(
             b.keep_alive_interval(k)
                 .keep_alive_timeout(Duration::from_secs(10));
         }
-        b.handshake(TokioIo::new(stream))
+        b.handshake(TokioIo::new(io))
             .await
             .map_err(|e| format!("HTTP/2 handshake: {e}"))
     };

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::shutdown::Drain;
+use crate::tls::Io;
 
 /// HTTP/2 server settings.
 #[derive(Clone, Debug)]
@@ -35,6 +36,8 @@ pub struct ServerConfig {
     pub max_header_list_size: u32,
     /// How long open connections may take to finish after shutdown starts.
     pub grace: Duration,
+    /// Serve TLS (ALPN h2) with this configuration; `None`: h2c.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerConfig {
@@ -46,6 +49,7 @@ impl Default for ServerConfig {
             max_frame_size: 64 * 1024,
             max_header_list_size: 16 * 1024,
             grace: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -97,8 +101,22 @@ pub async fn serve<S, B>(
         let watch = drain.watch();
         let builder = builder.clone();
         let service = service.clone();
+        let tls = cfg.tls.clone();
         tokio::spawn(async move {
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let io = match tls {
+                None => Io::Plain(stream),
+                Some(tls) => {
+                    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+                    // A client that never finishes its handshake must not
+                    // hold a connection (and the drain) forever.
+                    match tokio::time::timeout(Duration::from_secs(10), accept).await {
+                        Ok(Ok(s)) => Io::ServerTls(Box::new(s)),
+                        Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => return debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            };
+            let conn = builder.serve_connection(TokioIo::new(io), service);
             if let Err(e) = watch.watch(conn, |c| c.graceful_shutdown()).await {
                 debug!(%peer, error = %e, "connection ended with an error");
             }

@@ -308,9 +308,13 @@ impl Lb {
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(mp_lb::run(args, listener, Some(admin), async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(async move {
+            mp_lb::run(args, listener, Some(admin), async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("mp-lb runs");
+        });
         Lb {
             addr,
             admin: admin_addr,
