@@ -876,3 +876,47 @@ fn topology_as_code_deploys_itself_serves_its_roles_and_deletes_itself() {
     );
     assert!(String::from_utf8_lossy(&mp.run(&["ps", "--runner", "local"]).stdout).is_empty());
 }
+
+#[test]
+fn a_missing_data_plane_binary_is_a_clear_error_before_anything_starts() {
+    let mp = Mp::new();
+    // An `mp` alone in a directory, with neither mp-lb nor mp-gather beside
+    // it or on PATH.
+    let lonely = tempfile::tempdir().unwrap();
+    let bin_dir = lonely.path().join("bin");
+    std::fs::create_dir(&bin_dir).unwrap();
+    let copy = bin_dir.join("mp");
+    std::fs::copy(bin("mp"), &copy).unwrap();
+    let hello = example("hello");
+    for (pattern, program, extra) in [
+        (
+            "spread",
+            "mp-lb",
+            ["--replicas", "2", "--handler", path(&hello)],
+        ),
+        (
+            "scatter",
+            "mp-gather",
+            ["--shards", "2", "--leaf", path(&hello)],
+        ),
+    ] {
+        let mut cmd = Command::new(&copy);
+        cmd.args(["deploy", "--pattern", pattern, "--name", "nolb"])
+            .args(extra)
+            .env("MP_STATE_DIR", mp.state.path())
+            .env("PATH", "/usr/bin:/bin")
+            .env_remove("MP_BIN_DIR");
+        let out = output_within(&mut cmd, Duration::from_secs(60));
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        assert!(!out.status.success());
+        assert_eq!(
+            err,
+            format!(
+                "mp: {program} not found next to {} nor on PATH: build it with `cargo build \
+                 --release --bins` (or put it on PATH)",
+                bin_dir.display()
+            )
+        );
+        assert!(!mp.services_dir().join("nolb").exists());
+    }
+}
