@@ -431,6 +431,26 @@ pub async fn remove_older(docker: &Docker, repository: &str, keep: &str) {
             let _ = docker.remove_image(tag, Some(options), None).await;
         }
     }
+    // Two builds of the same content at once (two deploys) both tag it; the
+    // loser is left untagged.
+    let filters: std::collections::HashMap<&str, Vec<String>> = [
+        ("dangling", vec!["true".to_string()]),
+        (
+            "label",
+            vec![format!("{}={}", labels::MANAGED_BY, labels::MANAGER)],
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let options = bollard::query_parameters::ListImagesOptionsBuilder::default()
+        .filters(&filters)
+        .build();
+    if let Ok(dangling) = docker.list_images(Some(options)).await {
+        for image in dangling {
+            let options = bollard::query_parameters::RemoveImageOptionsBuilder::default().build();
+            let _ = docker.remove_image(&image.id, Some(options), None).await;
+        }
+    }
 }
 
 #[cfg(test)]
