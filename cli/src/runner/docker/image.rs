@@ -404,10 +404,13 @@ pub async fn ensure_image(
     Ok(tag)
 }
 
+/// How long a new image is safe from [`remove_older`].
+const KEEP_RECENT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
 /// Removes the other tags of `repository` (earlier builds of the same
 /// binaries), so rebuilding does not pile up images. The engine refuses to
-/// remove what a container still uses; those are kept. Called after a deploy
-/// has started its containers, so the images it uses are protected.
+/// remove what a container still uses; those are kept, and so are images
+/// made in the last half hour (another deploy may be about to use one).
 pub async fn remove_older(docker: &Docker, repository: &str, keep: &str) {
     let filters: std::collections::HashMap<&str, Vec<String>> = [
         ("reference", vec![repository.to_string()]),
@@ -425,7 +428,17 @@ pub async fn remove_older(docker: &Docker, repository: &str, keep: &str) {
         return;
     };
     let prefix = format!("{repository}:");
-    for tag in images.iter().flat_map(|i| i.repo_tags.iter()) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    // Another deploy may have just built one and not started its containers
+    // yet: leave recent images alone.
+    let settled = |created: i64| now - created > KEEP_RECENT.as_secs() as i64;
+    for tag in images
+        .iter()
+        .filter(|i| settled(i.created))
+        .flat_map(|i| i.repo_tags.iter())
+    {
         if tag.starts_with(&prefix) && tag != keep {
             let options = bollard::query_parameters::RemoveImageOptionsBuilder::default().build();
             let _ = docker.remove_image(tag, Some(options), None).await;
@@ -446,7 +459,7 @@ pub async fn remove_older(docker: &Docker, repository: &str, keep: &str) {
         .filters(&filters)
         .build();
     if let Ok(dangling) = docker.list_images(Some(options)).await {
-        for image in dangling {
+        for image in dangling.into_iter().filter(|i| settled(i.created)) {
             let options = bollard::query_parameters::RemoveImageOptionsBuilder::default().build();
             let _ = docker.remove_image(&image.id, Some(options), None).await;
         }
