@@ -167,7 +167,7 @@ fn gather_bin(cli: &Cli) -> Result<PathBuf> {
     };
     if !p.is_file() {
         bail!(
-            "{} not found: build it first (cargo build --release -p mp-gather)",
+            "{} not found: build it first (cargo build --release -p mp-gather --bins)",
             p.display()
         );
     }
@@ -181,6 +181,11 @@ struct Gather {
 }
 
 fn start_gather(bin: &PathBuf, shards: &[String], extra: &[&str]) -> Result<Gather> {
+    start_proxy(bin, "--shard", shards, extra)
+}
+
+/// Starts mp-gather (`--shard`) or mp-lb (`--backend`) and waits for its port.
+fn start_proxy(bin: &PathBuf, flag: &str, targets: &[String], extra: &[&str]) -> Result<Gather> {
     let port = free_port()?;
     let admin = free_port()?;
     let mut cmd = Command::new(bin);
@@ -188,8 +193,8 @@ fn start_gather(bin: &PathBuf, shards: &[String], extra: &[&str]) -> Result<Gath
         .args(["--admin", &format!("127.0.0.1:{admin}")])
         .args(extra)
         .env("RUST_LOG", "warn");
-    for s in shards {
-        cmd.args(["--shard", s]);
+    for t in targets {
+        cmd.args([flag, t]);
     }
     let proc = Proc(cmd.spawn().context("starting mp-gather")?);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -422,6 +427,25 @@ async fn bench(cli: Cli) -> Result<()> {
         let cpu = cpu_time(pid) - c0;
         let gather_cpu = cpu.as_secs_f64() * 1e6 / (r.requests.max(1) * n) as f64;
         row(n, "mp-gather (gather CPU)", &gidle, &r, gather_cpu);
+        // mp-lb in front of the single leaf: the CPU target's yardstick.
+        let lb_bin = bin.with_file_name("mp-lb");
+        if n == 1 && lb_bin.is_file() {
+            let lb = start_proxy(&lb_bin, "--backend", &shards, &[])?;
+            run_gather(lb.port, cli.concurrency, warm).await;
+            let lidle = run_gather(lb.port, 1, cli.secs / 2.0).await;
+            let pid = Some(lb.proc.0.id());
+            let c0 = cpu_time(pid);
+            let l = run_gather(lb.port, cli.concurrency, cli.secs).await;
+            let cpu = cpu_time(pid) - c0;
+            let lb_cpu = cpu.as_secs_f64() * 1e6 / l.requests.max(1) as f64;
+            row(
+                n,
+                "mp-lb, for comparison (lb CPU per proxied call)",
+                &lidle,
+                &l,
+                lb_cpu,
+            );
+        }
         ratios.push((
             n,
             gidle.pct(50.0) / idle.pct(50.0),
