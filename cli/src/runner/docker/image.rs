@@ -377,6 +377,7 @@ pub async fn ensure_image(
         "building image {tag} ({:.1} MB, FROM scratch)",
         rootfs.size() as f64 / 1e6
     ));
+    let started = std::time::Instant::now();
     let context = tokio::task::spawn_blocking(move || rootfs.context_tar())
         .await
         .map_err(|e| DockerError::Context(e.to_string()))??;
@@ -401,6 +402,10 @@ pub async fn ensure_image(
         .inspect_image(&tag)
         .await
         .map_err(|e| DockerError::api(format!("building image {tag}"), e))?;
+    progress(format!(
+        "built image {tag} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
     Ok(tag)
 }
 
