@@ -110,3 +110,45 @@ pub async fn call_json(
         .body_json()
         .map_err(|e| CallError::NotJson(e.to_string()))
 }
+
+/// Asks the admin endpoint of mp-lb or mp-gather at `addr` (`host:port`)
+/// whether it is ready (`GET /ready` answers 200): it has healthy backends
+/// (mp-lb), or enough shards to call (mp-gather). Its gRPC health check alone
+/// says only that it listens.
+pub async fn ready(addr: &str, timeout: Duration) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("admin endpoint {addr}: {e}"))?;
+        s.write_all(b"GET /ready HTTP/1.1\r\nHost: mp\r\nConnection: close\r\n\r\n")
+            .await
+            .map_err(|e| format!("admin endpoint {addr}: {e}"))?;
+        let mut head = Vec::new();
+        // The status line is all we need; the answer is a few bytes.
+        let _ = s.take(256).read_to_end(&mut head).await;
+        let head = String::from_utf8_lossy(&head);
+        match head.split_whitespace().nth(1) {
+            Some("200") => Ok(()),
+            Some(code) => Err(format!("not ready ({code} from {addr}/ready)")),
+            None => Err(format!("no HTTP answer from {addr}/ready")),
+        }
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "readiness: no answer from {addr} within {timeout:?}"
+            ))
+        })
+}
+
+/// A part's full health: its gRPC health check at `reach`, and for mp-lb and
+/// mp-gather (which have an `admin` address) their readiness too.
+pub async fn part_ready(reach: &str, admin: Option<&str>, timeout: Duration) -> Result<(), String> {
+    check(reach, timeout).await?;
+    match admin {
+        Some(admin) => ready(admin, timeout).await,
+        None => Ok(()),
+    }
+}

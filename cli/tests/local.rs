@@ -259,24 +259,28 @@ fn scatter_10_histogram_sums_to_1000_and_ps_from_another_process_sees_it() {
     assert!(out.contains("12 processes"), "{out}");
     assert_histogram_of_1000(&mp.call("histogram-service"));
 
-    // Every `mp` run is its own process: this one only has the state directory.
-    let ps = mp.ok(&["ps", "--runner", "local"]);
-    let row = ps
-        .lines()
-        .find(|l| l.starts_with("histogram-service "))
-        .unwrap_or_else(|| panic!("{ps}"));
-    let f: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(&f[1..5], ["scatter", "local", "12/12", "0"], "{ps}");
-    assert_eq!(f.last(), Some(&"healthy"), "{ps}");
-
+    // Every `mp` run is its own process: this one only has the state
+    // directory. Health is measured live, so allow a few rounds on a loaded
+    // machine.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ps = mp.ok(&["ps", "--runner", "local"]);
+        let row = ps
+            .lines()
+            .find(|l| l.starts_with("histogram-service "))
+            .unwrap_or_else(|| panic!("{ps}"));
+        let f: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(&f[1..3], ["scatter", "local"], "{ps}");
+        assert_eq!(f[4], "0", "no restarts: {ps}");
+        if f[3] == "12/12" && f.last() == Some(&"healthy") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not 12/12 healthy: {ps}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let parts = mp.parts("histogram-service");
     assert_eq!(parts.len(), 12);
-    assert!(
-        parts
-            .iter()
-            .all(|p| p.state == "healthy" && p.pid.is_some()),
-        "{parts:?}"
-    );
+    assert!(parts.iter().all(|p| p.pid.is_some()), "{parts:?}");
 }
 
 #[test]
@@ -849,9 +853,11 @@ fn topology_as_code_deploys_itself_serves_its_roles_and_deletes_itself() {
     assert_histogram_of_1000(&reply);
     // The same service, seen and called by `mp`.
     assert_histogram_of_1000(&mp.call("histogram-service"));
-    let parts = mp.parts("histogram-service");
-    assert_eq!(parts.len(), 12);
-    assert!(parts.iter().all(|p| p.state == "healthy"), "{parts:?}");
+    // Health is measured live by `mp ps`; on a loaded machine a check can
+    // miss its bound once, so allow a few rounds.
+    mp.wait_parts("histogram-service", Duration::from_secs(20), |rows| {
+        rows.len() == 12 && rows.iter().all(|p| p.state == "healthy")
+    });
 
     program("replicated", &[]);
     let froms: std::collections::BTreeSet<String> = (0..3)

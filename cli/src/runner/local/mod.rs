@@ -413,8 +413,10 @@ impl LocalRunner {
                     if !started {
                         return Err("not started yet".to_string());
                     }
-                    health::check(
+                    let admin = inst.part.endpoint.admin.as_ref().map(|a| a.to_string());
+                    health::part_ready(
                         &inst.part.endpoint.reach.to_string(),
+                        admin.as_deref(),
                         Duration::from_millis(500),
                     )
                     .await
@@ -690,7 +692,10 @@ impl LocalRunner {
                 _ if !running => PartState::Stopped,
                 _ => {
                     let addr = inst.part.endpoint.reach.to_string();
-                    match health::check(&addr, Duration::from_millis(800)).await {
+                    let admin = inst.part.endpoint.admin.as_ref().map(|a| a.to_string());
+                    match health::part_ready(&addr, admin.as_deref(), Duration::from_millis(1500))
+                        .await
+                    {
                         Ok(()) => PartState::Healthy,
                         Err(_) => PartState::Running,
                     }
