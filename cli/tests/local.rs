@@ -926,3 +926,52 @@ fn a_missing_data_plane_binary_is_a_clear_error_before_anything_starts() {
         assert!(!mp.services_dir().join("nolb").exists());
     }
 }
+
+#[test]
+fn redeploying_a_scatter_replaces_its_leaves_and_keeps_its_front_port() {
+    let mp = Mp::new();
+    let leaf = example("histogram-leaf");
+    let deploy = |shards: &str| {
+        mp.ok(&[
+            "deploy",
+            "--pattern",
+            "scatter",
+            "--name",
+            "resharded",
+            "--shards",
+            shards,
+            "--leaf",
+            path(&leaf),
+            "--reducer",
+            "json-array",
+            "--timeout",
+            "60",
+        ])
+    };
+    let first = deploy("2");
+    let front = first.trim().rsplit(' ').next().unwrap().to_string();
+    assert_eq!(mp.call("resharded").as_array().unwrap().len(), 2);
+    let old: Vec<u32> = mp.parts("resharded").iter().filter_map(|p| p.pid).collect();
+
+    let second = deploy("3");
+    assert!(
+        second.starts_with("updated resharded (local): 4 processes"),
+        "{second}"
+    );
+    assert!(
+        second.trim().ends_with(&front),
+        "the front moved: {first} then {second}"
+    );
+    // The new gather fans out to the 3 new leaves.
+    let reply = mp.call("resharded");
+    assert_eq!(reply.as_array().unwrap().len(), 3, "{reply}");
+    for pid in old {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!alive(pid), "old part {pid} still runs");
+    }
+    let names: Vec<String> = mp.parts("resharded").into_iter().map(|p| p.name).collect();
+    assert_eq!(names, ["leaf-0", "leaf-1", "leaf-2", "gather"]);
+}
