@@ -97,3 +97,80 @@ async fn grpcurl_unknown_symbol_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no.such.Service"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_v1alpha_lists_and_forwards_to_a_v1_leaf() {
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+
+    // The catalog leaf serves reflection v1 only: mp-gather answers v1alpha
+    // questions by asking it in v1.
+    let ls = vec![catalog_leaf(0, &["x"]).await];
+    let g = GatherProc::start(&shard_args(&ls));
+    let channel = tonic::transport::Channel::from_shared(g.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let ask = |m: MessageRequest| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    };
+    let requests = vec![
+        ask(MessageRequest::ListServices(String::new())),
+        ask(MessageRequest::FileContainingSymbol(
+            "demo.catalog.v1.Catalog".into(),
+        )),
+        ask(MessageRequest::FileContainingSymbol("mp.v1.Merger".into())),
+        ask(MessageRequest::FileByFilename("nope.proto".into())),
+    ];
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter(requests))
+        .await
+        .expect("reflection stream")
+        .into_inner();
+    async fn next(
+        answers: &mut tonic::Streaming<tonic_reflection::pb::v1alpha::ServerReflectionResponse>,
+    ) -> MessageResponse {
+        tokio::time::timeout(std::time::Duration::from_secs(10), answers.message())
+            .await
+            .expect("answer in time")
+            .expect("no error")
+            .expect("an answer")
+            .message_response
+            .expect("a response")
+    }
+    match next(&mut answers).await {
+        MessageResponse::ListServicesResponse(l) => {
+            let names: Vec<_> = l.service.iter().map(|s| s.name.as_str()).collect();
+            assert!(names.contains(&"demo.catalog.v1.Catalog"), "{names:?}");
+            assert!(
+                names.contains(&"grpc.reflection.v1alpha.ServerReflection"),
+                "{names:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    for want in ["catalog.proto", "mp/v1/mp.proto"] {
+        match next(&mut answers).await {
+            MessageResponse::FileDescriptorResponse(f) => {
+                let fd = <prost_types::FileDescriptorProto as prost::Message>::decode(
+                    f.file_descriptor_proto[0].as_slice(),
+                )
+                .unwrap();
+                assert_eq!(fd.name(), want);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    match next(&mut answers).await {
+        MessageResponse::ErrorResponse(e) => {
+            assert_eq!(e.error_code, tonic::Code::NotFound as i32);
+            assert!(e.error_message.contains("nope.proto"), "{e:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
