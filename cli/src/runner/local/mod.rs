@@ -526,30 +526,49 @@ impl LocalRunner {
             state::write_atomic(&dir.backends(), backends_text(backends).as_bytes())?;
         }
         let front = plan.front_part().endpoint.reach.to_string();
-        dir.write_desired(&Desired {
-            generation: 1,
-            plan: plan.clone(),
-            front: front.clone(),
-            cwd,
-            instances: instances.clone(),
-        })?;
-        for inst in &instances {
-            progress.part(name, &inst.part.name, PartEvent::Starting);
-        }
-        let mut child = match self.spawn_supervisor(dir, name) {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir.root);
+        // The handler parts first, the front once they are healthy: it then
+        // finds every backend or shard answering from its first second (no
+        // refused connections in its log, no backoff to wait out).
+        let (front_parts, rest): (Vec<Instance>, Vec<Instance>) = instances
+            .iter()
+            .cloned()
+            .partition(|i| i.part.name == plan.front);
+        let stages: Vec<(u64, Vec<Instance>)> = if rest.is_empty() {
+            vec![(1, front_parts)]
+        } else {
+            vec![(1, rest), (2, front_parts)]
+        };
+        let mut child: Option<Child> = None;
+        let mut running: Vec<Instance> = Vec::new();
+        for (generation, stage) in stages {
+            running.extend(stage.iter().cloned());
+            dir.write_desired(&Desired {
+                generation,
+                plan: plan.clone(),
+                front: front.clone(),
+                cwd: cwd.clone(),
+                instances: running.clone(),
+            })?;
+            for inst in &stage {
+                progress.part(name, &inst.part.name, PartEvent::Starting);
+            }
+            if child.is_none() {
+                match self.spawn_supervisor(dir, name) {
+                    Ok(c) => child = Some(c),
+                    Err(e) => {
+                        let _ = std::fs::remove_dir_all(&dir.root);
+                        return Err(e);
+                    }
+                }
+            }
+            let waited = self
+                .wait_healthy(dir, name, generation, &stage, child.as_mut(), progress)
+                .await;
+            if let Err(e) = waited {
+                progress.note(name, "stopping what was started");
+                self.teardown(dir, name, child).await?;
                 return Err(e);
             }
-        };
-        let waited = self
-            .wait_healthy(dir, name, 1, &instances, Some(&mut child), progress)
-            .await;
-        if let Err(e) = waited {
-            progress.note(name, "stopping what was started");
-            self.teardown(dir, name, Some(child)).await?;
-            return Err(e);
         }
         Ok(Deployed {
             name: name.to_string(),
