@@ -22,7 +22,7 @@ use mp_sidecar::addr::Resolver;
 use mp_sidecar::admin::{self, AdminState};
 use mp_sidecar::discovery::{self, DiscoveryConfig, Source};
 use mp_sidecar::health::HealthConfig;
-use mp_sidecar::metrics::PoolMetrics;
+use mp_sidecar::metrics::{CallMetrics, PoolMetrics};
 use mp_sidecar::pool::{Pool, PoolConfig};
 use mp_sidecar::server::{self, ServerConfig};
 use mp_sidecar::tls::{self, ClientTls, TlsError};
@@ -77,6 +77,7 @@ pub async fn run(
     };
     let mut registry = Registry::with_prefix("mp_lb");
     let metrics = PoolMetrics::register(&mut registry);
+    let methods = CallMetrics::register(registry.sub_registry_with_prefix("method"), "method");
     let state = AdminState::new(registry);
 
     let endpoints = discovery::spawn(
@@ -88,7 +89,7 @@ pub async fn run(
         },
     );
     let pool = Pool::new("backends", pool_cfg, metrics.clone(), endpoints);
-    let proxy = proxy::Proxy::new(pool.clone(), &metrics);
+    let proxy = proxy::Proxy::new(pool.clone(), &metrics, methods);
 
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     if let Some(admin) = admin {

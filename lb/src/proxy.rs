@@ -10,6 +10,7 @@
 //! own is a proper trailers-only gRPC response whose message starts with
 //! `mp-lb:`.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
@@ -24,7 +26,7 @@ use hyper::body::Incoming;
 use hyper::service::Service;
 use mp_sidecar::body::Body;
 use mp_sidecar::grpc::{self, code};
-use mp_sidecar::metrics::{EndpointMetrics, PoolMetrics};
+use mp_sidecar::metrics::{CallHandles, CallMetrics, EndpointMetrics, PoolMetrics};
 use mp_sidecar::pool::{Endpoint, Pool, SendError, Sent};
 use tokio::time::{Instant, Sleep};
 use tracing::debug;
@@ -40,16 +42,72 @@ struct Inner {
     pool: Pool,
     /// Calls answered by the proxy itself (no endpoint took them).
     local: EndpointMetrics,
+    methods: Methods,
+}
+
+/// How many distinct methods get series of their own; the paths of a drop-in
+/// proxy come from clients, so the count must be bounded.
+const MAX_METHODS: usize = 512;
+
+/// Per-method call metrics: a copy-on-write map, so the call path only reads.
+#[derive(Debug)]
+struct Methods {
+    calls: CallMetrics,
+    map: ArcSwap<HashMap<Box<str>, Arc<CallHandles>>>,
+    other: Arc<CallHandles>,
+}
+
+impl Methods {
+    fn new(calls: CallMetrics) -> Methods {
+        Methods {
+            other: Arc::new(calls.handles("other")),
+            calls,
+            map: ArcSwap::default(),
+        }
+    }
+
+    /// The handles for `path` (`/package.Service/Method`); anything that is
+    /// not a gRPC path, and new methods past the limit, count as `other`.
+    fn get(&self, path: &str) -> Arc<CallHandles> {
+        if let Some(h) = self.map.load().get(path) {
+            return h.clone();
+        }
+        let grpc_path = path.len() <= 256
+            && path.starts_with('/')
+            && path[1..].split('/').count() == 2
+            && !path.ends_with('/');
+        if !grpc_path {
+            return self.other.clone();
+        }
+        let mut found = None;
+        self.map.rcu(|m| {
+            if let Some(h) = m.get(path) {
+                found = Some(h.clone());
+                return m.clone();
+            }
+            if m.len() >= MAX_METHODS {
+                found = Some(self.other.clone());
+                return m.clone();
+            }
+            let h = Arc::new(self.calls.handles(path));
+            found = Some(h.clone());
+            let mut next = HashMap::clone(m);
+            next.insert(path.into(), h);
+            Arc::new(next)
+        });
+        found.unwrap_or_else(|| self.other.clone())
+    }
 }
 
 impl Proxy {
     /// A proxy forwarding to `pool`; its own answers are counted in `metrics`
-    /// under `endpoint="none"`.
-    pub fn new(pool: Pool, metrics: &PoolMetrics) -> Proxy {
+    /// under `endpoint="none"`, every call also in `methods` by its path.
+    pub fn new(pool: Pool, metrics: &PoolMetrics, methods: CallMetrics) -> Proxy {
         Proxy {
             inner: Arc::new(Inner {
                 pool,
                 local: metrics.endpoint("none"),
+                methods: Methods::new(methods),
             }),
         }
     }
@@ -71,13 +129,15 @@ impl Proxy {
             .and_then(grpc::parse_timeout)
             .map(|t| start + t.min(Duration::from_secs(86_400 * 365)));
         let (parts, body) = req.into_parts();
+        let method = self.inner.methods.get(parts.uri.path());
+        method.request();
         // A unary call's message usually came with its headers: holding it
         // lets the pool resend the call if a backend refuses it unprocessed.
         let body = match Body::settle(body).await {
             Ok(b) => b,
             Err(e) => {
                 let msg = format!("mp-lb: cannot read the request: {e}");
-                return self.local(start, code::CANCELLED, &msg);
+                return self.local(start, &method, code::CANCELLED, &msg);
             }
         };
         let send = self.inner.pool.send(Request::from_parts(parts, body));
@@ -86,7 +146,7 @@ impl Proxy {
             Some(d) => match tokio::time::timeout_at(d, send).await {
                 Ok(r) => r,
                 // Dropping the send resets the backend's stream.
-                Err(_) => return self.local(start, code::DEADLINE_EXCEEDED, DEADLINE_MSG),
+                Err(_) => return self.local(start, &method, code::DEADLINE_EXCEEDED, DEADLINE_MSG),
             },
         };
         match sent {
@@ -96,6 +156,7 @@ impl Proxy {
                 let fwd = Forward {
                     inner: body,
                     endpoint,
+                    method,
                     start,
                     header_status,
                     deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
@@ -106,24 +167,49 @@ impl Proxy {
                 Response::from_parts(parts, body)
             }
             Err(SendError::NoEndpoint(msg)) => {
-                self.local(start, code::UNAVAILABLE, &format!("mp-lb: {msg}"))
+                self.local(start, &method, code::UNAVAILABLE, &format!("mp-lb: {msg}"))
             }
             Err(SendError::Backend { endpoint, source }) => {
                 debug!(endpoint = %endpoint.addr(), error = %source, "call failed");
                 endpoint.record(code::UNAVAILABLE, start.elapsed());
+                method.response(code::UNAVAILABLE, start.elapsed());
                 grpc::error_response(
                     code::UNAVAILABLE,
-                    &format!("mp-lb: backend {} failed: {source}", endpoint.addr()),
+                    &format!(
+                        "mp-lb: backend {} failed: {}",
+                        endpoint.addr(),
+                        chain(&source)
+                    ),
                 )
             }
         }
     }
 
-    fn local(&self, start: Instant, status: u16, msg: &str) -> Response<ProxyBody> {
+    fn local(
+        &self,
+        start: Instant,
+        method: &CallHandles,
+        status: u16,
+        msg: &str,
+    ) -> Response<ProxyBody> {
         self.inner.local.request();
         self.inner.local.response(status, start.elapsed());
+        method.response(status, start.elapsed());
         grpc::error_response(status, msg)
     }
+}
+
+/// An error and its causes, `a: b: c` (hyper's own message is often just
+/// "http2 error").
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(c) = source {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        source = c.source();
+    }
+    s
 }
 
 const DEADLINE_MSG: &str = "mp-lb: deadline exceeded (grpc-timeout)";
@@ -204,6 +290,7 @@ impl ProxyBody {
 struct Forward {
     inner: Incoming,
     endpoint: Arc<Endpoint>,
+    method: Arc<CallHandles>,
     start: Instant,
     /// `grpc-status` of the response head (a trailers-only response).
     header_status: Option<u16>,
@@ -215,7 +302,9 @@ impl Forward {
     fn finish(&mut self, status: u16) {
         if !self.done {
             self.done = true;
-            self.endpoint.record(status, self.start.elapsed());
+            let elapsed = self.start.elapsed();
+            self.endpoint.record(status, elapsed);
+            self.method.response(status, elapsed);
         }
     }
 
@@ -269,7 +358,11 @@ impl http_body::Body for ProxyBody {
             Some(Err(e)) => {
                 // The backend's stream broke mid-call: end it as a gRPC call
                 // rather than a bare reset, so the client sees why.
-                let msg = format!("mp-lb: backend {} stream failed: {e}", f.endpoint.addr());
+                let msg = format!(
+                    "mp-lb: backend {} stream failed: {}",
+                    f.endpoint.addr(),
+                    chain(&e)
+                );
                 Poll::Ready(Some(Ok(f.own_trailers(code::UNAVAILABLE, &msg))))
             }
             None => {
@@ -293,5 +386,29 @@ impl http_body::Body for ProxyBody {
             Kind::Forward(f) if f.deadline.is_some() => SizeHint::default(),
             Kind::Forward(f) => f.inner.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::registry::Registry;
+
+    #[test]
+    fn method_series_are_bounded() {
+        let m = Methods::new(CallMetrics::register(&mut Registry::default(), "method"));
+        let a = m.get("/pkg.Svc/A");
+        assert!(
+            Arc::ptr_eq(&a, &m.get("/pkg.Svc/A")),
+            "one series per method"
+        );
+        for p in ["/", "/x", "/a/b/c", "no-slash", "/pkg.Svc/"] {
+            assert!(Arc::ptr_eq(&m.get(p), &m.other), "{p:?} is not a gRPC path");
+        }
+        for i in 0..2 * MAX_METHODS {
+            m.get(&format!("/pkg.Svc/M{i}"));
+        }
+        assert_eq!(m.map.load().len(), MAX_METHODS);
+        assert!(Arc::ptr_eq(&m.get("/pkg.Svc/Late"), &m.other));
     }
 }

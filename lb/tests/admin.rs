@@ -33,6 +33,11 @@ async fn metrics_ready_and_live() {
         format!(r#"mp_lb_request_duration_seconds_count{{endpoint="{ep}"}} 6"#),
         format!(r#"mp_lb_endpoint_healthy{{endpoint="{ep}"}} 1"#),
         format!(r#"mp_lb_endpoint_connections{{endpoint="{ep}"}} 1"#),
+        r#"mp_lb_method_requests_total{method="/lbtest.echo.v1.Echo/Say"} 6"#.to_string(),
+        r#"mp_lb_method_responses_total{method="/lbtest.echo.v1.Echo/Say",grpc_code="OK"} 5"#
+            .to_string(),
+        r#"mp_lb_method_request_duration_seconds_count{method="/lbtest.echo.v1.Echo/Say"} 6"#
+            .to_string(),
     ] {
         assert!(text.contains(&needle), "no {needle} in\n{text}");
     }

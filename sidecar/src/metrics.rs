@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -104,26 +104,80 @@ impl EncodeMetric for Histogram {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EndpointLabels {
-    endpoint: String,
+/// Label sets: built once per endpoint or method, never on the call path.
+type Labels = Vec<(&'static str, String)>;
+
+/// Calls counted by one label (`endpoint` or `method`): requests, responses
+/// by gRPC status, latency. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct CallMetrics {
+    key: &'static str,
+    requests: Family<Labels, Counter>,
+    responses: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram>,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StatusLabels {
-    endpoint: String,
-    grpc_code: &'static str,
+impl CallMetrics {
+    /// Registers `requests_total`, `responses_total` and
+    /// `request_duration_seconds` in `registry`, labelled by `key`.
+    pub fn register(registry: &mut Registry, key: &'static str) -> Self {
+        let m = CallMetrics {
+            key,
+            requests: Family::default(),
+            responses: Family::default(),
+            latency: Family::default(),
+        };
+        registry.register(
+            "requests",
+            format!("Calls sent, by {key} (`none`: answered by the proxy itself)"),
+            m.requests.clone(),
+        );
+        registry.register(
+            "responses",
+            format!("Calls finished, by {key} and gRPC status (CANCELLED includes calls the client abandoned)"),
+            m.responses.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            format!("Time from receiving a call to its last response frame, by {key}"),
+            m.latency.clone(),
+        );
+        m
+    }
+
+    /// The handles of one label value.
+    pub fn handles(&self, value: &str) -> CallHandles {
+        let l: Labels = vec![(self.key, value.to_string())];
+        CallHandles {
+            value: value.to_string(),
+            requests: self.requests.get_or_create_owned(&l),
+            latency: self.latency.get_or_create_owned(&l),
+            statuses: Default::default(),
+            family: self.clone(),
+        }
+    }
+
+    /// Removes the series of one label value.
+    pub fn remove(&self, value: &str) {
+        let l: Labels = vec![(self.key, value.to_string())];
+        self.requests.remove(&l);
+        self.latency.remove(&l);
+        for c in 0..=code::MAX + 1 {
+            self.responses.remove(&vec![
+                (self.key, value.to_string()),
+                ("grpc_code", status_label(c).to_string()),
+            ]);
+        }
+    }
 }
 
-/// The metric families of a pool (or several pools sharing one registry).
-/// Cheap to clone.
+/// The metric families of a pool (or several pools sharing one registry):
+/// calls by endpoint, endpoint health and connections. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct PoolMetrics {
-    requests: Family<EndpointLabels, Counter>,
-    responses: Family<StatusLabels, Counter>,
-    latency: Family<EndpointLabels, Histogram>,
-    healthy: Family<EndpointLabels, Gauge>,
-    connections: Family<EndpointLabels, Gauge>,
+    calls: CallMetrics,
+    healthy: Family<Labels, Gauge>,
+    connections: Family<Labels, Gauge>,
 }
 
 impl PoolMetrics {
@@ -131,27 +185,10 @@ impl PoolMetrics {
     /// `Registry::with_prefix("mp_lb")`).
     pub fn register(registry: &mut Registry) -> Self {
         let m = PoolMetrics {
-            requests: Family::default(),
-            responses: Family::default(),
-            latency: Family::default(),
+            calls: CallMetrics::register(registry, "endpoint"),
             healthy: Family::default(),
             connections: Family::default(),
         };
-        registry.register(
-            "requests",
-            "Requests sent, by endpoint (`none`: answered by the proxy itself)",
-            m.requests.clone(),
-        );
-        registry.register(
-            "responses",
-            "Calls finished, by endpoint and gRPC status (CANCELLED includes calls the client abandoned)",
-            m.responses.clone(),
-        );
-        registry.register(
-            "request_duration_seconds",
-            "Time from receiving a call to its last response frame, by endpoint",
-            m.latency.clone(),
-        );
         registry.register(
             "endpoint_healthy",
             "1 when the endpoint takes traffic (connected, passing health checks, not ejected)",
@@ -172,35 +209,20 @@ impl PoolMetrics {
 
     /// The handles of one endpoint (`endpoint` is its label value).
     pub fn endpoint(&self, endpoint: &str) -> EndpointMetrics {
-        let l = EndpointLabels {
-            endpoint: endpoint.to_string(),
-        };
+        let l: Labels = vec![("endpoint", endpoint.to_string())];
         EndpointMetrics {
-            label: l.endpoint.clone(),
-            requests: self.requests.get_or_create_owned(&l),
-            latency: self.latency.get_or_create_owned(&l),
+            calls: self.calls.handles(endpoint),
             healthy: self.healthy.get_or_create_owned(&l),
             connections: self.connections.get_or_create_owned(&l),
-            statuses: Default::default(),
-            family: self.clone(),
         }
     }
 
     /// Removes an endpoint's series (when it leaves discovery).
     pub fn remove(&self, endpoint: &str) {
-        let l = EndpointLabels {
-            endpoint: endpoint.to_string(),
-        };
-        self.requests.remove(&l);
-        self.latency.remove(&l);
+        let l: Labels = vec![("endpoint", endpoint.to_string())];
+        self.calls.remove(endpoint);
         self.healthy.remove(&l);
         self.connections.remove(&l);
-        for c in 0..=code::MAX + 1 {
-            self.responses.remove(&StatusLabels {
-                endpoint: l.endpoint.clone(),
-                grpc_code: status_label(c),
-            });
-        }
     }
 }
 
@@ -212,20 +234,19 @@ fn status_label(c: u16) -> &'static str {
     }
 }
 
-/// One endpoint's metric handles; every method is a few atomic operations.
+/// The call counters of one label value; every method is a few atomic
+/// operations.
 #[derive(Debug)]
-pub struct EndpointMetrics {
-    label: String,
+pub struct CallHandles {
+    value: String,
     requests: Counter,
     latency: Histogram,
-    healthy: Gauge,
-    connections: Gauge,
     /// Created on first use, so unused codes do not fill the scrape.
     statuses: [OnceLock<Counter>; code::MAX as usize + 2],
-    family: PoolMetrics,
+    family: CallMetrics,
 }
 
-impl EndpointMetrics {
+impl CallHandles {
     /// Counts a request sent.
     #[inline]
     pub fn request(&self) {
@@ -238,13 +259,35 @@ impl EndpointMetrics {
         let i = usize::from(status.min(code::MAX + 1));
         self.statuses[i]
             .get_or_init(|| {
-                self.family.responses.get_or_create_owned(&StatusLabels {
-                    endpoint: self.label.clone(),
-                    grpc_code: status_label(status),
-                })
+                self.family.responses.get_or_create_owned(&vec![
+                    (self.family.key, self.value.clone()),
+                    ("grpc_code", status_label(status).to_string()),
+                ])
             })
             .inc();
         self.latency.observe(elapsed);
+    }
+}
+
+/// One endpoint's metric handles.
+#[derive(Debug)]
+pub struct EndpointMetrics {
+    calls: CallHandles,
+    healthy: Gauge,
+    connections: Gauge,
+}
+
+impl EndpointMetrics {
+    /// Counts a request sent.
+    #[inline]
+    pub fn request(&self) {
+        self.calls.request();
+    }
+
+    /// Counts a finished call with gRPC status `code` that took `elapsed`.
+    #[inline]
+    pub fn response(&self, status: u16, elapsed: Duration) {
+        self.calls.response(status, elapsed);
     }
 
     /// Sets the health gauge.

@@ -471,12 +471,11 @@ impl Pool {
     /// of its GOAWAY). With no endpoint available, fails at once, unless the
     /// pool is still starting (then it waits up to the connect timeout).
     pub async fn send(&self, req: Request<Body>) -> Result<Sent, SendError> {
-        // Keep what it takes to send the request again, when that is cheap.
-        let replay = req
-            .body()
-            .try_clone()
-            .is_some()
-            .then(|| clone_request(&req));
+        // Keep what it takes to send the request again: its head, and its
+        // body when in memory (or the recording of a streamed one).
+        let mut recording = req.body().recording();
+        let mut replay =
+            (recording.is_some() || req.body().try_clone().is_some()).then(|| clone_request(&req));
         let mut req = req;
         let mut waited = false;
         let mut attempts = 0;
@@ -512,9 +511,9 @@ impl Pool {
                             req = r;
                             continue;
                         }
-                        if let Some(copy) = replay.as_ref().filter(|_| never_processed(e.error())) {
+                        if let Some(r) = resend(&mut replay, &mut recording, e.error()) {
                             debug!(endpoint = %ep.addr, error = %e.error(), "request refused unprocessed; trying the next endpoint");
-                            req = clone_request(copy);
+                            req = r;
                             continue;
                         }
                     }
@@ -562,6 +561,25 @@ fn never_processed(e: &hyper::Error) -> bool {
         source = s.source();
     }
     false
+}
+
+/// The request to send again after `error`, if the backend did not process
+/// it and its whole body is at hand.
+fn resend(
+    replay: &mut Option<Request<Body>>,
+    recording: &mut Option<Arc<std::sync::Mutex<crate::body::Recording>>>,
+    error: &hyper::Error,
+) -> Option<Request<Body>> {
+    let template = replay.as_mut()?;
+    if !never_processed(error) {
+        return None;
+    }
+    if let Some(rec) = recording.take() {
+        // From now on the recorded body is the template's.
+        let body = rec.lock().unwrap_or_else(|p| p.into_inner()).replay()?;
+        *template.body_mut() = body;
+    }
+    Some(clone_request(template))
 }
 
 fn clone_request(r: &Request<Body>) -> Request<Body> {
