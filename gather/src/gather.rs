@@ -108,16 +108,19 @@ impl LeafResult {
 
 impl Gather {
     /// Serves one call of method `path` whose caller allows `caller_timeout`
-    /// (its `grpc-timeout`): scatter, apply the policy, merge.
+    /// (its `grpc-timeout`) and sent `metadata` and the request message in its
+    /// gRPC frame (`framed`, checked: one uncompressed frame): scatter, apply
+    /// the policy, merge. Returns the reply message.
     pub async fn handle(
         &self,
         path: &PathAndQuery,
         caller_timeout: Option<Duration>,
-        request: tonic::Request<Bytes>,
+        metadata: MetadataMap,
+        framed: Bytes,
     ) -> Result<Bytes, Status> {
         let start = Instant::now();
-        let (metadata, _, body) = request.into_parts();
         let metadata = forwardable(metadata);
+        let body = framed.slice(5..);
         let mut leaf_deadline = start + self.leaf_timeout;
         let mut deadline_note = format!("--leaf-timeout {:?}", self.leaf_timeout);
         let caller_deadline = caller_timeout.map(|t| start + t);
@@ -130,7 +133,7 @@ impl Gather {
         }
         let call = Call {
             path,
-            out: Outgoing::new(path.clone(), &body, metadata.clone().into_headers()),
+            out: Outgoing::new(path.clone(), framed, metadata.clone().into_headers()),
             body,
             metadata,
             leaf_deadline,

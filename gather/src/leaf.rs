@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use http::uri::{PathAndQuery, Scheme, Uri};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -39,13 +39,10 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    /// The shared parts of calling `path` with `message` and the caller's
-    /// forwardable `metadata`.
-    pub fn new(path: PathAndQuery, message: &[u8], mut headers: HeaderMap) -> Self {
-        let mut framed = BytesMut::with_capacity(5 + message.len());
-        framed.put_u8(0);
-        framed.put_u32(message.len() as u32);
-        framed.extend_from_slice(message);
+    /// The shared parts of calling `path` with the request message in its
+    /// gRPC frame (`framed`, as the caller sent it) and the caller's
+    /// forwardable metadata as `headers`.
+    pub fn new(path: PathAndQuery, framed: Bytes, mut headers: HeaderMap) -> Self {
         headers.insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static(grpc::CONTENT_TYPE_GRPC),
@@ -53,7 +50,7 @@ impl Outgoing {
         headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
         Outgoing {
             path,
-            framed: framed.freeze(),
+            framed,
             headers,
         }
     }
