@@ -35,7 +35,7 @@ use tonic_health::pb::HealthCheckRequest;
 use super::error::{status_of, DockerError};
 use super::spec::{container_spec, ContainerSpec, PORT};
 use super::{label, labels, DockerRunner};
-use crate::plan::ServicePlan;
+use crate::plan::{Role, ServicePlan};
 use crate::runner::{Deployed, PartEvent, Progress, RunnerError};
 
 /// How long a part may take to pass its first health check, by default.
@@ -44,10 +44,17 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a stopped part may take to finish what it is doing.
 const STOP_GRACE_SECS: i32 = 10;
 
-/// How long a replacement runs next to the part it replaces: mp-lb resolves
-/// names again every 5 s, and must know the new address before the old one
-/// goes away (or a spread of one replica would have nowhere to send calls).
-const DNS_SETTLE: Duration = Duration::from_secs(6);
+/// How long a replacement runs next to the part it replaces: the front
+/// resolves names again periodically, and must know the new address before
+/// the old one goes away (or a shard, or a spread of one replica, would have
+/// nowhere to send calls). mp-gather looks every 5 s; mp-lb, as the docker
+/// runner starts it, every second (see [`super::spec::LB_DNS_INTERVAL`]).
+fn dns_settle(role: Role) -> Duration {
+    match role {
+        Role::Replica => Duration::from_secs(2),
+        _ => Duration::from_secs(6),
+    }
+}
 
 /// How many containers a new deploy creates and starts at once.
 const START_CONCURRENCY: usize = 4;
@@ -224,7 +231,7 @@ async fn update(
                     progress.part(service, &spec.part, PartEvent::Failed(e.to_string()));
                     return Err(e);
                 }
-                tokio::time::sleep(DNS_SETTLE).await;
+                tokio::time::sleep(dns_settle(spec.role)).await;
                 progress.part(service, &spec.part, PartEvent::Stopping);
                 stop_and_remove(docker, c.id.as_deref().unwrap_or(&spec.name)).await;
                 let rename = RenameContainerOptionsBuilder::default()

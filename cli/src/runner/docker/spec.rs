@@ -38,6 +38,9 @@ pub fn replicas_alias(service: &str) -> String {
     format!("mp-{service}-replicas")
 }
 
+/// How often mp-lb resolves the replicas' alias again (`--dns-interval`).
+pub const LB_DNS_INTERVAL: &str = "1s";
+
 /// mp-lb's arguments from the plan with its `--backend` list replaced by one
 /// `--dns` name (see [`replicas_alias`]).
 fn lb_args(args: &[String], dns: &str) -> Vec<String> {
@@ -54,6 +57,9 @@ fn lb_args(args: &[String], dns: &str) -> Vec<String> {
         if is_backend {
             if !dns_added {
                 out.extend(["--dns".to_string(), dns.to_string()]);
+                // Docker's DNS is local and cheap to ask; a short interval
+                // lets a rolling update move on quickly.
+                out.extend(["--dns-interval".to_string(), LB_DNS_INTERVAL.to_string()]);
                 dns_added = true;
             }
         } else {
