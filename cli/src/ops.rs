@@ -109,12 +109,25 @@ pub async fn runners(only: Option<RunnerKind>) -> Result<Vec<Box<dyn Runner>>, R
     }
 }
 
-/// The runner that has service `name` and its front address.
+/// The runner that has service `name` and its front address. Runners are
+/// tried in order (local, then docker), and the Docker engine is only
+/// contacted when the local runner does not have the service.
 pub async fn locate(
     name: &str,
     only: Option<RunnerKind>,
 ) -> Result<(Box<dyn Runner>, String), RunnerError> {
-    for r in runners(only).await? {
+    let kinds = match only {
+        Some(kind) => vec![kind],
+        None => vec![RunnerKind::Local, RunnerKind::Docker],
+    };
+    for kind in kinds {
+        let r = match runner::connect(kind).await {
+            Ok(r) => r,
+            // Without an engine there is nothing of it to find, unless it
+            // was asked for by name.
+            Err(e) if only.is_some() => return Err(e),
+            Err(_) => continue,
+        };
         match r.front(name).await {
             Ok(front) => return Ok((r, front)),
             Err(RunnerError::NotFound(_)) => continue,
