@@ -42,9 +42,6 @@ pub enum DockerError {
     /// changed on the engine.
     #[error("{0}")]
     Invalid(String),
-    /// Parts did not come up; what was deployed for the attempt was removed.
-    #[error("{0}")]
-    NotReady(String),
 }
 
 impl DockerError {
@@ -62,17 +59,6 @@ impl DockerError {
             context: context.into(),
             message,
             source,
-        }
-    }
-
-    /// The engine's HTTP status, when it answered with an error.
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            DockerError::Api {
-                source: bollard::errors::Error::DockerResponseServerError { status_code, .. },
-                ..
-            } => Some(*status_code),
-            _ => None,
         }
     }
 }
