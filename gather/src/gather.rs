@@ -121,6 +121,8 @@ impl Gather {
         let start = Instant::now();
         let metadata = forwardable(metadata);
         let body = framed.slice(5..);
+        // A year is "no deadline"; it also keeps the arithmetic below in range.
+        let caller_timeout = caller_timeout.map(|t| t.min(Duration::from_secs(365 * 86_400)));
         let mut leaf_deadline = start + self.leaf_timeout;
         let mut deadline_note = format!("--leaf-timeout {:?}", self.leaf_timeout);
         let caller_deadline = caller_timeout.map(|t| start + t);

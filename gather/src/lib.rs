@@ -140,7 +140,10 @@ pub fn build(args: &Args, metrics: Metrics, pool_metrics: &PoolMetrics) -> Resul
         policy: args.policy,
         hedge: args.hedge_after,
         budget: Budget::new(args.hedge_budget),
-        leaf_timeout: args.leaf_timeout,
+        // Longer than a year is forever; it keeps deadline arithmetic in range.
+        leaf_timeout: args
+            .leaf_timeout
+            .min(std::time::Duration::from_secs(365 * 86_400)),
         merge,
         metrics,
     })
