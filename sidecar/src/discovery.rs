@@ -248,7 +248,7 @@ where
                             return;
                         }
                         last_set = Some(BTreeSet::new());
-                    } else if last_stamp.is_some() || st.is_none() {
+                    } else {
                         debug!(file = %path.display(), error = %e, "cannot read the backends file; keeping the last set");
                     }
                 }
