@@ -99,11 +99,34 @@ impl Proc {
 }
 
 fn log(name: &str, msg: &str) {
-    let secs = SystemTime::now()
+    let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
         .unwrap_or_default();
-    eprintln!("[{secs:.3}] {name}: {msg}");
+    eprintln!("{} {name}: {msg}", utc(now));
+}
+
+/// `2026-11-22T01:02:03.456Z` for a time since the Unix epoch (UTC, the
+/// proleptic Gregorian calendar; days to a date as in Howard Hinnant's
+/// `civil_from_days`), so the supervisor's log reads like the parts' logs.
+fn utc(since_epoch: Duration) -> String {
+    let secs = since_epoch.as_secs();
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60,
+        since_epoch.subsec_millis()
+    )
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -358,5 +381,28 @@ async fn stop_all(name: &str, procs: &mut BTreeMap<String, Proc>) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc;
+    use std::time::Duration;
+
+    #[test]
+    fn utc_times_read_like_rfc_3339() {
+        assert_eq!(utc(Duration::ZERO), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            utc(Duration::from_millis(951_782_400_250)),
+            "2000-02-29T00:00:00.250Z"
+        );
+        assert_eq!(
+            utc(Duration::from_secs(1_795_306_670)),
+            "2026-11-22T00:17:50.000Z"
+        );
+        assert_eq!(
+            utc(Duration::from_secs(4_102_444_799)),
+            "2099-12-31T23:59:59.000Z"
+        );
     }
 }
