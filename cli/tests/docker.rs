@@ -338,6 +338,13 @@ fn spread_of_three_is_four_containers_and_updates_without_failed_calls() {
         ]
     );
     assert!(network_exists(&docker, &format!("mp-{name}")));
+    // mp-lb is healthy once one replica is; it checks the others within
+    // moments. Then the round robin is exact.
+    assert!(
+        eventually(Duration::from_secs(20), || servers(&mp, &name, 3).len()
+            == 3),
+        "all 3 replicas serve"
+    );
     let seen = servers(&mp, &name, 9);
     assert_eq!(
         seen.len(),
