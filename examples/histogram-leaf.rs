@@ -1,6 +1,7 @@
 //! # histogram-leaf: one leaf of the histogram scatter/gather
 //!
-//! Every leaf draws 100 samples of a Gaussian (mean 100, sigma 25) and
+//! Every leaf draws 100 samples of a Gaussian (mean 100, sigma 25, drawn
+//! again when beyond [0, 200), so none is lost to the histogram's range) and
 //! replies them as a JSON array of numbers; `histogram-merge` counts what all
 //! leaves sent. It ignores the request body, so a bare call works:
 //!
@@ -9,14 +10,12 @@
 //! $ grpcurl -plaintext 127.0.0.1:7001 mp.v1.Handler/Handle
 //! ```
 
-use mp_examples::histogram::{MEAN, SAMPLES, SIGMA};
-use rand_distr::{Distribution, Normal};
+use mp_examples::histogram::{sample, SAMPLES};
 use serde_json::Value;
 
 async fn leaf(_request: Value) -> mp_sdk::Result<Vec<f64>> {
-    let normal = Normal::new(MEAN, SIGMA).expect("sigma is finite and positive");
     let mut rng = rand::rng();
-    Ok((0..SAMPLES).map(|_| normal.sample(&mut rng)).collect())
+    Ok((0..SAMPLES).map(|_| sample(&mut rng)).collect())
 }
 
 #[tokio::main]

@@ -18,16 +18,14 @@
 //! The same service from separate programs (and from Python) is
 //! `mp deploy --pattern scatter` with `histogram-leaf` and `histogram-merge`.
 
-use mp_examples::histogram::{count, BINS, MEAN, SAMPLES, SIGMA};
-use rand_distr::{Distribution, Normal};
+use mp_examples::histogram::{count, sample, BINS, SAMPLES};
 use serde_json::Value;
 
 /// One leaf: 100 samples (this leaf's shard is `mp_sdk::env().shard`; every
 /// shard samples the same distribution here).
 async fn leaf(_request: Value) -> mp_sdk::Result<Vec<f64>> {
-    let normal = Normal::new(MEAN, SIGMA).expect("sigma is finite and positive");
     let mut rng = rand::rng();
-    Ok((0..SAMPLES).map(|_| normal.sample(&mut rng)).collect())
+    Ok((0..SAMPLES).map(|_| sample(&mut rng)).collect())
 }
 
 /// The merger: every leaf's samples counted into 10 bins of width 20. A

@@ -1,6 +1,7 @@
 """histogram leaf in Python: the same contract as the Rust `histogram-leaf`.
 
-Replies 100 samples of a Gaussian (mean 100, sigma 25) as a JSON array, so a
+Replies 100 samples of a Gaussian (mean 100, sigma 25, drawn again when beyond
+[0, 200), the histogram's range) as a JSON array, so a
 Python leaf and a Rust leaf are interchangeable behind mp-gather.
 
     pip install -r requirements.txt
@@ -15,7 +16,15 @@ import grpc
 import mpcontract
 from mpcontract import pb, pb_grpc
 
-SAMPLES, MEAN, SIGMA = 100, 100.0, 25.0
+SAMPLES, MEAN, SIGMA, LOW, HIGH = 100, 100.0, 25.0, 0.0, 200.0
+
+
+def sample():
+    """One draw of the Gaussian, truncated to [LOW, HIGH) by drawing again."""
+    while True:
+        x = random.gauss(MEAN, SIGMA)
+        if LOW <= x < HIGH:
+            return x
 
 
 class Leaf(pb_grpc.HandlerServicer):
@@ -27,7 +36,7 @@ class Leaf(pb_grpc.HandlerServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 'the body holds raw bytes, expected a JSON value (send {"body":{"json":...}})',
             )
-        return mpcontract.reply_json([random.gauss(MEAN, SIGMA) for _ in range(SAMPLES)])
+        return mpcontract.reply_json([sample() for _ in range(SAMPLES)])
 
 
 if __name__ == "__main__":
