@@ -21,7 +21,40 @@ use bollard::models::ContainerSummary;
 use bollard::query_parameters::{ListContainersOptionsBuilder, ListNetworksOptionsBuilder};
 use bollard::Docker;
 use mp_cli::runner::docker::{engine, image};
-use mp_testkit::{bin, example, in_ci, output_within, repo_root, ChildGuard};
+use mp_testkit::{bin, example, in_ci, output_within, profile_dir, repo_root, ChildGuard};
+
+/// The programs the tests run (`mp`, `mp-lb`, `mp-gather` and the example
+/// handlers), hard-linked (else copied) once per run into a directory of the
+/// run's own: a build in the same target directory while the tests run
+/// replaces the originals, and must not change what these tests deploy (a
+/// new mp-lb would make an update replace the front).
+fn program(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let root = profile_dir().join("mp-docker-tests");
+        // Directories of runs that are over (their process is gone).
+        for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let pid = entry.file_name().to_string_lossy().to_string();
+            if !PathBuf::from("/proc").join(&pid).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = root.join(std::process::id().to_string());
+        std::fs::create_dir_all(&dir).expect("create the programs directory");
+        let originals = ["mp", "mp-lb", "mp-gather"]
+            .map(|b| (b, bin(b)))
+            .into_iter()
+            .chain(["hello", "histogram-leaf", "histogram-merge"].map(|e| (e, example(e))));
+        for (name, original) in originals {
+            let to = dir.join(name);
+            if std::fs::hard_link(&original, &to).is_err() {
+                std::fs::copy(&original, &to).expect("copy a program");
+            }
+        }
+        dir
+    });
+    dir.join(name)
+}
 
 /// A runtime for the few engine calls the tests make themselves.
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -59,11 +92,11 @@ fn loud(message: &str) {
 async fn prepare() -> Result<(), String> {
     let docker = engine::connect().await.map_err(|e| e.to_string())?;
     let canonical = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
-    let mut data_plane = vec![canonical(bin("mp-lb")), canonical(bin("mp-gather"))];
+    let mut data_plane = vec![canonical(program("mp-lb")), canonical(program("mp-gather"))];
     data_plane.sort();
     let mut images = vec![("mp-data-plane".to_string(), data_plane)];
     for ex in ["hello", "histogram-leaf", "histogram-merge"] {
-        images.push((image::repository_for(ex), vec![canonical(example(ex))]));
+        images.push((image::repository_for(ex), vec![canonical(program(ex))]));
     }
     for (repository, binaries) in images {
         let sources = image::Sources::for_binaries(&binaries).map_err(|e| e.to_string())?;
@@ -94,7 +127,7 @@ impl Mp {
     }
 
     fn command(args: &[&str]) -> Command {
-        let mut cmd = Command::new(bin("mp"));
+        let mut cmd = Command::new(program("mp"));
         cmd.args(args)
             .env_remove("MP_RUNNER")
             .current_dir(repo_root());
@@ -310,7 +343,7 @@ fn spread_of_three_is_four_containers_and_updates_without_failed_calls() {
     };
     let mp = Mp::new();
     let name = unique("spread");
-    let hello = example("hello");
+    let hello = program("hello");
     let out = mp.ok(&[
         "deploy",
         "--runner",
@@ -475,8 +508,8 @@ fn scatter_of_ten_sums_to_a_thousand_and_a_killed_leaf_comes_back() {
     };
     let mp = Mp::new();
     let name = unique("histogram");
-    let leaf = example("histogram-leaf");
-    let merge = example("histogram-merge");
+    let leaf = program("histogram-leaf");
+    let merge = program("histogram-merge");
     mp.ok(&[
         "deploy",
         "--runner",
@@ -580,7 +613,7 @@ fn two_services_side_by_side_do_not_collide() {
     };
     let mp = Mp::new();
     let (a, b) = (unique("one"), unique("two"));
-    let hello = example("hello");
+    let hello = program("hello");
     for name in [&a, &b] {
         mp.ok(&[
             "deploy",
@@ -645,7 +678,7 @@ fn bad_input_gets_a_clear_error_and_leaves_nothing() {
         return;
     };
     let mp = Mp::new();
-    let hello = example("hello");
+    let hello = program("hello");
     let hello = hello.to_str().unwrap();
 
     // An image that is not on the engine (nothing can be pulled).
@@ -783,7 +816,7 @@ fn images_are_built_once_per_content_and_pruned_on_request() {
     // A binary of its own, so its image belongs to this test alone.
     let dir = tempfile::tempdir().expect("temp dir");
     let own = dir.path().join(format!("hello-img-{}", std::process::id()));
-    std::fs::copy(example("hello"), &own).expect("copy hello");
+    std::fs::copy(program("hello"), &own).expect("copy hello");
     let repository = image::repository_for(own.file_name().unwrap().to_str().unwrap());
     let name = unique("images");
     let deploy = || {
@@ -857,7 +890,7 @@ fn a_user_image_runs_as_given_and_is_never_pruned() {
     };
     // A user's image with its own entrypoint, built here FROM mp's hello
     // image (nothing can be pulled).
-    let hello = std::fs::canonicalize(example("hello")).expect("hello");
+    let hello = std::fs::canonicalize(program("hello")).expect("hello");
     let sources = image::Sources::for_binaries(&[hello]).expect("sources");
     let base = block_on(image::ensure_image(
         &docker,

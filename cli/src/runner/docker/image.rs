@@ -91,8 +91,9 @@ impl Sources {
         Ok(src)
     }
 
-    /// A digest of the files' names, sizes, inodes and modification times:
-    /// equal keys mean, as for `make`, that nothing was rebuilt.
+    /// A digest of the files' places in the image, devices, inodes, sizes
+    /// and modification times: equal keys mean, as for `make`, that nothing
+    /// was rebuilt.
     pub fn metadata_key(&self) -> Result<String, DockerError> {
         use std::os::unix::fs::MetadataExt;
         let mut h = Sha256::new();
@@ -102,8 +103,8 @@ impl Sources {
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
+            // Not the path: a hard link to the same file is the same file.
             h.update(at.as_bytes());
-            h.update(path.to_string_lossy().as_bytes());
             for n in [
                 m.len(),
                 m.ino(),
