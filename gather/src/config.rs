@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -49,6 +50,19 @@ pub struct Args {
     #[arg(long, value_name = "ADDR", conflicts_with = "reducer")]
     pub merge: Option<String>,
 
+    /// Take the shards (and the merger) from a file, followed while mp-gather
+    /// runs: one line per shard in shard order, its replicas comma-separated;
+    /// an optional `merge ADDR` line; `#` comments. A changed file applies to
+    /// new calls (calls in flight finish on the old shards); a file that does
+    /// not parse keeps the last good one. Replace it atomically (write, then
+    /// rename). Instead of --shard, --shard-dns and --merge.
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with_all = ["shards", "shard_dns", "merge"]
+    )]
+    pub shards_file: Option<PathBuf>,
+
     /// Built-in reducer used when no --merge is given. Default: json-array for
     /// `mp.v1.Handler/Handle`, concat for any other method.
     #[arg(long, value_enum, value_name = "NAME")]
@@ -87,6 +101,18 @@ pub struct Args {
 }
 
 impl Args {
+    /// The topology to start with: the shards file's, or the one the flags
+    /// give. Fails when there are no shards or the file is not usable.
+    pub fn topology(&self) -> Result<crate::topology::TopologySpec, String> {
+        if let Some(path) = &self.shards_file {
+            return crate::topology::read(path);
+        }
+        Ok(crate::topology::TopologySpec {
+            shards: self.shard_specs()?,
+            merge: self.merge.clone(),
+        })
+    }
+
     /// The shards in order, from --shard or --shard-dns/--shards. Fails when
     /// there are none.
     pub fn shard_specs(&self) -> Result<Vec<ShardSpec>, String> {
@@ -105,7 +131,8 @@ impl Args {
         }
         if self.shards.is_empty() {
             return Err(
-                "no shards: give --shard ADDR once per shard (or --shard-dns with --shards)".into(),
+                "no shards: give --shard ADDR once per shard (or --shard-dns with --shards, or --shards-file)"
+                    .into(),
             );
         }
         Ok(self.shards.clone())

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::pin::pin;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use http::uri::PathAndQuery;
@@ -25,9 +26,9 @@ use crate::config::{HedgeAfter, Policy, ReducerKind};
 use crate::grpc::{code_name, forwardable};
 use crate::hedge::Budget;
 use crate::leaf::{self, Outgoing};
-use crate::merge::Merge;
 use crate::metrics::Metrics;
 use crate::shard::Shard;
+use crate::topology::Topology;
 
 /// The caller's deadline keeps this share (at most [`MAX_RESERVE`]) for the
 /// merge and the answer's way back; leaves get the rest.
@@ -35,11 +36,12 @@ const RESERVE_DIVISOR: u32 = 5;
 /// Upper bound of the reserve taken from the caller's deadline.
 const MAX_RESERVE: Duration = Duration::from_millis(100);
 
-/// Everything a gather needs, built once at startup and shared by all calls.
+/// Everything a gather needs, shared by all calls. The topology may be
+/// swapped while calls run ([`Gather::swap`]); the rest is fixed at startup.
 #[derive(Debug)]
 pub struct Gather {
-    /// The shards, in order.
-    pub shards: Box<[Shard]>,
+    /// The shards and the merger. A call loads it once and keeps it.
+    pub topology: ArcSwap<Topology>,
     /// The failure policy.
     pub policy: Policy,
     /// When to hedge, if at all.
@@ -48,8 +50,6 @@ pub struct Gather {
     pub budget: Budget,
     /// Upper bound of one shard's answer.
     pub leaf_timeout: Duration,
-    /// How outcomes become one answer.
-    pub merge: Merge,
     /// Metrics.
     pub metrics: Metrics,
 }
@@ -107,6 +107,14 @@ impl LeafResult {
 }
 
 impl Gather {
+    /// Replaces the topology for calls that start from now on (calls in
+    /// flight finish on the old one) and returns the new generation (1 is
+    /// the topology mp-gather started with).
+    pub fn swap(&self, topology: Topology) -> u64 {
+        self.topology.store(std::sync::Arc::new(topology));
+        self.metrics.topology_swapped()
+    }
+
     /// Serves one call of method `path` whose caller allows `caller_timeout`
     /// (its `grpc-timeout`) and sent `metadata` and the request message in its
     /// gRPC frame (`framed`, checked: one uncompressed frame): scatter, apply
@@ -142,12 +150,17 @@ impl Gather {
             deadline_note,
             caller_deadline,
         };
+        // The one atomic load of the call: it keeps this topology to the end.
+        let topology = self.topology.load_full();
         let work = async {
-            if self.merge.reducer_for(&call) == Some(ReducerKind::First) {
-                return self.first(&call).await;
+            if topology.merge.reducer_for(&call) == Some(ReducerKind::First) {
+                return self.first(&topology.shards, &call).await;
             }
-            let outcomes = self.scatter(&call).await?;
-            self.merge.merge(&call, outcomes, self.leaf_timeout).await
+            let outcomes = self.scatter(&topology.shards, &call).await?;
+            topology
+                .merge
+                .merge(&call, outcomes, self.leaf_timeout)
+                .await
         };
         let result = match caller_deadline {
             Some(d) => timeout_at(d, work).await.unwrap_or_else(|_| {
@@ -162,16 +175,17 @@ impl Gather {
         result
     }
 
-    /// Calls every shard and applies the policy. On success, returns one
-    /// result per shard, in shard order.
-    pub async fn scatter(&self, call: &Call<'_>) -> Result<Vec<LeafResult>, Status> {
+    /// Calls every one of `shards` and applies the policy. On success,
+    /// returns one result per shard, in shard order.
+    pub async fn scatter(
+        &self,
+        shards: &[Shard],
+        call: &Call<'_>,
+    ) -> Result<Vec<LeafResult>, Status> {
         let start = Instant::now();
-        let n = self.shards.len();
-        let mut pending: FuturesUnordered<_> = self
-            .shards
-            .iter()
-            .map(|s| self.call_shard(s, call))
-            .collect();
+        let n = shards.len();
+        let mut pending: FuturesUnordered<_> =
+            shards.iter().map(|s| self.call_shard(s, call)).collect();
         let mut slots: Vec<Option<LeafResult>> = (0..n).map(|_| None).collect();
         let mut failed = 0;
         // One timer for the whole fan-out, not one per leaf call.
@@ -188,7 +202,7 @@ impl Gather {
                     drop(pending);
                     let late: Vec<usize> = (0..n).filter(|i| slots[*i].is_none()).collect();
                     for i in late {
-                        let r = self.late(&self.shards[i], call, start);
+                        let r = self.late(&shards[i], call, start);
                         self.admit(&mut slots, &mut failed, r)?;
                     }
                     break;
@@ -253,12 +267,9 @@ impl Gather {
     /// The `first` reducer: the first successful answer wins, the other calls
     /// are cancelled; fails only when every shard fails or none answers by
     /// the deadline.
-    async fn first(&self, call: &Call<'_>) -> Result<Bytes, Status> {
-        let mut pending: FuturesUnordered<_> = self
-            .shards
-            .iter()
-            .map(|s| self.call_shard(s, call))
-            .collect();
+    async fn first(&self, shards: &[Shard], call: &Call<'_>) -> Result<Bytes, Status> {
+        let mut pending: FuturesUnordered<_> =
+            shards.iter().map(|s| self.call_shard(s, call)).collect();
         let mut failed = Vec::new();
         let mut deadline = pin!(sleep_until(call.leaf_deadline));
         loop {

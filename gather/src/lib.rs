@@ -10,6 +10,8 @@
 //!   `concat`, `first`).
 //! - [`shard`]: shards, replicas (one pooled HTTP/2 channel each), latency
 //!   windows.
+//! - [`topology`]: the shards and merger in use, and the shards file that
+//!   changes them while mp-gather runs.
 //! - [`hedge`]: the hedge budget.
 //! - [`leaf`]: one call to a leaf on the sidecar's HTTP/2 pool.
 //! - [`server`]: the gather port (h2c), routing health and reflection, drain.
@@ -32,12 +34,12 @@ pub mod metrics;
 pub mod reflect;
 pub mod server;
 pub mod shard;
+pub mod topology;
 
 use std::future::Future;
 use std::sync::Arc;
 
-use mp_proto::v1::merger_client::MergerClient;
-use mp_sidecar::addr::HostPort;
+use arc_swap::ArcSwap;
 use mp_sidecar::admin::AdminState;
 use mp_sidecar::metrics::PoolMetrics;
 use prometheus_client::registry::Registry;
@@ -49,11 +51,11 @@ use tracing::{info, warn};
 use crate::config::{Args, HedgeAfter, Policy};
 use crate::gather::Gather;
 use crate::hedge::Budget;
-use crate::merge::Merge;
 use crate::metrics::Metrics;
 use crate::reflect::Reflection;
 use crate::server::GatherService;
-use crate::shard::{Replica, Shard};
+use crate::shard::Replica;
+use crate::topology::{Builder, TopologySpec};
 
 /// Why mp-gather cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -75,68 +77,30 @@ pub enum Error {
     Descriptors(#[from] prost::DecodeError),
 }
 
-/// Builds the gather (shards, pools, merge) from the command line. The shard
-/// pools start connecting in the background. Needs a tokio runtime.
-pub fn build(args: &Args, metrics: Metrics, pool_metrics: &PoolMetrics) -> Result<Gather, Error> {
-    let specs = args.shard_specs().map_err(Error::Config)?;
-    if let Policy::Quorum(k) = args.policy {
-        if k > specs.len() {
-            return Err(Error::Config(format!(
-                "--policy quorum={k} needs at least {k} shards, there are {}",
-                specs.len()
-            )));
-        }
-    }
+/// Builds the gather (shards, pools, merge) from the command line and the
+/// topology it starts with (see [`config::Args::topology`]). The shard pools
+/// start connecting in the background. Needs a tokio runtime.
+pub fn build(
+    args: &Args,
+    spec: &TopologySpec,
+    metrics: Metrics,
+    pool_metrics: &PoolMetrics,
+) -> Result<(Gather, Builder), Error> {
     let percentile = match args.hedge_after {
         Some(HedgeAfter::Percentile(p)) => p,
         _ => 95.0,
     };
-    let resolver = mp_sidecar::addr::Resolver::system();
-    let replica = |addr: &str| {
-        Replica::new(addr, &resolver).map_err(|source| Error::Endpoint {
-            addr: addr.to_string(),
-            source,
-        })
+    let builder = Builder {
+        policy: args.policy,
+        reducer: args.reducer,
+        percentile,
+        metrics: metrics.clone(),
+        pool_metrics: pool_metrics.clone(),
+        resolver: mp_sidecar::addr::Resolver::system(),
     };
-    let mut shards = Vec::with_capacity(specs.len());
-    for (i, spec) in specs.iter().enumerate() {
-        let addrs = spec
-            .replicas
-            .iter()
-            .map(|a| {
-                a.parse::<HostPort>().map_err(|e| Error::Endpoint {
-                    addr: a.clone(),
-                    source: e.into(),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let shard = Shard::new(
-            i,
-            &addrs,
-            &resolver,
-            pool_metrics,
-            metrics.shard(i),
-            percentile,
-        )
-        .map_err(|source| Error::Endpoint {
-            addr: spec.replicas.join(","),
-            source,
-        })?;
-        shards.push(shard);
-    }
-    let merge = match &args.merge {
-        Some(addr) => {
-            config::check_host_port(addr).map_err(Error::Config)?;
-            let r = replica(addr)?;
-            Merge::Merger {
-                client: MergerClient::new(r.channel).max_decoding_message_size(64 << 20),
-                endpoint: r.endpoint,
-            }
-        }
-        None => Merge::Reducer(args.reducer),
-    };
-    Ok(Gather {
-        shards: shards.into_boxed_slice(),
+    let topology = builder.build(spec)?;
+    let gather = Gather {
+        topology: ArcSwap::from_pointee(topology),
         policy: args.policy,
         hedge: args.hedge_after,
         budget: Budget::new(args.hedge_budget),
@@ -144,9 +108,9 @@ pub fn build(args: &Args, metrics: Metrics, pool_metrics: &PoolMetrics) -> Resul
         leaf_timeout: args
             .leaf_timeout
             .min(std::time::Duration::from_secs(365 * 86_400)),
-        merge,
         metrics,
-    })
+    };
+    Ok((gather, builder))
 }
 
 /// Serves mp-gather on `listener` (and the admin endpoints on `admin`) until
@@ -162,7 +126,20 @@ pub async fn run(
     metrics.register(&mut registry);
     // Per-replica request, status, latency and health metrics of the pools.
     let pool_metrics = PoolMetrics::register(registry.sub_registry_with_prefix("mp_gather_leaf"));
-    let gather = Arc::new(build(&args, metrics, &pool_metrics)?);
+    let spec = args.topology().map_err(Error::Config)?;
+    let (gather, builder) = build(&args, &spec, metrics, &pool_metrics)?;
+    let gather = Arc::new(gather);
+    // With a shards file, a task follows it; it ends with the server.
+    let follow = args.shards_file.as_ref().map(|path| {
+        let applied = std::fs::read_to_string(path).unwrap_or_default();
+        info!(file = %path.display(), "following the shards file");
+        tokio::spawn(topology::watch(
+            path.clone(),
+            applied,
+            gather.clone(),
+            builder,
+        ))
+    });
 
     let reporter = HealthReporter::new();
     reporter
@@ -171,8 +148,9 @@ pub async fn run(
     let health = tonic_health::pb::health_server::HealthServer::new(
         HealthService::from_health_reporter(reporter.clone()),
     );
-    // Reflection questions about other protos go to shard 0's first replica.
-    let first = args.shard_specs().map_err(Error::Config)?[0].replicas[0].clone();
+    // Reflection questions about other protos go to shard 0's first replica
+    // (of the topology mp-gather started with).
+    let first = spec.shards[0].replicas[0].clone();
     let upstream = Replica::new(&first, &mp_sidecar::addr::Resolver::system())
         .map_err(|source| Error::Endpoint {
             addr: first.clone(),
@@ -200,16 +178,17 @@ pub async fn run(
     // Ready while enough shards have a replica to call for the policy to
     // succeed (all of them, K of them, or one), and not draining.
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let needed = match args.policy {
-        Policy::All => gather.shards.len(),
-        Policy::Quorum(k) => k,
-        Policy::BestEffort => 1,
-    };
     let readiness = {
         let (state, gather, draining) = (state.clone(), gather.clone(), draining.clone());
         tokio::spawn(async move {
             loop {
-                let up = gather
+                let topology = gather.topology.load();
+                let needed = match gather.policy {
+                    Policy::All => topology.shards.len(),
+                    Policy::Quorum(k) => k,
+                    Policy::BestEffort => 1,
+                };
+                let up = topology
                     .shards
                     .iter()
                     .filter(|s| s.pool.available() > 0)
@@ -238,7 +217,7 @@ pub async fn run(
 
     info!(
         addr = ?listener.local_addr().ok(),
-        shards = gather.shards.len(),
+        shards = spec.shards.len(),
         policy = %args.policy,
         "mp-gather serving"
     );
@@ -260,6 +239,9 @@ pub async fn run(
     };
     server::serve(listener, service, drain, args.grace).await;
     readiness.abort();
+    if let Some(f) = follow {
+        f.abort();
+    }
     let _ = stop_admin.send(true);
     if let Some(t) = admin_task {
         let _ = t.await;

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = args.shard_specs() {
+    if let Err(e) = args.topology() {
         eprintln!("mp-gather: {e}");
         return ExitCode::from(2);
     }

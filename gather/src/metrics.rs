@@ -6,6 +6,7 @@
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -29,6 +30,9 @@ pub struct Metrics {
     hedges_won: Family<Labels, Counter>,
     /// Hedges the budget did not allow.
     pub hedges_denied: Counter,
+    /// Topologies in use so far: 1 at startup, one more per shards-file change
+    /// applied.
+    topology_generation: Gauge,
 }
 
 /// The handles one shard records into.
@@ -62,6 +66,7 @@ impl Default for Metrics {
             hedges_sent: Family::default(),
             hedges_won: Family::default(),
             hedges_denied: Counter::default(),
+            topology_generation: Gauge::default(),
         }
     }
 }
@@ -105,6 +110,17 @@ impl Metrics {
             "Hedges not sent because the hedge budget was spent",
             self.hedges_denied.clone(),
         );
+        r.register(
+            "topology_generation",
+            "Topologies used so far: 1 at startup, +1 per change of the shards file applied",
+            self.topology_generation.clone(),
+        );
+        self.topology_generation.set(1);
+    }
+
+    /// Counts one more topology in use; returns its generation.
+    pub fn topology_swapped(&self) -> u64 {
+        (self.topology_generation.inc() + 1) as u64
     }
 
     /// The handles of shard `index`.
