@@ -24,8 +24,10 @@ pub enum Body {
     /// A body received from a peer, forwarded frame by frame.
     Incoming(Incoming),
     /// A received body still streaming in (after a frame already read from
-    /// it, if any), recorded as it passes so that it can be sent again.
-    Recorded(Option<Frame<Bytes>>, Incoming, Arc<Mutex<Recording>>),
+    /// it, if any), recorded as it passes so that it can be sent again. The
+    /// received body itself lives in the shared [`Recording`], so a resend
+    /// can go on reading it after a refused attempt dropped its copy.
+    Recorded(Option<Frame<Bytes>>, Arc<Mutex<Recording>>, u32),
 }
 
 /// The most of a streamed request body kept for a resend.
@@ -40,6 +42,11 @@ pub struct Recording {
     ended: bool,
     /// Too large, or had trailers: cannot be resent.
     spoiled: bool,
+    /// The rest of the received body.
+    rest: Option<Incoming>,
+    /// Which `Body::Recorded` reads on: a resend supersedes the body of the
+    /// refused attempt, which then reads nothing more.
+    generation: u32,
 }
 
 impl Recording {
@@ -58,6 +65,32 @@ impl Recording {
                 }
             },
         }
+    }
+
+    fn new(rest: Incoming) -> Arc<Mutex<Recording>> {
+        Arc::new(Mutex::new(Recording {
+            rest: Some(rest),
+            ..Recording::default()
+        }))
+    }
+
+    /// The body to send again: the whole of it if it has ended, else what
+    /// passed so far followed by the rest as it comes (still recorded).
+    /// `None` when it cannot be resent (too large, trailers, a read error).
+    pub fn resume(rec: &Arc<Mutex<Recording>>) -> Option<Body> {
+        let mut r = rec.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = r.replay() {
+            return Some(b);
+        }
+        if r.spoiled || r.rest.is_none() {
+            return None;
+        }
+        r.generation += 1;
+        let prefix: Bytes = r.data.concat().into();
+        r.data.clear();
+        r.len = 0;
+        let first = (!prefix.is_empty()).then(|| Frame::data(prefix));
+        Some(Body::Recorded(first, rec.clone(), r.generation))
     }
 
     /// The whole body again, if it ended and was small enough to keep.
@@ -99,15 +132,14 @@ impl Body {
             })
         })
         .await;
-        let recording = || Arc::new(Mutex::new(Recording::default()));
         Ok(match first {
-            None => Body::Recorded(None, incoming, recording()),
+            None => Body::Recorded(None, Recording::new(incoming), 0),
             Some(None) => Body::Empty,
             Some(Some(Err(e))) => return Err(e),
             Some(Some(Ok(frame))) => match frame.into_data() {
                 Ok(data) if incoming.is_end_stream() => Body::Bytes(Some(data)),
-                Ok(data) => Body::Recorded(Some(Frame::data(data)), incoming, recording()),
-                Err(frame) => Body::Recorded(Some(frame), incoming, recording()),
+                Ok(data) => Body::Recorded(Some(Frame::data(data)), Recording::new(incoming), 0),
+                Err(frame) => Body::Recorded(Some(frame), Recording::new(incoming), 0),
             },
         })
     }
@@ -125,7 +157,7 @@ impl Body {
     /// The recording of a [`Body::Recorded`].
     pub fn recording(&self) -> Option<Arc<Mutex<Recording>>> {
         match self {
-            Body::Recorded(_, _, r) => Some(r.clone()),
+            Body::Recorded(_, r, _) => Some(r.clone()),
             _ => None,
         }
     }
@@ -150,25 +182,32 @@ impl http_body::Body for Body {
             Body::Empty => Poll::Ready(None),
             Body::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(b) => Pin::new(b).poll_frame(cx),
-            Body::Recorded(first, rest, rec) => {
-                let next = match first.take() {
-                    Some(f) => Poll::Ready(Some(Ok(f))),
-                    None => Pin::new(&mut *rest).poll_frame(cx),
+            Body::Recorded(first, rec, generation) => {
+                let mut rec = rec.lock().unwrap_or_else(|p| p.into_inner());
+                if rec.generation != *generation {
+                    // Superseded by a resend: the rest is no longer ours.
+                    return Poll::Ready(None);
+                }
+                let (next, end) = match first.take() {
+                    Some(f) => (Poll::Ready(Some(Ok(f))), false),
+                    None => match rec.rest.as_mut() {
+                        None => (Poll::Ready(None), true),
+                        Some(rest) => (Pin::new(rest).poll_frame(cx), false),
+                    },
                 };
-                if let Poll::Ready(r) = &next {
-                    let mut rec = rec.lock().unwrap_or_else(|p| p.into_inner());
-                    match r {
-                        Some(Ok(f)) => {
-                            rec.record(Some(f));
-                            // Senders stop polling once `is_end_stream` says
-                            // so: the end must be noted now.
-                            if first.is_none() && rest.is_end_stream() {
-                                rec.record(None);
-                            }
+                // Senders stop polling once `is_end_stream` says so: the end
+                // must be noted with the last frame.
+                let ended = end || rec.rest.as_ref().is_none_or(|r| r.is_end_stream());
+                match &next {
+                    Poll::Ready(Some(Ok(f))) => {
+                        rec.record(Some(f));
+                        if ended {
+                            rec.record(None);
                         }
-                        Some(Err(_)) => rec.spoiled = true,
-                        None => rec.record(None),
                     }
+                    Poll::Ready(Some(Err(_))) => rec.spoiled = true,
+                    Poll::Ready(None) => rec.record(None),
+                    Poll::Pending => {}
                 }
                 next
             }
@@ -181,7 +220,11 @@ impl http_body::Body for Body {
             Body::Empty => true,
             Body::Bytes(b) => b.is_none(),
             Body::Incoming(b) => b.is_end_stream(),
-            Body::Recorded(first, rest, _) => first.is_none() && rest.is_end_stream(),
+            Body::Recorded(first, rec, generation) => {
+                let rec = rec.lock().unwrap_or_else(|p| p.into_inner());
+                rec.generation != *generation
+                    || (first.is_none() && rec.rest.as_ref().is_none_or(|r| r.is_end_stream()))
+            }
         }
     }
 

@@ -574,10 +574,17 @@ fn resend(
     if !never_processed(error) {
         return None;
     }
-    if let Some(rec) = recording.take() {
-        // From now on the recorded body is the template's.
-        let body = rec.lock().unwrap_or_else(|p| p.into_inner()).replay()?;
+    if let Some(rec) = recording.as_ref() {
+        let body = crate::body::Recording::resume(rec)?;
+        if body.try_clone().is_none() {
+            // Still streaming in: this attempt reads on from the recording.
+            let mut r = clone_request(template);
+            *r.body_mut() = body;
+            return Some(r);
+        }
+        // Whole: from now on the template carries it.
         *template.body_mut() = body;
+        *recording = None;
     }
     Some(clone_request(template))
 }
