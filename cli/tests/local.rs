@@ -432,6 +432,76 @@ fn a_part_that_keeps_crashing_shows_as_a_crash_loop() {
     assert!(detail.contains("exit status 7"), "{detail}");
 }
 
+/// `mp.v1.Handler/Handle` calls to a front, one after the other (20 ms
+/// apart), from a thread of their own until stopped.
+struct CallStream {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failures: Arc<std::sync::Mutex<Vec<String>>>,
+    caller: std::thread::JoinHandle<()>,
+}
+
+impl CallStream {
+    fn start(front: &str) -> CallStream {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let caller = {
+            let (stop, ok, failures, front) = (
+                stop.clone(),
+                ok.clone(),
+                failures.clone(),
+                front.to_string(),
+            );
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    // Bounded in count too: 20 ms apart, this is minutes.
+                    for _ in 0..20_000 {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let body = serde_json::json!({"n": 1});
+                        match mp_cli::health::call_json(&front, body, Duration::from_secs(10)).await
+                        {
+                            Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                            Err(e) => {
+                                failures.lock().unwrap().push(e.to_string());
+                                0
+                            }
+                        };
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                })
+            })
+        };
+        CallStream {
+            stop,
+            ok,
+            failures,
+            caller,
+        }
+    }
+
+    /// Stops the stream; asserts that no call failed and at least `min`
+    /// were answered.
+    fn finish_without_failures(self, min: usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.caller.join().unwrap();
+        let failures = self.failures.lock().unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} calls failed during the update: {failures:?}",
+            failures.len()
+        );
+        let ok = self.ok.load(Ordering::Relaxed);
+        assert!(ok >= min, "only {ok} calls");
+    }
+}
+
 #[test]
 fn redeploy_updates_with_no_failed_call_during_a_steady_stream() {
     let mp = Mp::new();
@@ -464,52 +534,15 @@ fn redeploy_updates_with_no_failed_call_during_a_steady_stream() {
     let before: Vec<u32> = mp.parts("rolling").iter().filter_map(|p| p.pid).collect();
 
     // A steady stream of calls from this process while the update runs.
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let caller = {
-        let (stop, ok, failures, front) =
-            (stop.clone(), ok.clone(), failures.clone(), front.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                while !stop.load(Ordering::Relaxed) {
-                    let body = serde_json::json!({"n": 1});
-                    match mp_cli::health::call_json(&front, body, Duration::from_secs(10)).await {
-                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                        Err(e) => {
-                            failures.lock().unwrap().push(e.to_string());
-                            0
-                        }
-                    };
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-        })
-    };
+    let stream = CallStream::start(&front);
     std::thread::sleep(Duration::from_millis(500));
     let out = deploy("2");
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    caller.join().unwrap();
+    stream.finish_without_failures(20);
 
     assert!(
         out.starts_with("updated rolling (local): 3 processes"),
         "{out}"
-    );
-    let failures = failures.lock().unwrap();
-    assert!(
-        failures.is_empty(),
-        "{} calls failed during the update: {failures:?}",
-        failures.len()
-    );
-    assert!(
-        ok.load(Ordering::Relaxed) >= 20,
-        "only {} calls",
-        ok.load(Ordering::Relaxed)
     );
 
     // The new replicas serve; the old ones are gone; the front stayed.
@@ -923,10 +956,18 @@ fn a_missing_data_plane_binary_is_a_clear_error_before_anything_starts() {
     }
 }
 
+/// The histogram's bins of a reply, and their sum (100 samples per leaf).
+fn histogram_sum(v: &Value) -> u64 {
+    let bins = v.as_array().unwrap_or_else(|| panic!("not an array: {v}"));
+    assert_eq!(bins.len(), 10, "{v}");
+    bins.iter().map(|b| b.as_u64().unwrap()).sum()
+}
+
 #[test]
 fn redeploying_a_scatter_replaces_its_leaves_and_keeps_its_front_port() {
     let mp = Mp::new();
     let leaf = example("histogram-leaf");
+    let merge = example("histogram-merge");
     let deploy = |shards: &str| {
         mp.ok(&[
             "deploy",
@@ -938,29 +979,40 @@ fn redeploying_a_scatter_replaces_its_leaves_and_keeps_its_front_port() {
             shards,
             "--leaf",
             path(&leaf),
-            "--reducer",
-            "json-array",
+            "--merge",
+            path(&merge),
             "--timeout",
             "60",
         ])
     };
     let first = deploy("2");
     let front = first.trim().rsplit(' ').next().unwrap().to_string();
-    assert_eq!(mp.call("resharded").as_array().unwrap().len(), 2);
-    let old: Vec<u32> = mp.parts("resharded").iter().filter_map(|p| p.pid).collect();
+    assert_eq!(histogram_sum(&mp.call("resharded")), 200);
+    let before = mp.parts("resharded");
+    let gather_pid = before.iter().find(|p| p.name == "gather").unwrap().pid;
+    let old: Vec<u32> = before
+        .iter()
+        .filter(|p| p.name != "gather")
+        .filter_map(|p| p.pid)
+        .collect();
 
+    // A steady stream of calls to the front while the shards change under it.
+    let stream = CallStream::start(&front);
+    std::thread::sleep(Duration::from_millis(500));
     let second = deploy("3");
+    std::thread::sleep(Duration::from_millis(500));
+    stream.finish_without_failures(20);
+
     assert!(
-        second.starts_with("updated resharded (local): 4 processes"),
+        second.starts_with("updated resharded (local): 5 processes"),
         "{second}"
     );
     assert!(
         second.trim().ends_with(&front),
         "the front moved: {first} then {second}"
     );
-    // The new gather fans out to the 3 new leaves.
-    let reply = mp.call("resharded");
-    assert_eq!(reply.as_array().unwrap().len(), 3, "{reply}");
+    // The same mp-gather fans out to the 3 new leaves and the new merger.
+    assert_eq!(histogram_sum(&mp.call("resharded")), 300);
     for pid in old {
         let deadline = Instant::now() + Duration::from_secs(15);
         while alive(pid) && Instant::now() < deadline {
@@ -968,6 +1020,16 @@ fn redeploying_a_scatter_replaces_its_leaves_and_keeps_its_front_port() {
         }
         assert!(!alive(pid), "old part {pid} still runs");
     }
-    let names: Vec<String> = mp.parts("resharded").into_iter().map(|p| p.name).collect();
-    assert_eq!(names, ["leaf-0", "leaf-1", "leaf-2", "gather"]);
+    let parts = mp.parts("resharded");
+    let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["leaf-0", "leaf-1", "leaf-2", "merge", "gather"]);
+    assert_eq!(parts[4].pid, gather_pid, "the same mp-gather keeps serving");
+    assert!(
+        std::fs::read_to_string(mp.services_dir().join("resharded/gather.shards"))
+            .unwrap()
+            .contains("merge 127.0.0.1:"),
+        "the shards file names the merger"
+    );
+    // Still the new topology after every old part is gone.
+    assert_eq!(histogram_sum(&mp.call("resharded")), 300);
 }

@@ -7,6 +7,7 @@
 //! <state dir>/services/<name>/desired.json   what should run (written by mp deploy)
 //!                             status.json    what runs (written by the supervisor)
 //!                             lb.backends    the replicas mp-lb follows (spread)
+//!                             gather.shards  the shards and merger mp-gather follows (scatter)
 //!                             logs/<part>.log
 //!                             logs/supervisor.log
 //! ```
@@ -15,9 +16,12 @@
 //! Deploying a name that exists starts the new generation's parts beside the
 //! old ones, waits until they are healthy, then moves the front over: for a
 //! spread, the same mp-lb keeps serving and is pointed at the new replicas
-//! through its backends file, so no call fails; a gather or a single handler
-//! front is restarted on the same port (a short gap). Old parts then get
-//! SIGTERM and drain.
+//! through its backends file; for a scatter, the same mp-gather keeps serving
+//! and is pointed at the new leaves and merger through its shards file (mp
+//! waits until its `mp_gather_topology_generation` metric shows the switch).
+//! No call fails. A single handler front, or a gather whose own flags change
+//! (reducer, policy), is restarted on the same port (a short gap). Old parts
+//! then get SIGTERM and drain.
 
 mod logs;
 mod proc;
@@ -47,6 +51,10 @@ pub const DEFAULT_DEPLOY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long mp-lb takes at most to see a changed backends file (it polls it
 /// every second), with a margin.
 const LB_FILE_SETTLE: Duration = Duration::from_millis(2500);
+
+/// How long mp-gather may take to switch to a rewritten shards file (it
+/// looks every 250 ms, then gives the new shards up to 5 s to connect).
+const GATHER_FILE_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a deploy or delete waits for another one of the same service.
 const LOCK_WAIT: Duration = Duration::from_secs(120);
@@ -224,14 +232,102 @@ impl Addressing for LocalAddressing<'_> {
     }
 }
 
-/// Whether this mp-lb follows a backends file (`--backends-file`).
-fn lb_follows_file(lb: &Path) -> bool {
-    Command::new(lb)
+/// Whether this mp-lb or mp-gather follows a file: its help names `flag`
+/// (`--backends-file`, `--shards-file`).
+fn follows_file(program: &Path, flag: &str) -> bool {
+    Command::new(program)
         .arg("--help")
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--backends-file"))
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(flag))
+}
+
+/// The file the front of `front` follows, in `dir`: mp-lb's backends file or
+/// mp-gather's shards file; `None` for a handler front.
+fn front_file(dir: &ServiceDir, front: &Front) -> Option<PathBuf> {
+    match front {
+        Front::Lb { .. } => Some(dir.backends()),
+        Front::Gather { .. } => Some(dir.shards()),
+        Front::Handler => None,
+    }
+}
+
+/// What the front's file says for `front`.
+fn front_file_text(front: &Front) -> Option<String> {
+    match front {
+        Front::Lb { backends } => Some(backends_text(backends)),
+        Front::Gather { shards, merge, .. } => Some(shards_text(shards, merge.as_deref())),
+        Front::Handler => None,
+    }
+}
+
+/// mp-gather's arguments with the `--shard` and `--merge` flags replaced by
+/// `--shards-file`.
+fn gather_args_with_file(args: &[String], file: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--shard" || a == "--merge" {
+            it.next();
+        } else {
+            out.push(a.clone());
+        }
+    }
+    out.extend(["--shards-file".to_string(), file.display().to_string()]);
+    out
+}
+
+fn shards_text(shards: &[Vec<String>], merge: Option<&str>) -> String {
+    let mut s = String::from(
+        "# Written by mp: the shards this mp-gather scatters to, in order, one line each\n\
+         # (its replicas comma-separated), and the merger.\n",
+    );
+    for replicas in shards {
+        s.push_str(&replicas.join(","));
+        s.push('\n');
+    }
+    if let Some(m) = merge {
+        s.push_str(&format!("merge {m}\n"));
+    }
+    s
+}
+
+/// Arguments without the `--admin ADDR` pair (a new deployment gets a new
+/// admin port, which alone does not need a new front).
+fn without_admin(args: &[String]) -> Vec<&String> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--admin" {
+            it.next();
+        } else {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// The value of the gauge or counter `name` (without labels) on the admin
+/// endpoint `addr`'s `/metrics`, if it answers in time.
+async fn admin_metric(addr: &str, name: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: mp\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut text = Vec::new();
+        let _ = s.take(4 << 20).read_to_end(&mut text).await;
+        let text = String::from_utf8_lossy(&text);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// mp-lb's arguments with the `--backend` flags replaced by `--backends-file`.
@@ -282,7 +378,7 @@ impl LocalRunner {
         plan: &ServicePlan,
         generation: u64,
         cwd: &Path,
-        lb_file: Option<&Path>,
+        front_file: Option<&Path>,
     ) -> Result<Vec<Instance>, RunnerError> {
         let mut out = Vec::new();
         for part in &plan.parts {
@@ -309,8 +405,9 @@ impl LocalRunner {
                             beside,
                         }
                     })?;
-                    let args = match (binary, lb_file) {
+                    let args = match (binary, front_file) {
                         (DataPlane::MpLb, Some(file)) => lb_args_with_file(args, file),
+                        (DataPlane::MpGather, Some(file)) => gather_args_with_file(args, file),
                         _ => args.clone(),
                     };
                     (path, args)
@@ -514,16 +611,18 @@ impl LocalRunner {
         dir: &ServiceDir,
         plan: &ServicePlan,
         cwd: PathBuf,
-        lb_file: bool,
+        follows: bool,
         progress: &dyn Progress,
     ) -> Result<Deployed, RunnerError> {
         let name = plan.name();
-        let instances =
-            self.instances(plan, 1, &cwd, lb_file.then(|| dir.backends()).as_deref())?;
+        let file = follows
+            .then(|| front_file(dir, &plan.front_config))
+            .flatten();
+        let instances = self.instances(plan, 1, &cwd, file.as_deref())?;
         std::fs::create_dir_all(dir.logs())
             .map_err(|e| RunnerError::io(format!("cannot create {}", dir.root.display()), e))?;
-        if let (true, Front::Lb { backends }) = (lb_file, &plan.front_config) {
-            state::write_atomic(&dir.backends(), backends_text(backends).as_bytes())?;
+        if let (Some(file), Some(text)) = (&file, front_file_text(&plan.front_config)) {
+            state::write_atomic(file, text.as_bytes())?;
         }
         let front = plan.front_part().endpoint.reach.to_string();
         // The handler parts first, the front once they are healthy: it then
@@ -584,17 +683,15 @@ impl LocalRunner {
         plan: &ServicePlan,
         old: Desired,
         cwd: PathBuf,
-        lb_file: bool,
+        follows: bool,
         progress: &dyn Progress,
     ) -> Result<Deployed, RunnerError> {
         let name = plan.name();
         let generation = old.generation + 1;
-        let new = self.instances(
-            plan,
-            generation,
-            &cwd,
-            lb_file.then(|| dir.backends()).as_deref(),
-        )?;
+        let file = follows
+            .then(|| front_file(dir, &plan.front_config))
+            .flatten();
+        let new = self.instances(plan, generation, &cwd, file.as_deref())?;
         let (new_front, new_rest): (Vec<Instance>, Vec<Instance>) =
             new.into_iter().partition(|i| i.part.name == plan.front);
         let old_front: Vec<Instance> = old
@@ -604,13 +701,25 @@ impl LocalRunner {
             .cloned()
             .collect();
         // The running mp-lb can stay if it follows the backends file and
-        // listens where the new one would.
-        let keep_front = lb_file
-            && matches!(old.plan.front_config, Front::Lb { .. })
-            && old.plan.front_part().endpoint.listen == plan.front_part().endpoint.listen
-            && old_front
-                .iter()
-                .all(|i| i.args.iter().any(|a| a == "--backends-file"));
+        // listens where the new one would; the running mp-gather can stay if
+        // it follows the shards file and its other flags (reducer, policy)
+        // are the new ones.
+        let same_listen =
+            old.plan.front_part().endpoint.listen == plan.front_part().endpoint.listen;
+        let keep_front = follows
+            && same_listen
+            && match (&old.plan.front_config, &plan.front_config) {
+                (Front::Lb { .. }, Front::Lb { .. }) => old_front
+                    .iter()
+                    .all(|i| i.args.iter().any(|a| a == "--backends-file")),
+                (Front::Gather { .. }, Front::Gather { .. }) => {
+                    old_front.len() == 1
+                        && new_front.len() == 1
+                        && old_front[0].args.iter().any(|a| a == "--shards-file")
+                        && without_admin(&old_front[0].args) == without_admin(&new_front[0].args)
+                }
+                _ => false,
+            };
         let front = plan.front_part().endpoint.reach.to_string();
         progress.note(name, &format!("updating to generation {generation}"));
 
@@ -638,11 +747,16 @@ impl LocalRunner {
         let mut final_plan = plan.clone();
         let mut instances = new_rest.clone();
         if keep_front {
-            if let Front::Lb { backends } = &plan.front_config {
-                state::write_atomic(&dir.backends(), backends_text(backends).as_bytes())?;
+            if let Front::Gather { .. } = &plan.front_config {
+                self.switch_gather(&old, file.as_deref(), plan, progress)
+                    .await?;
+            } else {
+                if let (Some(file), Some(text)) = (&file, front_file_text(&plan.front_config)) {
+                    state::write_atomic(file, text.as_bytes())?;
+                }
+                progress.note(name, "mp-lb now balances over the new replicas");
+                tokio::time::sleep(LB_FILE_SETTLE).await;
             }
-            progress.note(name, "mp-lb now balances over the new replicas");
-            tokio::time::sleep(LB_FILE_SETTLE).await;
             instances.extend(old_front.iter().cloned());
             // The plan records the mp-lb that keeps running.
             if let Some(p) = final_plan.parts.iter_mut().find(|p| p.name == plan.front) {
@@ -692,6 +806,63 @@ impl LocalRunner {
             front,
             updated: true,
         })
+    }
+
+    /// Rewrites the shards file of the running mp-gather (the front of
+    /// `old`) for `plan` and waits until it uses it: its
+    /// `mp_gather_topology_generation` metric grows. Without an answer from
+    /// its admin endpoint, waits the longest switch time instead.
+    async fn switch_gather(
+        &self,
+        old: &Desired,
+        file: Option<&Path>,
+        plan: &ServicePlan,
+        progress: &dyn Progress,
+    ) -> Result<(), RunnerError> {
+        const METRIC: &str = "mp_gather_topology_generation";
+        let name = plan.name();
+        let (Some(file), Some(text)) = (file, front_file_text(&plan.front_config)) else {
+            return Ok(());
+        };
+        let admin = old
+            .plan
+            .front_part()
+            .endpoint
+            .admin
+            .as_ref()
+            .map(|a| a.to_string());
+        let before = match &admin {
+            Some(a) => admin_metric(a, METRIC).await,
+            None => None,
+        };
+        let unchanged = std::fs::read_to_string(file).is_ok_and(|t| t == text);
+        state::write_atomic(file, text.as_bytes())?;
+        if unchanged {
+            // Same shards and merger (e.g. only the leaves' ports were kept):
+            // nothing for mp-gather to switch.
+            return Ok(());
+        }
+        let (Some(admin), Some(before)) = (admin, before) else {
+            tokio::time::sleep(GATHER_FILE_WAIT).await;
+            progress.note(name, "mp-gather now scatters to the new leaves");
+            return Ok(());
+        };
+        let deadline = Instant::now() + GATHER_FILE_WAIT;
+        loop {
+            if admin_metric(&admin, METRIC)
+                .await
+                .is_some_and(|g| g > before)
+            {
+                progress.note(name, "mp-gather now scatters to the new leaves");
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(RunnerError::Other(format!(
+                    "mp-gather of {name} did not switch to the new shards within {GATHER_FILE_WAIT:?}: see `mp logs {name} --role gather`; the new leaves keep running"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn health_of(
@@ -779,18 +950,22 @@ impl Runner for LocalRunner {
         }
 
         // Everything that can be checked is checked before anything starts.
-        let lb_file = match &plan.front_config {
-            Front::Lb { .. } => {
-                let lb =
-                    proc::find_data_plane(DataPlane::MpLb.binary_name()).map_err(|beside| {
-                        RunnerError::MissingDataPlane {
-                            program: DataPlane::MpLb.binary_name().into(),
-                            beside,
-                        }
-                    })?;
-                lb_follows_file(&lb)
+        let (binary, flag) = match &plan.front_config {
+            Front::Lb { .. } => (Some(DataPlane::MpLb), "--backends-file"),
+            Front::Gather { .. } => (Some(DataPlane::MpGather), "--shards-file"),
+            Front::Handler => (None, ""),
+        };
+        let follows = match binary {
+            Some(binary) => {
+                let program = proc::find_data_plane(binary.binary_name()).map_err(|beside| {
+                    RunnerError::MissingDataPlane {
+                        program: binary.binary_name().into(),
+                        beside,
+                    }
+                })?;
+                follows_file(&program, flag)
             }
-            _ => false,
+            None => false,
         };
         self.instances(plan, 0, &cwd, None)?;
         let listen = &plan.front_part().endpoint.listen;
@@ -810,9 +985,9 @@ impl Runner for LocalRunner {
         }
 
         match old {
-            None => self.deploy_new(&dir, plan, cwd, lb_file, progress).await,
+            None => self.deploy_new(&dir, plan, cwd, follows, progress).await,
             Some(old) => {
-                self.deploy_update(&dir, plan, old, cwd, lb_file, progress)
+                self.deploy_update(&dir, plan, old, cwd, follows, progress)
                     .await
             }
         }

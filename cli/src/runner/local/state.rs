@@ -119,6 +119,11 @@ impl ServiceDir {
         self.root.join("lb.backends")
     }
 
+    /// The shards file mp-gather follows.
+    pub fn shards(&self) -> PathBuf {
+        self.root.join("gather.shards")
+    }
+
     /// Reads `desired.json`; `None` if there is none.
     pub fn read_desired(&self) -> Result<Option<Desired>, RunnerError> {
         read_json(&self.desired())

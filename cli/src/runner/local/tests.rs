@@ -83,6 +83,52 @@ fn mp_lb_follows_a_file_instead_of_backend_flags() {
 }
 
 #[test]
+fn mp_gather_follows_a_file_instead_of_shard_and_merge_flags() {
+    let args: Vec<String> = [
+        "--listen",
+        "127.0.0.1:1",
+        "--shard",
+        "127.0.0.1:2",
+        "--shard",
+        "127.0.0.1:3,127.0.0.1:4",
+        "--merge",
+        "127.0.0.1:5",
+        "--policy",
+        "all",
+        "--admin",
+        "127.0.0.1:6",
+    ]
+    .map(String::from)
+    .to_vec();
+    let with_file = gather_args_with_file(&args, Path::new("/s/gather.shards"));
+    assert_eq!(
+        with_file.join(" "),
+        "--listen 127.0.0.1:1 --policy all --admin 127.0.0.1:6 --shards-file /s/gather.shards"
+    );
+    let shards = vec![
+        vec!["127.0.0.1:2".to_string()],
+        vec!["127.0.0.1:3".to_string(), "127.0.0.1:4".to_string()],
+    ];
+    let text = shards_text(&shards, Some("127.0.0.1:5"));
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        lines,
+        [
+            "127.0.0.1:2",
+            "127.0.0.1:3,127.0.0.1:4",
+            "merge 127.0.0.1:5"
+        ]
+    );
+    assert!(!shards_text(&shards, None)
+        .lines()
+        .any(|l| l.starts_with("merge")));
+    // A new admin port alone does not make a new front.
+    let mut moved = with_file.clone();
+    moved[5] = "127.0.0.1:7".into();
+    assert_eq!(without_admin(&with_file), without_admin(&moved));
+}
+
+#[test]
 fn programs_resolve_like_a_shell_and_say_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
     assert!(proc::resolve_program("sh", dir.path()).is_ok());
