@@ -105,7 +105,7 @@ impl Args {
     /// give. Fails when there are no shards or the file is not usable.
     pub fn topology(&self) -> Result<crate::topology::TopologySpec, String> {
         if let Some(path) = &self.shards_file {
-            return crate::topology::read(path);
+            return crate::topology::read(path).map(|(spec, _)| spec);
         }
         Ok(crate::topology::TopologySpec {
             shards: self.shard_specs()?,

@@ -54,7 +54,6 @@ use crate::hedge::Budget;
 use crate::metrics::Metrics;
 use crate::reflect::Reflection;
 use crate::server::GatherService;
-use crate::shard::Replica;
 use crate::topology::{Builder, TopologySpec};
 
 /// Why mp-gather cannot start.
@@ -126,12 +125,16 @@ pub async fn run(
     metrics.register(&mut registry);
     // Per-replica request, status, latency and health metrics of the pools.
     let pool_metrics = PoolMetrics::register(registry.sub_registry_with_prefix("mp_gather_leaf"));
-    let spec = args.topology().map_err(Error::Config)?;
+    // With a shards file, the text read is what the file watcher compares
+    // with: it is read once, so a change in between is not missed.
+    let (spec, applied) = match &args.shards_file {
+        Some(path) => topology::read(path).map_err(Error::Config)?,
+        None => (args.topology().map_err(Error::Config)?, String::new()),
+    };
     let (gather, builder) = build(&args, &spec, metrics, &pool_metrics)?;
     let gather = Arc::new(gather);
     // With a shards file, a task follows it; it ends with the server.
     let follow = args.shards_file.as_ref().map(|path| {
-        let applied = std::fs::read_to_string(path).unwrap_or_default();
         info!(file = %path.display(), "following the shards file");
         tokio::spawn(topology::watch(
             path.clone(),
@@ -149,14 +152,7 @@ pub async fn run(
         HealthService::from_health_reporter(reporter.clone()),
     );
     // Reflection questions about other protos go to shard 0's first replica
-    // (of the topology mp-gather started with).
-    let first = spec.shards[0].replicas[0].clone();
-    let upstream = Replica::new(&first, &mp_sidecar::addr::Resolver::system())
-        .map_err(|source| Error::Endpoint {
-            addr: first.clone(),
-            source,
-        })?
-        .channel;
+    // of the current topology.
     let reflection = Reflection::new(
         &[
             mp_proto::FILE_DESCRIPTOR_SET,
@@ -170,8 +166,9 @@ pub async fn run(
             "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection",
         ],
-        Some(upstream),
-    )?;
+        None,
+    )?
+    .following(gather.clone());
     let service = GatherService::new(gather.clone(), health, &reflection);
 
     let state = AdminState::new(registry);

@@ -34,6 +34,9 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Reflection {
     local: Arc<Local>,
     upstream: Option<Channel>,
+    /// When set, questions go to the leaf its current topology names
+    /// instead of `upstream`.
+    follow: Option<Arc<crate::gather::Gather>>,
 }
 
 #[derive(Debug, Default)]
@@ -87,7 +90,15 @@ impl Reflection {
         Ok(Reflection {
             local: Arc::new(local),
             upstream,
+            follow: None,
         })
+    }
+
+    /// Asks the leaf of `gather`'s current topology (shard 0's first
+    /// replica) instead of a fixed one: it follows a changed shards file.
+    pub fn following(mut self, gather: Arc<crate::gather::Gather>) -> Self {
+        self.follow = Some(gather);
+        self
     }
 
     /// The `grpc.reflection.v1` service.
@@ -109,7 +120,12 @@ impl Reflection {
         let (tx, rx) = mpsc::channel(4);
         let this = self.clone();
         tokio::spawn(async move {
-            let mut upstream = Upstream::new(this.upstream.clone());
+            // One reflection stream asks one leaf, the one named when it began.
+            let channel = match &this.follow {
+                Some(g) => g.topology.load().reflection.clone(),
+                None => this.upstream.clone(),
+            };
+            let mut upstream = Upstream::new(channel);
             // Ends when the client closes its side or goes away.
             while let Some(Ok(q)) = incoming.next().await {
                 let answer = this.answer(recode(&q), &mut upstream).await;

@@ -49,6 +49,9 @@ pub struct Topology {
     pub shards: Box<[Shard]>,
     /// How outcomes become one answer.
     pub merge: Merge,
+    /// Shard 0's first replica, which reflection questions about other
+    /// protos are forwarded to (connected on first use).
+    pub reflection: Option<tonic::transport::Channel>,
 }
 
 /// What a topology is made of, as given on the command line or in a shards
@@ -99,11 +102,12 @@ pub fn parse(text: &str) -> Result<TopologySpec, String> {
     Ok(TopologySpec { shards, merge })
 }
 
-/// Reads and parses a shards file.
-pub fn read(path: &Path) -> Result<TopologySpec, String> {
+/// Reads and parses a shards file; also returns the text read.
+pub fn read(path: &Path) -> Result<(TopologySpec, String), String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the shards file {}: {e}", path.display()))?;
-    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    let spec = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((spec, text))
 }
 
 /// What building a topology needs besides its spec.
@@ -175,9 +179,16 @@ impl Builder {
             }
             None => Merge::Reducer(self.reducer),
         };
+        let reflection = spec
+            .shards
+            .first()
+            .and_then(|s| s.replicas.first())
+            .and_then(|a| Replica::new(a, &self.resolver).ok())
+            .map(|r| r.channel);
         Ok(Topology {
             shards: shards.into_boxed_slice(),
             merge,
+            reflection,
         })
     }
 }

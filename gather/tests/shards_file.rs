@@ -257,3 +257,34 @@ fn a_missing_or_bad_shards_file_at_startup_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_follows_the_shards_file_to_the_new_shard_0() {
+    let dir = std::env::temp_dir().join(format!("mp-gather-reflect-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("catalog.shards");
+    let old = catalog_leaf(0, &["red apple"]).await;
+    write_file(&file, &format!("{}\n", old.addr()));
+    let g = GatherProc::start_with(&args(&["--shards-file", file.to_str().unwrap()]), true);
+    g.wait_healthy(1);
+    let t = g.addr.to_string();
+    let d = grpcurl_ok(&["-plaintext", &t, "describe", "demo.catalog.v1.Catalog"]);
+    assert!(d.contains("rpc Search"), "{d}");
+
+    let new = catalog_leaf(0, &["blue plum"]).await;
+    write_file(&file, &format!("{}\n", new.addr()));
+    assert!(eventually(Duration::from_secs(10), || generation(&g) == Some(2)).await);
+    // Only the new leaf is left to answer questions about its proto.
+    drop(old);
+    let d = grpcurl_ok(&["-plaintext", &t, "describe", "demo.catalog.v1.SearchReply"]);
+    assert!(d.contains("message SearchReply"), "{d}");
+    let out = grpcurl_ok(&[
+        "-plaintext",
+        "-d",
+        r#"{"query": "plum"}"#,
+        &t,
+        "demo.catalog.v1.Catalog/Search",
+    ]);
+    assert!(out.contains("blue plum"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
