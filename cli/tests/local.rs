@@ -1033,3 +1033,58 @@ fn redeploying_a_scatter_replaces_its_leaves_and_keeps_its_front_port() {
     // Still the new topology after every old part is gone.
     assert_eq!(histogram_sum(&mp.call("resharded")), 300);
 }
+
+#[test]
+fn redeploying_a_scatter_with_another_reducer_restarts_its_gather_on_the_new_leaves() {
+    let mp = Mp::new();
+    let leaf = example("histogram-leaf");
+    let deploy = |shards: &str, reducer: &str| {
+        mp.ok(&[
+            "deploy",
+            "--pattern",
+            "scatter",
+            "--name",
+            "rereduced",
+            "--shards",
+            shards,
+            "--leaf",
+            path(&leaf),
+            "--reducer",
+            reducer,
+            "--timeout",
+            "60",
+        ])
+    };
+    deploy("2", "json-array");
+    assert_eq!(mp.call("rereduced").as_array().unwrap().len(), 2);
+    let before = mp.parts("rereduced");
+    let old: Vec<u32> = before.iter().filter_map(|p| p.pid).collect();
+
+    // Another reducer is another mp-gather command line: a new gather on
+    // the same port, which must find the new leaves in its shards file.
+    let out = deploy("3", "first");
+    assert!(
+        out.starts_with("updated rereduced (local): 4 processes"),
+        "{out}"
+    );
+    for pid in &old {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while alive(*pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!alive(*pid), "old part {pid} still runs");
+    }
+    let shards =
+        std::fs::read_to_string(mp.services_dir().join("rereduced/gather.shards")).unwrap();
+    let lines: Vec<&str> = shards.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(lines.len(), 3, "{shards}");
+    // `first`: one leaf's reply, from a leaf that runs now.
+    let reply = mp.call("rereduced");
+    assert!(reply.is_array() || reply.is_object(), "{reply}");
+    let gather = mp.parts("rereduced");
+    let gather = gather.iter().find(|p| p.name == "gather").unwrap();
+    assert!(
+        !old.contains(&gather.pid.unwrap()),
+        "the gather was not replaced"
+    );
+}

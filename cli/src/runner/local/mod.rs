@@ -772,6 +772,11 @@ impl LocalRunner {
             dir.write_desired(&gap)?;
             let ids: Vec<String> = old_front.iter().map(|i| i.id.clone()).collect();
             self.wait_gone(dir, &ids).await;
+            // The new front follows the file from its start: it must name
+            // the new parts already.
+            if let (Some(file), Some(text)) = (&file, front_file_text(&plan.front_config)) {
+                state::write_atomic(file, text.as_bytes())?;
+            }
             instances.extend(new_front.iter().cloned());
         }
 
