@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use futures::StreamExt;
 
 use crate::health;
-use crate::ops::{self, LinePrinter};
+use crate::ops;
 use crate::plan::Role;
 use crate::runner::{self, LogOptions, NoProgress, RunnerError, RunnerKind, ServiceStatus};
 use crate::topology::{PatternKind, Policy, Program, Reducer, ServiceSpec, Topology};
@@ -309,24 +309,7 @@ async fn deploy(a: DeployArgs) -> Result<(), CmdError> {
                 .deploy_timeout(Duration::from_secs(a.timeout)),
         ),
     };
-    let plan = ops::make_plan(&*runner, &topology)?;
-    if a.dry_run {
-        for sp in &plan.services {
-            print!("{sp}");
-        }
-        return Ok(());
-    }
-    let progress = LinePrinter::for_plan(&plan);
-    for d in ops::deploy(&*runner, &plan, &progress).await? {
-        println!(
-            "{} {} ({}): {} processes, front at {}",
-            if d.updated { "updated" } else { "deployed" },
-            d.name,
-            runner.kind(),
-            d.parts,
-            d.front
-        );
-    }
+    ops::deploy_and_report(&*runner, &topology, a.dry_run).await?;
     Ok(())
 }
 

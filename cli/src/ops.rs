@@ -88,6 +88,38 @@ pub async fn deploy(
     Ok(done)
 }
 
+/// What `mp deploy` does with a topology, for the CLI and for topology as
+/// code alike: plans it for `runner`, then either prints the plan on stdout
+/// (`dry_run`; nothing starts) or deploys it with progress lines on stderr and
+/// one line per deployed service on stdout. Returns what was deployed (nothing
+/// on a dry run).
+pub async fn deploy_and_report(
+    runner: &dyn Runner,
+    topology: &Topology,
+    dry_run: bool,
+) -> Result<Vec<Deployed>, RunnerError> {
+    let plan = make_plan(runner, topology)?;
+    if dry_run {
+        for sp in &plan.services {
+            print!("{sp}");
+        }
+        return Ok(Vec::new());
+    }
+    let progress = LinePrinter::for_plan(&plan);
+    let done = deploy(runner, &plan, &progress).await?;
+    for d in &done {
+        println!(
+            "{} {} ({}): {} processes, front at {}",
+            if d.updated { "updated" } else { "deployed" },
+            d.name,
+            runner.kind(),
+            d.parts,
+            d.front
+        );
+    }
+    Ok(done)
+}
+
 /// The plan of `topology` with `runner`'s addresses.
 pub fn make_plan(runner: &dyn Runner, topology: &Topology) -> Result<Plan, RunnerError> {
     let mut addressing = runner.addressing();

@@ -32,7 +32,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use mp_cli::ops::{self, LinePrinter};
+use mp_cli::ops;
 use mp_cli::runner::{self, NoProgress, RunnerKind};
 use mp_cli::topology::{PatternKind, Program, ServiceSpec, Topology};
 
@@ -338,23 +338,7 @@ impl Service {
             .map_err(|e| DeployError::Other(format!("cannot find this program's path: {e}")))?;
         let topology = self.topology(&exe)?;
         let runner = runner::connect(kind).await?;
-        let plan = ops::make_plan(&*runner, &topology)?;
-        if dry_run {
-            for sp in &plan.services {
-                print!("{sp}");
-            }
-            return Ok(());
-        }
-        let progress = LinePrinter::for_plan(&plan);
-        for d in ops::deploy(&*runner, &plan, &progress).await? {
-            println!(
-                "{} {} ({}): {} processes, front at {}",
-                if d.updated { "updated" } else { "deployed" },
-                d.name,
-                runner.kind(),
-                d.parts,
-                d.front
-            );
+        for d in ops::deploy_and_report(&*runner, &topology, dry_run).await? {
             let prog = exe.file_name().map(|f| f.to_string_lossy().into_owned());
             println!(
                 "call it: {} call  (or: mp call {}; grpcurl -plaintext -d '{{\"body\":{{\"json\":{{\"foo\":\"bar\"}}}}}}' {} mp.v1.Handler/Handle)",
