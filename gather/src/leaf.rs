@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use mp_sidecar::body::Body;
 use mp_sidecar::grpc;
-use mp_sidecar::pool::Endpoint;
+use mp_sidecar::pool::{self, Endpoint};
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
@@ -137,6 +137,12 @@ async fn send(
             Err(mut e) => match e.take_message() {
                 // Never written: safe to send to another replica.
                 Some(r) => req = r,
+                // Written, but refused unprocessed (REFUSED_STREAM, beyond a
+                // GOAWAY: a replica shutting down): the body is in memory, so
+                // the same call goes to another replica, as the pool does.
+                None if pool::never_processed(e.error()) => {
+                    req = out.request(shard, deadline);
+                }
                 None => {
                     ep.record(grpc::code::UNAVAILABLE, Duration::ZERO);
                     return Err(Status::unavailable(format!(

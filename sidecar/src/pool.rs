@@ -551,7 +551,7 @@ const MAX_ATTEMPTS: usize = 8;
 /// True when the backend says it did not process the stream: REFUSED_STREAM,
 /// or a GOAWAY whose last stream is below ours. Such a request may be sent
 /// elsewhere whatever its method.
-fn never_processed(e: &hyper::Error) -> bool {
+pub fn never_processed(e: &hyper::Error) -> bool {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(h2) = s.downcast_ref::<h2::Error>() {
