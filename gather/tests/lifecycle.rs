@@ -151,3 +151,51 @@ async fn sigterm_finishes_calls_in_flight_then_exits_zero() {
     let status = status.expect("mp-gather exited after SIGTERM");
     assert!(status.success(), "exit status {status}");
 }
+
+/// A replica stopped gracefully (SIGTERM: it sends GOAWAY, refuses new
+/// streams and finishes what it has) while calls flow: the calls it refused
+/// unprocessed go to the shard's other replica, so none fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stopped_gracefully_under_load_fails_no_call() {
+    let slow = [("MP_DELAY_MS", "5")];
+    let mut r0 = example("faulty", &slow);
+    let r1 = example("faulty", &slow);
+    let g = GatherProc::start_with(
+        &args(&["--shard", &format!("{},{}", r0.addr(), r1.addr())]),
+        true,
+    );
+    g.wait_healthy(2);
+    let stop_at = tokio::time::Instant::now() + Duration::from_millis(1500);
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let mut c = g.client().await;
+        load.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while tokio::time::Instant::now() < stop_at {
+                match call(&mut c, json!({"n": 1})).await {
+                    Ok(_) => ok += 1,
+                    Err(s) => failed.push(s),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    r0.child.signal("TERM");
+    let (mut ok, mut failed) = (0, Vec::new());
+    for t in load {
+        let (o, f) = t.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed, first: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        failed.first()
+    );
+    assert!(ok > 50, "only {ok} calls made it");
+    let exited = r0.child.wait_timeout(Duration::from_secs(10));
+    assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
+}
