@@ -7,9 +7,11 @@
 //! |---|---|
 //! | `MP_DELAY_MS` | sleep this many milliseconds before answering |
 //! | `MP_DELAY_SHARD` | only delay when `MP_SHARD` is this shard |
+//! | `MP_DELAY_FILE` | only delay while this file exists (a test turns the slowness on and off while the process runs) |
 //! | `MP_FAIL_CODE` | answer with this gRPC status instead: a number (`14`) or a name (`UNAVAILABLE`) |
 //! | `MP_FAIL_MESSAGE` | the status message (default `injected failure`) |
 //! | `MP_FAIL_SHARD` | only fail when `MP_SHARD` is this shard |
+//! | `MP_TAG` | add `"tag": VALUE` to the reply, to tell processes apart (e.g. the replicas of a shard, which share host and port on different IPs) |
 //!
 //! The delay comes first, then the failure, so a slow failure is
 //! `MP_DELAY_MS=500 MP_FAIL_CODE=UNAVAILABLE`. A knob set to something
@@ -23,7 +25,10 @@ use std::time::Duration;
 #[derive(Debug, Default)]
 struct Faulty {
     delay: Option<Duration>,
+    /// Delay only while this file exists.
+    delay_file: Option<std::path::PathBuf>,
     fail: Option<(Code, String)>,
+    tag: Option<String>,
 }
 
 impl Faulty {
@@ -51,6 +56,8 @@ impl Faulty {
                 faulty.delay = Some(Duration::from_millis(ms));
             }
         }
+        faulty.delay_file = var("MP_DELAY_FILE").map(Into::into);
+        faulty.tag = var("MP_TAG");
         if let Some(v) = var("MP_FAIL_CODE") {
             let code = parse_code(&v).ok_or_else(|| {
                 format!("MP_FAIL_CODE={v:?} is not a gRPC status code (1-16 or a name such as UNAVAILABLE)")
@@ -67,17 +74,25 @@ impl Faulty {
 impl Handler for Faulty {
     async fn handle(&self, request: Request) -> mp_sdk::Result<Reply> {
         if let Some(delay) = self.delay {
-            tokio::time::sleep(delay).await;
+            // Looked at per call: the test creates or removes it at run time.
+            let on = self.delay_file.as_ref().is_none_or(|f| f.exists());
+            if on {
+                tokio::time::sleep(delay).await;
+            }
         }
         if let Some((code, message)) = &self.fail {
             return Err(Error::new(*code, message.clone()));
         }
         let env = mp_sdk::env();
         let body = request.body.as_ref().map(|b| b.to_json()).transpose()?;
-        mp_sdk::reply_json(&json!({
+        let mut reply = json!({
             "request": body.unwrap_or_default(),
             "server": format!("{}:{}", env.hostname, env.port.unwrap_or_default()),
-        }))
+        });
+        if let Some(tag) = &self.tag {
+            reply["tag"] = json!(tag);
+        }
+        mp_sdk::reply_json(&reply)
     }
 }
 
@@ -104,6 +119,6 @@ async fn main() -> Result<(), mp_sdk::ServeError> {
             std::process::exit(2);
         }
     };
-    tracing::info!(?faulty.delay, ?faulty.fail, "faults to inject");
+    tracing::info!(?faulty.delay, ?faulty.delay_file, ?faulty.fail, "faults to inject");
     mp_sdk::serve(faulty).await
 }

@@ -45,6 +45,12 @@ pub struct Args {
     #[arg(long = "shards", value_name = "N", requires = "shard_dns")]
     pub shard_count: Option<usize>,
 
+    /// Ask this DNS server (IP:PORT, plain UDP/TCP) for the shards' host
+    /// names instead of the servers in /etc/resolv.conf; /etc/hosts is not
+    /// read then. For tests, and for sidecars whose resolv.conf is wrong.
+    #[arg(long, value_name = "ADDR")]
+    pub dns_server: Option<SocketAddr>,
+
     /// Address of a user merger (`mp.v1.Merger/Merge`) that combines the
     /// shards' outcomes.
     #[arg(long, value_name = "ADDR", conflicts_with = "reducer")]
@@ -323,6 +329,10 @@ mod tests {
         ])
         .is_err());
         assert!(Args::try_parse_from(["mp-gather", "--shard-dns", "x-{i}:1"]).is_err());
+        let a = Args::try_parse_from(["mp-gather", "--shard", "a:1", "--dns-server", "127.0.0.1:53"])
+            .unwrap();
+        assert_eq!(a.dns_server, Some("127.0.0.1:53".parse().unwrap()));
+        assert!(Args::try_parse_from(["mp-gather", "--shard", "a:1", "--dns-server", "ns1"]).is_err());
     }
 
     #[test]

@@ -154,7 +154,14 @@ async fn send(
             },
         }
     }
-    Err(Status::unavailable(shard.pool.describe()))
+    // A name that does not resolve leaves the pool empty: say so, naming it.
+    let mut why = shard.pool.describe();
+    if shard.pool.endpoints().is_empty() {
+        if let Some(note) = shard.unresolved().await {
+            why = format!("{why}; {note}");
+        }
+    }
+    Err(Status::unavailable(why))
 }
 
 /// The reply message of a leaf's response, or its status.

@@ -95,7 +95,10 @@ pub fn build(
         percentile,
         metrics: metrics.clone(),
         pool_metrics: pool_metrics.clone(),
-        resolver: mp_sidecar::addr::Resolver::system(),
+        resolver: match args.dns_server {
+            Some(server) => mp_sidecar::addr::Resolver::with_nameserver(server),
+            None => mp_sidecar::addr::Resolver::system(),
+        },
     };
     let topology = builder.build(spec)?;
     let gather = Gather {

@@ -120,6 +120,13 @@ pub struct Shard {
     pub window: LatencyWindow,
     /// Metric handles.
     pub metrics: ShardMetrics,
+    /// The replicas given as host names (not IP literals), to say why the
+    /// pool is empty when they do not resolve.
+    names: Vec<HostPort>,
+    resolver: Resolver,
+    /// The last [`Shard::unresolved`] answer and when it was found: failing
+    /// calls ask the DNS server at most once a second, whatever the rate.
+    unresolved: Mutex<Option<(std::time::Instant, Option<String>)>>,
 }
 
 impl Shard {
@@ -160,7 +167,49 @@ impl Shard {
             authority,
             window: LatencyWindow::new(percentile),
             metrics,
+            names: replicas
+                .iter()
+                .filter(|hp| hp.socket_addr().is_none())
+                .cloned()
+                .collect(),
+            resolver: resolver.clone(),
+            unresolved: Mutex::new(None),
         })
+    }
+
+    /// Why the shard has no replica to call when that is because its host
+    /// names do not resolve, e.g. `leaf-1.leaves:9000 does not resolve:
+    /// leaf-1.leaves: no such host (no A/AAAA records)`; `None` when they
+    /// resolve, or the shard has none. Asks the resolver at most once a second
+    /// (each lookup bounded by 1 s), so calls failing at a high rate do not
+    /// flood the DNS server.
+    pub async fn unresolved(&self) -> Option<String> {
+        if self.names.is_empty() {
+            return None;
+        }
+        let now = std::time::Instant::now();
+        {
+            let cached = self.unresolved.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, note)) = &*cached {
+                if now.duration_since(*at) < Duration::from_secs(1) {
+                    return note.clone();
+                }
+            }
+        }
+        let mut notes = Vec::new();
+        for hp in &self.names {
+            let why = match tokio::time::timeout(Duration::from_secs(1), self.resolver.resolve(hp))
+                .await
+            {
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "the DNS lookup timed out after 1s".to_string(),
+            };
+            notes.push(format!("{hp} does not resolve: {why}"));
+        }
+        let note = (!notes.is_empty()).then(|| notes.join("; "));
+        *self.unresolved.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, note.clone()));
+        note
     }
 }
 

@@ -225,3 +225,230 @@ impl Drop for ChildGuard {
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
+
+/// A tiny authoritative DNS server on a loopback UDP port, for tests of code
+/// that resolves host names (give it to the program as its DNS server, e.g.
+/// mp-gather's `--dns-server`). It answers from a table the test fills:
+///
+/// - a name in the table: its A records (TTL 0) for an A question, no
+///   records (NOERROR) for any other question;
+/// - any other name: NXDOMAIN.
+///
+/// Names match case-insensitively, with or without the final dot. Only
+/// single-question queries over UDP are answered (what stub resolvers
+/// send); the server stops when dropped.
+#[derive(Debug)]
+pub struct DnsServer {
+    addr: SocketAddr,
+    records: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<std::net::Ipv4Addr>>>>,
+    queries: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DnsServer {
+    /// Starts a server with an empty table on `127.0.0.1:<free port>`.
+    pub fn start() -> DnsServer {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port for DNS");
+        let addr = sock.local_addr().expect("local_addr");
+        // The thread looks at `stop` between reads.
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("set_read_timeout");
+        let records = Arc::new(Mutex::new(std::collections::HashMap::new()));
+        let queries = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (records, queries, stop) = (records.clone(), queries.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1500];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((n, peer)) = sock.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    let table = records.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(reply) = dns_answer(&buf[..n], &table) {
+                        queries.fetch_add(1, Ordering::Relaxed);
+                        let _ = sock.send_to(&reply, peer);
+                    }
+                }
+            })
+        };
+        DnsServer {
+            addr,
+            records,
+            queries,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Where it listens (UDP), e.g. for `--dns-server`.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Makes `name` answer `ips` (A records) from now on, replacing what it
+    /// answered before. An empty `ips` makes the name exist without addresses.
+    pub fn set(&self, name: &str, ips: &[std::net::Ipv4Addr]) {
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(dns_key(name), ips.to_vec());
+    }
+
+    /// Makes `name` unknown (NXDOMAIN) from now on.
+    pub fn remove(&self, name: &str) {
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&dns_key(name));
+    }
+
+    /// How many queries it has answered so far.
+    pub fn queries(&self) -> usize {
+        self.queries.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn dns_key(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The reply to the DNS query `q` from `table`; `None` for what is not a
+/// single-question standard query.
+fn dns_answer(
+    q: &[u8],
+    table: &std::collections::HashMap<String, Vec<std::net::Ipv4Addr>>,
+) -> Option<Vec<u8>> {
+    // Header: id(2) flags(2) qdcount(2) ancount(2) nscount(2) arcount(2).
+    if q.len() < 12 || q[2] & 0x80 != 0 || q[2] & 0x78 != 0 || q[4..6] != [0, 1] {
+        return None;
+    }
+    // The question: labels, a zero byte, qtype(2), qclass(2).
+    let mut labels = Vec::new();
+    let mut i = 12;
+    loop {
+        let len = *q.get(i)? as usize;
+        if len == 0 {
+            break;
+        }
+        if len > 63 {
+            return None; // compression in a question: not from a stub resolver
+        }
+        labels.push(String::from_utf8_lossy(q.get(i + 1..i + 1 + len)?).into_owned());
+        i += 1 + len;
+    }
+    let qend = i + 5;
+    let qtype = u16::from_be_bytes([*q.get(i + 1)?, *q.get(i + 2)?]);
+    q.get(..qend)?;
+    let name = dns_key(&labels.join("."));
+    let (rcode, ips) = match table.get(&name) {
+        Some(ips) if qtype == 1 => (0u8, ips.as_slice()),
+        Some(_) => (0, &[][..]),
+        None => (3, &[][..]), // NXDOMAIN
+    };
+    let mut r = Vec::with_capacity(qend + 16 * ips.len());
+    r.extend_from_slice(&q[0..2]);
+    // Response, authoritative, recursion desired as asked; recursion available.
+    r.push(0x84 | (q[2] & 0x01));
+    r.push(0x80 | rcode);
+    r.extend_from_slice(&[0, 1]);
+    r.extend_from_slice(&(ips.len() as u16).to_be_bytes());
+    r.extend_from_slice(&[0, 0, 0, 0]);
+    r.extend_from_slice(&q[12..qend]);
+    for ip in ips {
+        // A pointer to the question's name, type A, class IN, TTL 0, 4 bytes.
+        r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4]);
+        r.extend_from_slice(&ip.octets());
+    }
+    Some(r)
+}
+
+/// A TCP port that is free on every one of `ips` at once (loopback
+/// addresses such as 127.0.0.2: on Linux all of 127/8 is local), for
+/// processes that must share a port on different addresses, as the pods
+/// behind one DNS name and port do.
+pub fn free_port_on(ips: &[std::net::Ipv4Addr]) -> u16 {
+    for _ in 0..100 {
+        let first = ips.first().copied().unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+        let port = TcpListener::bind((first, 0))
+            .and_then(|l| l.local_addr())
+            .unwrap_or_else(|e| panic!("bind {first}:0: {e}"))
+            .port();
+        // Holding them all at once proves the port is free on every address.
+        let held: Vec<_> = ips.iter().map(|ip| TcpListener::bind((*ip, port))).collect();
+        if held.iter().all(Result::is_ok) {
+            return port;
+        }
+    }
+    panic!("no port free on all of {ips:?} after 100 tries");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, UdpSocket};
+
+    /// A query for `name` of type `qtype`, id 0x1234, recursion desired.
+    fn query(name: &str, qtype: u16) -> Vec<u8> {
+        let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in name.split('.') {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.push(0);
+        q.extend_from_slice(&qtype.to_be_bytes());
+        q.extend_from_slice(&[0, 1]);
+        q
+    }
+
+    fn ask(server: &DnsServer, q: &[u8]) -> Vec<u8> {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        sock.send_to(q, server.addr()).unwrap();
+        let mut buf = [0u8; 1500];
+        let n = sock.recv(&mut buf).expect("an answer within 5 s");
+        buf[..n].to_vec()
+    }
+
+    #[test]
+    fn dns_server_answers_from_its_table() {
+        let dns = DnsServer::start();
+        dns.set("Leaf-0.leaves.", &[Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3)]);
+        let r = ask(&dns, &query("leaf-0.leaves", 1));
+        assert_eq!(r[0..2], [0x12, 0x34], "same id");
+        assert_eq!(r[3] & 0x0f, 0, "NOERROR");
+        assert_eq!(u16::from_be_bytes([r[6], r[7]]), 2, "two answers");
+        assert_eq!(r[r.len() - 4..], [127, 0, 0, 3]);
+        // AAAA for a known name: no records, no error.
+        let r = ask(&dns, &query("leaf-0.leaves", 28));
+        assert_eq!((r[3] & 0x0f, r[7]), (0, 0));
+        // Unknown, then removed: NXDOMAIN.
+        let r = ask(&dns, &query("leaf-9.leaves", 1));
+        assert_eq!(r[3] & 0x0f, 3);
+        dns.remove("leaf-0.leaves");
+        let r = ask(&dns, &query("leaf-0.leaves", 1));
+        assert_eq!(r[3] & 0x0f, 3);
+        assert_eq!(dns.queries(), 4);
+    }
+
+    #[test]
+    fn a_port_free_on_several_addresses() {
+        let ips = [Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3)];
+        let port = free_port_on(&ips);
+        for ip in ips {
+            TcpListener::bind((ip, port)).expect("free");
+        }
+    }
+}
