@@ -223,18 +223,24 @@ pub async fn run(
     );
     let drain = {
         let state = state.clone();
-        let reporter = reporter.clone();
+        let mut reporter = reporter.clone();
         async move {
             shutdown.await;
             // Tell load balancers and probes first, then drain.
             draining.store(true, std::sync::atomic::Ordering::Relaxed);
             state.set_ready(false);
-            reporter
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
-            reporter
-                .set_service_status(mp_proto::names::HANDLER, ServingStatus::NotServing)
-                .await;
+            for name in ["", mp_proto::names::HANDLER] {
+                reporter
+                    .set_service_status(name, ServingStatus::NotServing)
+                    .await;
+            }
+            // Then forget the statuses, as mp-sdk does: that ends every open
+            // Watch stream (after it delivered NOT_SERVING), which would
+            // otherwise hold its connection, and so the drain, open for the
+            // whole grace period.
+            for name in ["", mp_proto::names::HANDLER] {
+                reporter.clear_service_status(name).await;
+            }
         }
     };
     server::serve(listener, service, drain, args.grace).await;

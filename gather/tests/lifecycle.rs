@@ -152,6 +152,93 @@ async fn sigterm_finishes_calls_in_flight_then_exits_zero() {
     assert!(status.success(), "exit status {status}");
 }
 
+/// While mp-gather drains after SIGTERM with a call in flight to a slow leaf
+/// (the faulty example): a health watcher (as a load balancer keeps one)
+/// hears NOT_SERVING and its stream ends, new connections are refused,
+/// `/ready` answers 503; the call in flight still completes OK, and the
+/// process exits 0 as soon as it has, not at the end of the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_says_not_serving_and_finishes_the_call_in_flight() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let delay = Duration::from_millis(2500);
+    let slow = example("faulty", &[("MP_DELAY_MS", &delay.as_millis().to_string())]);
+    let grace = Duration::from_secs(30);
+    let mut g = GatherProc::start_with(&args(&["--shard", &slow.addr(), "--grace", "30s"]), true);
+    g.wait_healthy(1);
+
+    let mut health = HealthClient::new(
+        tonic::transport::Channel::from_shared(g.url())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect for health"),
+    );
+    let check = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    let before = health.check(check("mp.v1.Handler")).await.expect("Check");
+    assert_eq!(before.into_inner().status(), ServingStatus::Serving);
+    let mut watch = health
+        .watch(check(""))
+        .await
+        .expect("Watch")
+        .into_inner();
+    let first = watch.message().await.expect("a status").expect("a status");
+    assert_eq!(first.status(), ServingStatus::Serving);
+
+    let mut c = g.client().await;
+    let start = std::time::Instant::now();
+    let in_flight = tokio::spawn(async move { call(&mut c, json!({"in": "flight"})).await });
+    // Stop once the leaf has the call (mp-gather counted the request to it).
+    let sent = || {
+        g.admin_get("/metrics").lines().any(|l| {
+            l.starts_with("mp_gather_leaf_requests_total{") && l.ends_with(" 1")
+        })
+    };
+    assert!(eventually(Duration::from_secs(5), sent).await, "the call did not reach the leaf");
+    g.child.signal("TERM");
+
+    // The watcher hears NOT_SERVING, then its stream ends, so it does not
+    // hold the connection (and the drain) open.
+    let next = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("the watcher heard of the drain within 5 s")
+        .expect("a status");
+    assert_eq!(next.map(|m| m.status()), Some(ServingStatus::NotServing));
+    let end = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("the watch stream ended within 5 s");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    // New connections are refused; the admin port says not ready.
+    let addr = g.addr;
+    assert!(
+        eventually(Duration::from_secs(5), || std::net::TcpStream::connect(addr).is_err()).await,
+        "the gather port still accepts connections while draining"
+    );
+    assert!(g.admin_get("/ready").starts_with("HTTP/1.1 503"));
+    assert!(
+        !in_flight.is_finished() && start.elapsed() < delay,
+        "the checks above must run while the call is in flight: make the delay longer"
+    );
+
+    let reply = in_flight
+        .await
+        .unwrap()
+        .expect("the call in flight completes OK");
+    assert_eq!(reply.body_json().unwrap()[0]["request"], json!({"in": "flight"}));
+    let done = start.elapsed();
+    assert!(done >= delay, "{done:?}");
+    let status = tokio::task::spawn_blocking(move || g.child.wait_timeout(grace / 2))
+        .await
+        .unwrap()
+        .expect("mp-gather exited well before the end of the grace period");
+    assert!(status.success(), "exit status {status}");
+    drop(watch);
+}
+
 /// A replica stopped gracefully (SIGTERM: it sends GOAWAY, refuses new
 /// streams and finishes what it has) while calls flow: the calls it refused
 /// unprocessed go to the shard's other replica, so none fails.
