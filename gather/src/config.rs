@@ -329,10 +329,18 @@ mod tests {
         ])
         .is_err());
         assert!(Args::try_parse_from(["mp-gather", "--shard-dns", "x-{i}:1"]).is_err());
-        let a = Args::try_parse_from(["mp-gather", "--shard", "a:1", "--dns-server", "127.0.0.1:53"])
-            .unwrap();
+        let a = Args::try_parse_from([
+            "mp-gather",
+            "--shard",
+            "a:1",
+            "--dns-server",
+            "127.0.0.1:53",
+        ])
+        .unwrap();
         assert_eq!(a.dns_server, Some("127.0.0.1:53".parse().unwrap()));
-        assert!(Args::try_parse_from(["mp-gather", "--shard", "a:1", "--dns-server", "ns1"]).is_err());
+        assert!(
+            Args::try_parse_from(["mp-gather", "--shard", "a:1", "--dns-server", "ns1"]).is_err()
+        );
     }
 
     #[test]

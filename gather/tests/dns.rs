@@ -69,7 +69,10 @@ async fn shards_named_by_dns_answer_in_shard_order() {
     let g = GatherProc::start_with(&dns_args(port, 3, &dns), true);
     // Four replicas: the two A records of shard 2's name are two replicas.
     g.wait_healthy(4);
-    assert!(dns.queries() > 0, "mp-gather did not ask the test's DNS server");
+    assert!(
+        dns.queries() > 0,
+        "mp-gather did not ask the test's DNS server"
+    );
     let m = g.admin_get("/metrics");
     for a in &all {
         assert!(

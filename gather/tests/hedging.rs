@@ -17,10 +17,8 @@ struct SlowSwitch(PathBuf);
 
 impl SlowSwitch {
     fn new(name: &str) -> SlowSwitch {
-        let p = std::env::temp_dir().join(format!(
-            "mp-gather-hedging-{}-{name}",
-            std::process::id()
-        ));
+        let p =
+            std::env::temp_dir().join(format!("mp-gather-hedging-{}-{name}", std::process::id()));
         let _ = std::fs::remove_file(&p);
         SlowSwitch(p)
     }
@@ -92,7 +90,9 @@ async fn warm_up(g: &GatherProc, n: usize, limit: Duration) {
     let mut c = g.client().await;
     for i in 0..n {
         let t = Instant::now();
-        call(&mut c, json!({"warm": i})).await.expect("warm-up call");
+        call(&mut c, json!({"warm": i}))
+            .await
+            .expect("warm-up call");
         assert!(t.elapsed() < limit, "a warm-up call took {:?}", t.elapsed());
     }
 }
@@ -130,7 +130,10 @@ async fn a_call_to_the_slow_replica_is_hedged_to_the_other_and_answers_fast() {
     // Round robin sent about half of the calls to a first; each of those was
     // hedged to b, and b's answer won. (a may also have been the target of a
     // hedge from a b call slower than the p95: those b wins itself.)
-    assert!(to_a >= 3, "only {to_a} of 10 calls went to replica a:\n{after}");
+    assert!(
+        to_a >= 3,
+        "only {to_a} of 10 calls went to replica a:\n{after}"
+    );
     assert!(won >= 3 && won <= to_a, "won {won}, calls to a {to_a}");
     assert!(sent >= won, "sent {sent} < won {won}");
     assert_eq!(sample(&after, DENIED), 0, "{after}");

@@ -181,11 +181,7 @@ async fn draining_says_not_serving_and_finishes_the_call_in_flight() {
     };
     let before = health.check(check("mp.v1.Handler")).await.expect("Check");
     assert_eq!(before.into_inner().status(), ServingStatus::Serving);
-    let mut watch = health
-        .watch(check(""))
-        .await
-        .expect("Watch")
-        .into_inner();
+    let mut watch = health.watch(check("")).await.expect("Watch").into_inner();
     let first = watch.message().await.expect("a status").expect("a status");
     assert_eq!(first.status(), ServingStatus::Serving);
 
@@ -194,11 +190,14 @@ async fn draining_says_not_serving_and_finishes_the_call_in_flight() {
     let in_flight = tokio::spawn(async move { call(&mut c, json!({"in": "flight"})).await });
     // Stop once the leaf has the call (mp-gather counted the request to it).
     let sent = || {
-        g.admin_get("/metrics").lines().any(|l| {
-            l.starts_with("mp_gather_leaf_requests_total{") && l.ends_with(" 1")
-        })
+        g.admin_get("/metrics")
+            .lines()
+            .any(|l| l.starts_with("mp_gather_leaf_requests_total{") && l.ends_with(" 1"))
     };
-    assert!(eventually(Duration::from_secs(5), sent).await, "the call did not reach the leaf");
+    assert!(
+        eventually(Duration::from_secs(5), sent).await,
+        "the call did not reach the leaf"
+    );
     g.child.signal("TERM");
 
     // The watcher hears NOT_SERVING, then its stream ends, so it does not
@@ -215,7 +214,11 @@ async fn draining_says_not_serving_and_finishes_the_call_in_flight() {
     // New connections are refused; the admin port says not ready.
     let addr = g.addr;
     assert!(
-        eventually(Duration::from_secs(5), || std::net::TcpStream::connect(addr).is_err()).await,
+        eventually(Duration::from_secs(5), || std::net::TcpStream::connect(
+            addr
+        )
+        .is_err())
+        .await,
         "the gather port still accepts connections while draining"
     );
     assert!(g.admin_get("/ready").starts_with("HTTP/1.1 503"));
@@ -228,7 +231,10 @@ async fn draining_says_not_serving_and_finishes_the_call_in_flight() {
         .await
         .unwrap()
         .expect("the call in flight completes OK");
-    assert_eq!(reply.body_json().unwrap()[0]["request"], json!({"in": "flight"}));
+    assert_eq!(
+        reply.body_json().unwrap()[0]["request"],
+        json!({"in": "flight"})
+    );
     let done = start.elapsed();
     assert!(done >= delay, "{done:?}");
     let status = tokio::task::spawn_blocking(move || g.child.wait_timeout(grace / 2))

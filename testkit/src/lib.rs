@@ -240,7 +240,9 @@ pub fn in_ci() -> bool {
 #[derive(Debug)]
 pub struct DnsServer {
     addr: SocketAddr,
-    records: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<std::net::Ipv4Addr>>>>,
+    records: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<String, Vec<std::net::Ipv4Addr>>>,
+    >,
     queries: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -381,13 +383,19 @@ fn dns_answer(
 /// behind one DNS name and port do.
 pub fn free_port_on(ips: &[std::net::Ipv4Addr]) -> u16 {
     for _ in 0..100 {
-        let first = ips.first().copied().unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+        let first = ips
+            .first()
+            .copied()
+            .unwrap_or(std::net::Ipv4Addr::LOCALHOST);
         let port = TcpListener::bind((first, 0))
             .and_then(|l| l.local_addr())
             .unwrap_or_else(|e| panic!("bind {first}:0: {e}"))
             .port();
         // Holding them all at once proves the port is free on every address.
-        let held: Vec<_> = ips.iter().map(|ip| TcpListener::bind((*ip, port))).collect();
+        let held: Vec<_> = ips
+            .iter()
+            .map(|ip| TcpListener::bind((*ip, port)))
+            .collect();
         if held.iter().all(Result::is_ok) {
             return port;
         }
@@ -425,7 +433,10 @@ mod tests {
     #[test]
     fn dns_server_answers_from_its_table() {
         let dns = DnsServer::start();
-        dns.set("Leaf-0.leaves.", &[Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3)]);
+        dns.set(
+            "Leaf-0.leaves.",
+            &[Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3)],
+        );
         let r = ask(&dns, &query("leaf-0.leaves", 1));
         assert_eq!(r[0..2], [0x12, 0x34], "same id");
         assert_eq!(r[3] & 0x0f, 0, "NOERROR");
