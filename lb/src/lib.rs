@@ -2,18 +2,21 @@
 //!
 //! # Layout
 //! - [`cli`]: the command line.
-//! - [`proxy`]: the per-call path: pick a backend, forward the call, stream the
-//!   answer back, record its status; errors of our own as gRPC responses.
-//! - [`run`]: wires discovery, the pool, the proxy server and the admin server
-//!   (all in `mp-sidecar`) together, until shutdown.
+//! - [`relay`]: the data path: HTTP/2 frames relayed from each client
+//!   connection to backend connections it owns, calls placed by the pool.
+//! - [`methods`]: per-method metrics, bounded.
+//! - [`run`]: wires discovery, the pool, the relay and the admin server
+//!   together, until shutdown.
 //!
-//! A call flows: client -> [`mp_sidecar::server`] (HTTP/2) -> [`proxy::Proxy`]
-//! -> [`mp_sidecar::pool::Pool::send`] (round robin over healthy endpoints,
-//! pooled HTTP/2 connections) -> backend; the response body streams back
-//! through [`proxy::ProxyBody`], which records the `grpc-status` it carries.
+//! A call flows: client -> [`relay`] (decodes the request head, asks
+//! [`mp_sidecar::pool::Pool::pick`] for the next healthy endpoint in round
+//! robin) -> a backend connection of that client connection -> backend; the
+//! response frames come back the same way, and the call's `grpc-status`
+//! feeds the metrics and the endpoint's passive health.
 
 pub mod cli;
-pub mod proxy;
+pub mod methods;
+pub mod relay;
 
 use std::future::Future;
 use std::time::Duration;
@@ -24,7 +27,6 @@ use mp_sidecar::discovery::{self, DiscoveryConfig, Source};
 use mp_sidecar::health::HealthConfig;
 use mp_sidecar::metrics::{CallMetrics, PoolMetrics};
 use mp_sidecar::pool::{Pool, PoolConfig};
-use mp_sidecar::server::{self, ServerConfig};
 use mp_sidecar::tls::{self, ClientTls, TlsError};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -89,7 +91,19 @@ pub async fn run(
         },
     );
     let pool = Pool::new("backends", pool_cfg, metrics.clone(), endpoints);
-    let proxy = proxy::Proxy::new(pool.clone(), &metrics, methods);
+    let relay = relay::Relay::new(
+        pool.clone(),
+        metrics.endpoint("none"),
+        methods::Methods::new(methods),
+        relay::RelayConfig {
+            max_concurrent_streams: args.max_concurrent_streams,
+            connect_timeout: args.connect_timeout,
+            backend_tls: pool.config().tls.clone(),
+            server_tls,
+            grace: args.grace,
+            ..relay::RelayConfig::default()
+        },
+    );
 
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     if let Some(admin) = admin {
@@ -112,19 +126,13 @@ pub async fn run(
         })
     };
 
-    let cfg = ServerConfig {
-        max_concurrent_streams: args.max_concurrent_streams,
-        grace: args.grace,
-        tls: server_tls,
-        ..ServerConfig::default()
-    };
     let st = state.clone();
     let shutdown = async move {
         shutdown.await;
         ready.abort();
         st.set_ready(false);
     };
-    server::serve(listener, proxy.service(), cfg, shutdown).await;
+    relay.serve(listener, shutdown).await;
     let _ = admin_stop.send(());
     info!("stopped");
     Ok(())

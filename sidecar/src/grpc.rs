@@ -65,7 +65,11 @@ pub const CONTENT_TYPE_GRPC: &str = "application/grpc";
 /// The `grpc-status` in `headers` (response headers of a trailers-only
 /// response, or trailers), if present and numeric.
 pub fn status(headers: &HeaderMap) -> Option<u16> {
-    let v = headers.get(GRPC_STATUS)?.as_bytes();
+    parse_status(headers.get(GRPC_STATUS)?.as_bytes())
+}
+
+/// Parses a `grpc-status` value: 1 to 3 ASCII digits.
+pub fn parse_status(v: &[u8]) -> Option<u16> {
     // Hot path: almost always one or two ASCII digits.
     if v.is_empty() || v.len() > 3 {
         return None;
@@ -84,7 +88,11 @@ pub fn status(headers: &HeaderMap) -> Option<u16> {
 /// `S`, `m`, `u`, `n`). `None` when malformed (which the spec says to treat
 /// as no timeout).
 pub fn parse_timeout(v: &HeaderValue) -> Option<Duration> {
-    let v = v.as_bytes();
+    parse_timeout_bytes(v.as_bytes())
+}
+
+/// [`parse_timeout`] of a raw header value.
+pub fn parse_timeout_bytes(v: &[u8]) -> Option<Duration> {
     let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;

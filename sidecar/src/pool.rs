@@ -452,7 +452,7 @@ impl Pool {
 
     /// True while an answer may still come soon: discovery has not spoken yet,
     /// or an endpoint is making its first connection.
-    fn starting(&self) -> bool {
+    pub fn starting(&self) -> bool {
         !self.shared.discovered.load(Ordering::Relaxed)
             || self
                 .shared
