@@ -1,13 +1,12 @@
 //! HPACK (RFC 7541) for a frame-level proxy: a header list kept in one
-//! buffer, an encoder of our own, and a decoder (the `loona-hpack` crate's,
-//! which does the Huffman decoding).
+//! buffer, and an encoder and a decoder of our own (Huffman decoding by the
+//! `httlib-huffman` crate's static tables).
 //!
 //! The encoder indexes what repeats from call to call (`:path`,
 //! `content-type`, `te`, `grpc-status: 0`, ...) in its dynamic table, so the
 //! peer decodes most headers of a steady call stream from one byte each; it
 //! never Huffman-codes (loopback and LAN bytes are cheap, CPU is not).
 
-use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use crate::wire::{reason, ConnError};
@@ -85,9 +84,30 @@ impl HeaderList {
     }
 }
 
+/// The dynamic table size we let peers use (the HTTP/2 default; we never
+/// advertise another).
+pub const TABLE_SIZE: usize = 4096;
+
+fn compression(what: &'static str) -> ConnError {
+    ConnError {
+        code: reason::COMPRESSION_ERROR,
+        what,
+    }
+}
+
 /// An HPACK decoder: one per direction of a connection.
+#[derive(Debug)]
 pub struct Decoder {
-    inner: loona_hpack::Decoder<'static>,
+    /// Newest first: dynamic index 62 is `entries[0]`.
+    entries: VecDeque<Entry>,
+    size: usize,
+    max: usize,
+    /// Huffman-decoded strings.
+    scratch: Vec<u8>,
+    /// The last Huffman string and its decoding: clients that never index a
+    /// field (nghttp2 and `:path`) send the same codes call after call.
+    memo: [(Vec<u8>, Vec<u8>); 2],
+    name: Vec<u8>,
 }
 
 impl Default for Decoder {
@@ -96,37 +116,151 @@ impl Default for Decoder {
     }
 }
 
-impl std::fmt::Debug for Decoder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Decoder").finish_non_exhaustive()
-    }
-}
-
-/// The dynamic table size we let peers use (the HTTP/2 default; we never
-/// advertise another).
-pub const TABLE_SIZE: usize = 4096;
-
 impl Decoder {
     /// A decoder whose table may grow to [`TABLE_SIZE`].
     pub fn new() -> Decoder {
-        let mut inner = loona_hpack::Decoder::new();
-        inner.set_max_allowed_table_size(TABLE_SIZE);
-        Decoder { inner }
+        Decoder {
+            entries: VecDeque::new(),
+            size: 0,
+            max: TABLE_SIZE,
+            scratch: Vec::new(),
+            memo: Default::default(),
+            name: Vec::new(),
+        }
     }
 
     /// Decodes a complete header block, appending its fields to `into`. A
     /// block that does not decode is a connection error (COMPRESSION_ERROR):
     /// the decoder's table can no longer be trusted.
     pub fn decode(&mut self, block: &[u8], into: &mut HeaderList) -> Result<(), ConnError> {
-        self.inner
-            .decode_with_cb(block, |n: Cow<'_, [u8]>, v: Cow<'_, [u8]>| {
-                into.push(&n, &v)
-            })
-            .map_err(|_| ConnError {
-                code: reason::COMPRESSION_ERROR,
-                what: "header block does not decode (HPACK)",
-            })
+        let mut i = 0;
+        let mut at_start = true;
+        while i < block.len() {
+            let b = block[i];
+            if b & 0x80 != 0 {
+                let (idx, n) = get_int(&block[i..], 7)?;
+                i += n;
+                let (name, value) = self.field(idx)?;
+                into.push(name, value);
+            } else if b & 0xe0 == 0x20 {
+                // A table size update: only at the start of a block.
+                if !at_start {
+                    return Err(compression("table size update after a field"));
+                }
+                let (max, n) = get_int(&block[i..], 5)?;
+                i += n;
+                if max > TABLE_SIZE {
+                    return Err(compression("table size update over the limit"));
+                }
+                self.max = max;
+                self.evict(0);
+                continue;
+            } else {
+                let (index, prefix) = if b & 0x40 != 0 { (true, 6) } else { (false, 4) };
+                let (idx, n) = get_int(&block[i..], prefix)?;
+                i += n;
+                self.name.clear();
+                if idx == 0 {
+                    let (s, n) = string(&block[i..], &mut self.scratch, &mut self.memo)?;
+                    i += n;
+                    let s = s.to_vec();
+                    self.name = s;
+                } else {
+                    let name = self.field(idx)?.0.to_vec();
+                    self.name = name;
+                }
+                let (value, n) = string(&block[i..], &mut self.scratch, &mut self.memo)?;
+                i += n;
+                into.push(&self.name, value);
+                if index {
+                    let size = self.name.len() + value.len() + 32;
+                    let entry: Entry = (self.name.as_slice().into(), value.into());
+                    self.evict(size);
+                    if size <= self.max {
+                        self.entries.push_front(entry);
+                        self.size += size;
+                    }
+                }
+            }
+            at_start = false;
+        }
+        Ok(())
     }
+
+    fn field(&self, idx: usize) -> Result<(&[u8], &[u8]), ConnError> {
+        match idx {
+            0 => Err(compression("index 0")),
+            1..=61 => Ok(STATIC[idx - 1]),
+            _ => self
+                .entries
+                .get(idx - 62)
+                .map(|(n, v)| (&**n, &**v))
+                .ok_or(compression("index past the tables")),
+        }
+    }
+
+    fn evict(&mut self, room: usize) {
+        while self.size + room > self.max {
+            match self.entries.pop_back() {
+                Some((n, v)) => self.size -= n.len() + v.len() + 32,
+                None => break,
+            }
+        }
+    }
+}
+
+/// Reads an HPACK integer with an `n`-bit prefix: (value, bytes read).
+#[inline]
+fn get_int(b: &[u8], n: u8) -> Result<(usize, usize), ConnError> {
+    let max = (1usize << n) - 1;
+    let v = usize::from(b[0]) & max;
+    if v < max {
+        return Ok((v, 1));
+    }
+    let mut v = max;
+    for (k, &c) in b[1..].iter().enumerate().take(4) {
+        v += usize::from(c & 0x7f) << (7 * k);
+        if c & 0x80 == 0 {
+            return Ok((v, k + 2));
+        }
+    }
+    Err(compression("integer truncated or too large"))
+}
+
+/// Reads an HPACK string literal (Huffman-decoded into `scratch` when so
+/// coded, or taken from `memo` when decoded lately): (bytes, bytes read).
+#[inline]
+fn string<'a>(
+    b: &'a [u8],
+    scratch: &'a mut Vec<u8>,
+    memo: &'a mut [(Vec<u8>, Vec<u8>); 2],
+) -> Result<(&'a [u8], usize), ConnError> {
+    if b.is_empty() {
+        return Err(compression("string literal truncated"));
+    }
+    let huffman = b[0] & 0x80 != 0;
+    let (len, n) = get_int(b, 7)?;
+    let raw = b
+        .get(n..n + len)
+        .ok_or(compression("string literal truncated"))?;
+    if !huffman {
+        return Ok((raw, n + len));
+    }
+    if let Some(k) = memo.iter().position(|(code, _)| code.as_slice() == raw) {
+        return Ok((memo[k].1.as_slice(), n + len));
+    }
+    scratch.clear();
+    httlib_huffman::decode(raw, scratch, httlib_huffman::DecoderSpeed::FiveBits)
+        .map_err(|_| compression("bad Huffman code"))?;
+    if raw.len() <= 256 {
+        // Keep the newest two.
+        memo.swap(0, 1);
+        memo[0].0.clear();
+        memo[0].0.extend_from_slice(raw);
+        memo[0].1.clear();
+        memo[0].1.extend_from_slice(scratch);
+    }
+    Ok((scratch.as_slice(), n + len))
 }
 
 /// The static table (RFC 7541 Appendix A); index = position + 1.
@@ -444,6 +578,27 @@ mod tests {
             }
             assert_eq!(n, v);
         }
+    }
+
+    #[test]
+    fn decodes_the_rfc_huffman_example_twice() {
+        // RFC 7541 C.4.1: GET http://www.example.com/ with Huffman coding.
+        let block = [
+            0x82, 0x86, 0x84, 0x41, 0x8c, 0xf1, 0xe3, 0xc2, 0xe5, 0xf2, 0x3a, 0x6b, 0xa0, 0xab,
+            0x90, 0xf4, 0xff,
+        ];
+        let mut dec = Decoder::new();
+        for _ in 0..2 {
+            let mut l = HeaderList::new();
+            dec.decode(&block, &mut l).unwrap();
+            assert_eq!(l.get(b":authority"), Some(&b"www.example.com"[..]));
+            assert_eq!(l.get(b":method"), Some(&b"GET"[..]));
+            assert_eq!(l.get(b":path"), Some(&b"/"[..]));
+        }
+        // Indexed with incremental indexing: now in the dynamic table.
+        let mut l = HeaderList::new();
+        dec.decode(&[0x80 | 62], &mut l).unwrap();
+        assert_eq!(l.get(b":authority"), Some(&b"www.example.com"[..]));
     }
 
     #[test]
