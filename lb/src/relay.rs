@@ -34,15 +34,15 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use mp_sidecar::grpc::{self, code};
-use mp_sidecar::hpack::{Decoder, Encoder, HeaderList};
+use mp_sidecar::hpack::HeaderList;
 use mp_sidecar::metrics::{CallHandles, EndpointMetrics};
 use mp_sidecar::pool::{Endpoint, Pool};
 use mp_sidecar::shutdown::{Drain, Watch};
+use mp_sidecar::side::{self, Side};
 use mp_sidecar::tls::{ClientTls, Io};
 use mp_sidecar::wire::{
-    self, flag, kind, put_data, put_goaway, put_head, put_ping_ack, put_rst, put_settings,
-    put_settings_ack, put_window_update, reason, setting, ConnError, Head, Settings, HEAD_LEN,
-    PREFACE,
+    self, flag, kind, put_data, put_goaway, put_ping_ack, put_rst, put_settings, put_settings_ack,
+    put_window_update, reason, setting, ConnError, Head, PREFACE,
 };
 use tokio::io::AsyncWrite;
 use tokio::net::TcpListener;
@@ -183,8 +183,6 @@ const MAX_ATTEMPTS: u8 = 8;
 const REPLAY_LIMIT: usize = 64 * 1024;
 /// The largest header block (compressed) we read; past it the connection ends.
 const MAX_BLOCK: usize = 1024 * 1024;
-/// Bytes asked for per read.
-const READ_CHUNK: usize = 16 * 1024;
 /// Unwritten output past which a connection stops reading the sockets that
 /// feed it.
 const WRITE_HIGH: usize = 1024 * 1024;
@@ -216,157 +214,6 @@ impl Hasher for IdHasher {
 type Ids<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
 
 type Connecting = Pin<Box<dyn Future<Output = io::Result<Io>> + Send>>;
-
-/// One end of an HTTP/2 connection: its socket, buffers, header codecs,
-/// the peer's settings and the connection-level windows.
-struct Side {
-    io: Option<Io>,
-    rbuf: BytesMut,
-    wbuf: Vec<u8>,
-    /// Bytes of `wbuf` already written.
-    wpos: usize,
-    dec: Decoder,
-    enc: Encoder,
-    peer: Settings,
-    /// DATA we may still send on the connection.
-    send_window: i64,
-    /// DATA received and passed on, not yet given back (WINDOW_UPDATE).
-    credit: u32,
-    /// A header block in progress: its stream and END_STREAM flag.
-    cont: Option<(u32, bool)>,
-    block: Vec<u8>,
-    /// The read side ended (EOF or error).
-    eof: bool,
-}
-
-impl Side {
-    fn new(io: Option<Io>) -> Side {
-        Side {
-            io,
-            rbuf: BytesMut::new(),
-            wbuf: Vec::new(),
-            wpos: 0,
-            dec: Decoder::new(),
-            enc: Encoder::new(),
-            peer: Settings::default(),
-            send_window: i64::from(wire::DEFAULT_WINDOW),
-            credit: 0,
-            cont: None,
-            block: Vec::new(),
-            eof: false,
-        }
-    }
-
-    fn pending_out(&self) -> usize {
-        self.wbuf.len() - self.wpos
-    }
-
-    /// Reads what the socket has. `Ready(Ok(0))`: end of stream.
-    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let Some(io) = self.io.as_mut() else {
-            return Poll::Pending;
-        };
-        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK {
-            self.rbuf.reserve(READ_CHUNK);
-        }
-        tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut self.rbuf)
-    }
-
-    /// Writes what is pending; returns whether anything was written.
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
-        let Some(io) = self.io.as_mut() else {
-            return Ok(false);
-        };
-        let mut wrote = false;
-        while self.wpos < self.wbuf.len() {
-            match Pin::new(&mut *io).poll_write(cx, &self.wbuf[self.wpos..]) {
-                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-                Poll::Ready(Ok(n)) => {
-                    self.wpos += n;
-                    wrote = true;
-                }
-                Poll::Ready(Err(e)) => return Err(e),
-                Poll::Pending => break,
-            }
-        }
-        if wrote && !matches!(io, Io::Plain(_)) {
-            // TLS keeps records of its own until flushed.
-            let _ = Pin::new(&mut *io).poll_flush(cx);
-        }
-        if self.wpos == self.wbuf.len() {
-            self.wbuf.clear();
-            self.wpos = 0;
-            if self.wbuf.capacity() > 256 * 1024 {
-                self.wbuf.shrink_to(64 * 1024);
-            }
-        }
-        Ok(wrote)
-    }
-
-    /// Appends a header block as HEADERS (and CONTINUATION when it is larger
-    /// than the peer's frame size).
-    fn put_headers<'a>(
-        &mut self,
-        stream: u32,
-        end_stream: bool,
-        fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
-    ) {
-        let at = self.wbuf.len();
-        let end = if end_stream { flag::END_STREAM } else { 0 };
-        put_head(
-            &mut self.wbuf,
-            0,
-            kind::HEADERS,
-            end | flag::END_HEADERS,
-            stream,
-        );
-        self.enc.begin(&mut self.wbuf);
-        for (n, v) in fields {
-            self.enc.encode(n, v, &mut self.wbuf);
-        }
-        let len = self.wbuf.len() - at - HEAD_LEN;
-        let max = self.peer.max_frame_size as usize;
-        if len <= max {
-            wire::patch_len(&mut self.wbuf, at, len);
-            return;
-        }
-        let block = self.wbuf.split_off(at + HEAD_LEN);
-        self.wbuf.truncate(at);
-        let mut chunks = block.chunks(max).peekable();
-        let mut first = true;
-        while let Some(c) = chunks.next() {
-            let last = chunks.peek().is_none();
-            let (k, mut f) = if first {
-                (kind::HEADERS, end)
-            } else {
-                (kind::CONTINUATION, 0)
-            };
-            if last {
-                f |= flag::END_HEADERS;
-            }
-            put_head(&mut self.wbuf, c.len(), k, f, stream);
-            self.wbuf.extend_from_slice(c);
-            first = false;
-        }
-    }
-
-    /// A gRPC status of our own: trailers-only when no response head went
-    /// out yet, else trailers.
-    fn put_status(&mut self, stream: u32, head_sent: bool, status: u16, msg: &str) {
-        let st = status.to_string();
-        let msg = grpc::encode_message(msg);
-        let mut fields: Vec<(&[u8], &[u8])> = Vec::with_capacity(4);
-        if !head_sent {
-            fields.push((b":status", b"200"));
-            fields.push((b"content-type", grpc::CONTENT_TYPE_GRPC.as_bytes()));
-        }
-        fields.push((b"grpc-status", st.as_bytes()));
-        if !msg.is_empty() {
-            fields.push((b"grpc-message", msg.as_bytes()));
-        }
-        self.put_headers(stream, true, fields.into_iter());
-    }
-}
 
 /// A backend connection of one client connection.
 struct Up {
@@ -544,30 +391,11 @@ impl Conn {
 
     /// Handles every complete frame the client sent.
     fn client_input(&mut self) -> Result<(), ConnError> {
-        let mut buf = std::mem::take(&mut self.client.rbuf);
-        let mut pos = 0;
+        let buf = std::mem::take(&mut self.client.rbuf);
         let max = self.shared.cfg.max_frame_size as usize;
-        let r = loop {
-            if buf.len() - pos < HEAD_LEN {
-                break Ok(());
-            }
-            let h = Head::parse(&buf[pos..]);
-            if h.len > max {
-                break Err(ConnError {
-                    code: reason::FRAME_SIZE_ERROR,
-                    what: "frame larger than SETTINGS_MAX_FRAME_SIZE",
-                });
-            }
-            if buf.len() - pos < HEAD_LEN + h.len {
-                break Ok(());
-            }
-            let p = &buf[pos + HEAD_LEN..pos + HEAD_LEN + h.len];
-            pos += HEAD_LEN + h.len;
-            if let Err(e) = self.client_frame(h, p) {
-                break Err(e);
-            }
-        };
-        buf.advance(pos);
+        let (used, r) = side::each_frame(&buf, max, |h, p| self.client_frame(h, p));
+        let mut buf = buf;
+        buf.advance(used);
         self.client.rbuf = buf;
         r
     }
@@ -1006,30 +834,11 @@ impl Conn {
         let Some(up) = self.ups[ui].as_mut() else {
             return Ok(());
         };
-        let mut buf = std::mem::take(&mut up.side.rbuf);
-        let mut pos = 0;
+        let buf = std::mem::take(&mut up.side.rbuf);
         let max = self.shared.cfg.max_frame_size as usize;
-        let r = loop {
-            if buf.len() - pos < HEAD_LEN {
-                break Ok(());
-            }
-            let h = Head::parse(&buf[pos..]);
-            if h.len > max {
-                break Err(ConnError {
-                    code: reason::FRAME_SIZE_ERROR,
-                    what: "frame larger than SETTINGS_MAX_FRAME_SIZE",
-                });
-            }
-            if buf.len() - pos < HEAD_LEN + h.len {
-                break Ok(());
-            }
-            let p = &buf[pos + HEAD_LEN..pos + HEAD_LEN + h.len];
-            pos += HEAD_LEN + h.len;
-            if let Err(e) = self.up_frame(ui, h, p) {
-                break Err(e);
-            }
-        };
-        buf.advance(pos);
+        let (used, r) = side::each_frame(&buf, max, |h, p| self.up_frame(ui, h, p));
+        let mut buf = buf;
+        buf.advance(used);
         if let Some(up) = self.ups[ui].as_mut() {
             up.side.rbuf = buf;
         }

@@ -13,8 +13,8 @@
 //! - [`server`]: an HTTP/2 server loop with a bounded drain on shutdown.
 //! - [`metrics`]: per-endpoint Prometheus metrics with a lock-free histogram.
 //! - [`tls`]: rustls server/client configurations (ALPN h2) and a plain-or-TLS connection type.
-//! - [`wire`], [`hpack`]: the HTTP/2 frame format and header compression, for `mp-lb`'s
-//!   frame-level relay.
+//! - [`wire`], [`hpack`], [`side`]: the HTTP/2 frame format, header compression and one
+//!   end of a connection, for `mp-lb`'s frame-level relay.
 //! - [`duration`]: `250ms`/`2s` durations for command-line flags.
 
 pub mod addr;
@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod pool;
 pub mod server;
 pub mod shutdown;
+pub mod side;
 pub mod telemetry;
 pub mod tls;
 pub mod wire;

@@ -1,0 +1,214 @@
+//! One end of an HTTP/2 connection as a frame-level engine drives it (`mp-lb`'s
+//! relay): the socket, its read and write buffers, the HPACK codecs, the
+//! peer's settings and the connection-level flow-control windows. The engine
+//! owns the streams; this owns the bytes.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use tokio::io::AsyncWrite;
+
+use crate::grpc;
+use crate::hpack::{Decoder, Encoder};
+use crate::tls::Io;
+use crate::wire::{self, flag, kind, put_head, ConnError, Head, Settings, HEAD_LEN};
+
+/// Bytes asked for per read.
+pub const READ_CHUNK: usize = 16 * 1024;
+
+/// One end of an HTTP/2 connection: its socket, buffers, header codecs,
+/// the peer's settings and the connection-level windows.
+pub struct Side {
+    /// The socket; `None` while it connects.
+    pub io: Option<Io>,
+    /// Bytes read and not yet handled (an incomplete frame at most).
+    pub rbuf: BytesMut,
+    /// Frames to write.
+    pub wbuf: Vec<u8>,
+    /// Bytes of `wbuf` already written.
+    pub wpos: usize,
+    /// Decodes the peer's header blocks.
+    pub dec: Decoder,
+    /// Encodes ours.
+    pub enc: Encoder,
+    /// The peer's settings.
+    pub peer: Settings,
+    /// DATA we may still send on the connection.
+    pub send_window: i64,
+    /// DATA received and passed on, not yet given back (WINDOW_UPDATE).
+    pub credit: u32,
+    /// A header block in progress: its stream and END_STREAM flag.
+    pub cont: Option<(u32, bool)>,
+    /// The header block being assembled (HEADERS + CONTINUATION).
+    pub block: Vec<u8>,
+    /// The read side ended (EOF or error).
+    pub eof: bool,
+}
+
+impl Side {
+    /// A side on `io` (`None` while it connects), with HTTP/2's initial
+    /// settings and windows.
+    pub fn new(io: Option<Io>) -> Side {
+        Side {
+            io,
+            rbuf: BytesMut::new(),
+            wbuf: Vec::new(),
+            wpos: 0,
+            dec: Decoder::new(),
+            enc: Encoder::new(),
+            peer: Settings::default(),
+            send_window: i64::from(wire::DEFAULT_WINDOW),
+            credit: 0,
+            cont: None,
+            block: Vec::new(),
+            eof: false,
+        }
+    }
+
+    /// Bytes written to `wbuf` and not yet to the socket.
+    pub fn pending_out(&self) -> usize {
+        self.wbuf.len() - self.wpos
+    }
+
+    /// Reads what the socket has. `Ready(Ok(0))`: end of stream.
+    pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some(io) = self.io.as_mut() else {
+            return Poll::Pending;
+        };
+        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut self.rbuf)
+    }
+
+    /// Writes what is pending; returns whether anything was written.
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+        let Some(io) = self.io.as_mut() else {
+            return Ok(false);
+        };
+        let mut wrote = false;
+        while self.wpos < self.wbuf.len() {
+            match Pin::new(&mut *io).poll_write(cx, &self.wbuf[self.wpos..]) {
+                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => {
+                    self.wpos += n;
+                    wrote = true;
+                }
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => break,
+            }
+        }
+        if wrote && !matches!(io, Io::Plain(_)) {
+            // TLS keeps records of its own until flushed.
+            let _ = Pin::new(&mut *io).poll_flush(cx);
+        }
+        if self.wpos == self.wbuf.len() {
+            self.wbuf.clear();
+            self.wpos = 0;
+            if self.wbuf.capacity() > 256 * 1024 {
+                self.wbuf.shrink_to(64 * 1024);
+            }
+        }
+        Ok(wrote)
+    }
+
+    /// Appends a header block as HEADERS (and CONTINUATION when it is larger
+    /// than the peer's frame size).
+    pub fn put_headers<'a>(
+        &mut self,
+        stream: u32,
+        end_stream: bool,
+        fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    ) {
+        let at = self.wbuf.len();
+        let end = if end_stream { flag::END_STREAM } else { 0 };
+        put_head(
+            &mut self.wbuf,
+            0,
+            kind::HEADERS,
+            end | flag::END_HEADERS,
+            stream,
+        );
+        self.enc.begin(&mut self.wbuf);
+        for (n, v) in fields {
+            self.enc.encode(n, v, &mut self.wbuf);
+        }
+        let len = self.wbuf.len() - at - HEAD_LEN;
+        let max = self.peer.max_frame_size as usize;
+        if len <= max {
+            wire::patch_len(&mut self.wbuf, at, len);
+            return;
+        }
+        let block = self.wbuf.split_off(at + HEAD_LEN);
+        self.wbuf.truncate(at);
+        let mut chunks = block.chunks(max).peekable();
+        let mut first = true;
+        while let Some(c) = chunks.next() {
+            let last = chunks.peek().is_none();
+            let (k, mut f) = if first {
+                (kind::HEADERS, end)
+            } else {
+                (kind::CONTINUATION, 0)
+            };
+            if last {
+                f |= flag::END_HEADERS;
+            }
+            put_head(&mut self.wbuf, c.len(), k, f, stream);
+            self.wbuf.extend_from_slice(c);
+            first = false;
+        }
+    }
+
+    /// A gRPC status of our own (`grpc-message` percent-encoded): trailers-only when no response head went
+    /// out yet, else trailers.
+    pub fn put_status(&mut self, stream: u32, head_sent: bool, status: u16, msg: &str) {
+        let st = status.to_string();
+        let msg = grpc::encode_message(msg);
+        let mut fields: Vec<(&[u8], &[u8])> = Vec::with_capacity(4);
+        if !head_sent {
+            fields.push((b":status", b"200"));
+            fields.push((b"content-type", grpc::CONTENT_TYPE_GRPC.as_bytes()));
+        }
+        fields.push((b"grpc-status", st.as_bytes()));
+        if !msg.is_empty() {
+            fields.push((b"grpc-message", msg.as_bytes()));
+        }
+        self.put_headers(stream, true, fields.into_iter());
+    }
+}
+
+/// Calls `f` on every complete frame at the start of `buf`, refusing frames
+/// over `max_frame` bytes. Returns the bytes used (complete frames handled)
+/// and the first error.
+pub fn each_frame(
+    buf: &[u8],
+    max_frame: usize,
+    mut f: impl FnMut(Head, &[u8]) -> Result<(), ConnError>,
+) -> (usize, Result<(), ConnError>) {
+    let mut pos = 0;
+    loop {
+        if buf.len() - pos < HEAD_LEN {
+            return (pos, Ok(()));
+        }
+        let h = Head::parse(&buf[pos..]);
+        if h.len > max_frame {
+            return (
+                pos,
+                Err(ConnError {
+                    code: wire::reason::FRAME_SIZE_ERROR,
+                    what: "frame larger than SETTINGS_MAX_FRAME_SIZE",
+                }),
+            );
+        }
+        if buf.len() - pos < HEAD_LEN + h.len {
+            return (pos, Ok(()));
+        }
+        let p = &buf[pos + HEAD_LEN..pos + HEAD_LEN + h.len];
+        pos += HEAD_LEN + h.len;
+        if let Err(e) = f(h, p) {
+            return (pos, Err(e));
+        }
+    }
+}
