@@ -15,6 +15,7 @@
 //! - [`tls`]: rustls server/client configurations (ALPN h2) and a plain-or-TLS connection type.
 //! - [`wire`], [`hpack`], [`side`]: the HTTP/2 frame format, header compression and one
 //!   end of a connection, for `mp-lb`'s frame-level relay.
+//! - [`h2client`]: a lean HTTP/2 client for unary gRPC calls on the same frame code.
 //! - [`duration`]: `250ms`/`2s` durations for command-line flags.
 
 pub mod addr;
@@ -23,6 +24,7 @@ pub mod body;
 pub mod discovery;
 pub mod duration;
 pub mod grpc;
+pub mod h2client;
 pub mod health;
 pub mod hpack;
 pub mod metrics;

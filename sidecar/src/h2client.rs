@@ -1,0 +1,868 @@
+//! A lean HTTP/2 client for unary gRPC calls, on the relay's frame code
+//! ([`wire`](crate::wire), [`hpack`](crate::hpack), [`side`](crate::side)).
+//!
+//! A [`Client`] is a handle to one connection, driven by one spawned task (a
+//! hand-written future, like `mp-lb`'s relay connection). A call is one
+//! message to that task (an unbounded channel) and one answer back (a
+//! oneshot): the request goes out as HEADERS and DATA within the peer's
+//! windows, and the whole reply (head, body up to a limit, trailers) comes
+//! back at once. The task reads and writes the socket in batches, so a busy
+//! connection costs a few system calls per round of many calls, and there are
+//! no per-call tasks, locks or timers.
+//!
+//! What a caller must know:
+//! - A call the server certainly did not process (REFUSED_STREAM, a stream
+//!   beyond its GOAWAY, a connection that failed before the request was
+//!   written, a closed client) fails with [`CallError::Unprocessed`]: it is
+//!   safe to send elsewhere.
+//! - Dropping a call's future before it finished resets its stream
+//!   (RST_STREAM CANCEL): the server sees the cancellation.
+//! - Calls are not bounded in time by the client: bound them (e.g.
+//!   `tokio::time::timeout`); the deadline given to [`Client::call`] is only
+//!   told to the server as `grpc-timeout`.
+//! - After a GOAWAY, a connection failure or stream ids running out,
+//!   [`Client::is_closed`] is true and every new call is `Unprocessed`: make
+//!   a new client. Calls in flight below the GOAWAY finish.
+//! - No keepalive PINGs: a peer that vanishes without closing the TCP
+//!   connection is noticed by the callers' deadlines, not by the client.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::AsyncWrite;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::grpc;
+use crate::hpack::HeaderList;
+use crate::side::{self, Side};
+use crate::tls::{ClientTls, Io};
+use crate::wire::{
+    self, flag, kind, put_data, put_goaway, put_ping_ack, put_rst, put_settings, put_settings_ack,
+    put_window_update, reason, setting, ConnError, Head, PREFACE,
+};
+
+/// How a client connects and what it advertises.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Flow-control window per stream we advertise (bytes).
+    pub stream_window: u32,
+    /// Flow-control window of the connection we advertise (bytes).
+    pub conn_window: u32,
+    /// Largest frame we accept (bytes).
+    pub max_frame_size: u32,
+    /// TCP connect (and TLS handshake) timeout.
+    pub connect_timeout: Duration,
+    /// TLS; `None`: h2c.
+    pub tls: Option<ClientTls>,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            stream_window: 2 * 1024 * 1024,
+            conn_window: 8 * 1024 * 1024,
+            max_frame_size: 64 * 1024,
+            connect_timeout: Duration::from_secs(1),
+            tls: None,
+        }
+    }
+}
+
+/// What calls share: the method path and the request headers other than the
+/// pseudo-headers and `grpc-timeout` (e.g. `content-type`, `te`, metadata).
+/// Build it once and share it (`Arc`) among the calls that send it.
+#[derive(Clone, Debug, Default)]
+pub struct RequestHead {
+    /// `:path`, e.g. `/mp.v1.Handler/Handle`.
+    pub path: Vec<u8>,
+    /// Regular headers, names in lower case.
+    pub headers: HeaderList,
+}
+
+/// A whole unary reply.
+#[derive(Debug)]
+pub struct Reply {
+    /// The response head (`:status` first, as the server sent it).
+    pub head: HeaderList,
+    /// The response body (DATA frames concatenated).
+    pub body: Bytes,
+    /// The trailers; `None` when the head ended the stream (trailers-only)
+    /// or the body ended without trailers.
+    pub trailers: Option<HeaderList>,
+}
+
+impl Reply {
+    /// The HTTP status (0 when missing or malformed).
+    pub fn status(&self) -> u16 {
+        self.head
+            .get(b":status")
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// Why a call has no reply.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The server did not process the request: it may go to another server.
+    #[error("{0}")]
+    Unprocessed(String),
+    /// The reply body grew past the call's limit (bytes); the stream was reset.
+    #[error("the reply is larger than {0} bytes")]
+    TooLarge(usize),
+    /// The call failed after the request may have been processed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+type Answer = Result<Reply, CallError>;
+
+/// One call on its way to the connection task.
+struct NewCall {
+    id: u64,
+    head: Arc<RequestHead>,
+    body: Bytes,
+    deadline: Option<Instant>,
+    max: usize,
+    reply: oneshot::Sender<Answer>,
+}
+
+enum Cmd {
+    Call(NewCall),
+    Cancel(u64),
+}
+
+#[derive(Debug)]
+struct Inner {
+    tx: mpsc::UnboundedSender<Cmd>,
+    closed: Arc<AtomicBool>,
+    next_call: AtomicU64,
+}
+
+/// A handle to one HTTP/2 connection (cheap to clone). The connection ends
+/// when every handle and call is gone, or on GOAWAY or failure.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+type Connecting = Pin<Box<dyn Future<Output = io::Result<Io>> + Send>>;
+
+impl Client {
+    /// A client of `addr` whose connection is opened in the background (calls
+    /// made meanwhile wait for it; if it fails, they fail `Unprocessed`).
+    /// `authority` is the `:authority` of its calls. Must be called inside a
+    /// tokio runtime.
+    pub fn new(addr: SocketAddr, authority: &str, cfg: &ClientConfig) -> Client {
+        let tls = cfg.tls.clone();
+        let limit = cfg.connect_timeout;
+        let connecting: Connecting = Box::pin(async move { open(addr, tls, limit).await });
+        Client::spawn(addr, authority, cfg, Err(connecting))
+    }
+
+    /// Connects to `addr` (TCP, TLS when configured) and returns a client of
+    /// the connection; an error when the connection cannot be opened.
+    pub async fn connect(
+        addr: SocketAddr,
+        authority: &str,
+        cfg: &ClientConfig,
+    ) -> io::Result<Client> {
+        let io = open(addr, cfg.tls.clone(), cfg.connect_timeout).await?;
+        Ok(Client::spawn(addr, authority, cfg, Ok(io)))
+    }
+
+    fn spawn(
+        addr: SocketAddr,
+        authority: &str,
+        cfg: &ClientConfig,
+        io: Result<Io, Connecting>,
+    ) -> Client {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let closed = Arc::new(AtomicBool::new(false));
+        let (io, connecting) = match io {
+            Ok(io) => (Some(io), None),
+            Err(c) => (None, Some(c)),
+        };
+        let mut side = Side::new(io);
+        side.wbuf.extend_from_slice(PREFACE);
+        put_settings(
+            &mut side.wbuf,
+            &[
+                (setting::ENABLE_PUSH, 0),
+                (setting::INITIAL_WINDOW_SIZE, cfg.stream_window),
+                (setting::MAX_FRAME_SIZE, cfg.max_frame_size),
+            ],
+        );
+        if cfg.conn_window > wire::DEFAULT_WINDOW {
+            put_window_update(&mut side.wbuf, 0, cfg.conn_window - wire::DEFAULT_WINDOW);
+        }
+        let conn = Conn {
+            side,
+            addr,
+            authority: authority.as_bytes().to_vec(),
+            scheme: if cfg.tls.is_some() { b"https" } else { b"http" },
+            stream_window: cfg.stream_window,
+            conn_window: cfg.conn_window,
+            max_frame: cfg.max_frame_size as usize,
+            rx,
+            rx_open: true,
+            connecting,
+            closed: closed.clone(),
+            streams: Ids::default(),
+            queue: VecDeque::new(),
+            next_id: 1,
+            settled: false,
+            goaway: None,
+            dead: None,
+            flushed: 0,
+        };
+        tokio::spawn(conn);
+        Client {
+            inner: Arc::new(Inner {
+                tx,
+                closed,
+                next_call: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// True once the connection takes no new calls (GOAWAY, failure, ids
+    /// used up): make a new client.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Relaxed)
+    }
+
+    /// Sends a POST of `body` with `head` and resolves to the whole reply.
+    /// `deadline` is told to the server as `grpc-timeout` (measured when the
+    /// request is written); it does not bound the call. A reply body over
+    /// `max_body` bytes fails the call ([`CallError::TooLarge`]). Dropping
+    /// the future before it resolves resets the stream (CANCEL).
+    pub fn call(
+        &self,
+        head: Arc<RequestHead>,
+        body: Bytes,
+        deadline: Option<Instant>,
+        max_body: usize,
+    ) -> Call {
+        let (reply, rx) = oneshot::channel();
+        let id = self.inner.next_call.fetch_add(1, Ordering::Relaxed);
+        let cmd = Cmd::Call(NewCall {
+            id,
+            head,
+            body,
+            deadline,
+            max: max_body,
+            reply,
+        });
+        // A closed channel drops the command, and with it the sender: the
+        // call resolves `Unprocessed` (it never reached the connection).
+        let sent = self.inner.tx.send(cmd).is_ok();
+        Call {
+            rx,
+            id,
+            inner: self.inner.clone(),
+            pending: sent,
+        }
+    }
+}
+
+async fn open(addr: SocketAddr, tls: Option<ClientTls>, limit: Duration) -> io::Result<Io> {
+    let tcp = tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    // Small gRPC frames must not wait for Nagle.
+    let _ = tcp.set_nodelay(true);
+    match tls {
+        None => Ok(Io::Plain(tcp)),
+        Some(t) => tokio::time::timeout(limit, t.connect(tcp))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?,
+    }
+}
+
+/// A call in flight: resolves to its reply; dropped before that, it resets
+/// the stream.
+#[must_use = "a call does nothing unless awaited, and dropping it cancels it"]
+pub struct Call {
+    rx: oneshot::Receiver<Answer>,
+    id: u64,
+    inner: Arc<Inner>,
+    /// The connection has it and has not answered.
+    pending: bool,
+}
+
+impl Future for Call {
+    type Output = Answer;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+        let r = std::task::ready!(Pin::new(&mut self.rx).poll(cx));
+        self.pending = false;
+        Poll::Ready(r.unwrap_or_else(|_| {
+            Err(CallError::Unprocessed(
+                "the connection is closed".to_string(),
+            ))
+        }))
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if self.pending {
+            let _ = self.inner.tx.send(Cmd::Cancel(self.id));
+        }
+    }
+}
+
+/// A hasher for stream ids (small integers): one multiply.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type Ids<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
+
+/// The largest header block (compressed) we read; past it the connection ends.
+const MAX_BLOCK: usize = 1024 * 1024;
+/// Rounds of reading and writing per wakeup before yielding to other tasks.
+const ROUNDS: usize = 32;
+/// Stream ids stop here (2^31 - 1).
+const MAX_STREAM_ID: u32 = wire::MAX_WINDOW;
+
+/// One open stream.
+struct Stream {
+    call: u64,
+    reply: oneshot::Sender<Answer>,
+    head: Option<HeaderList>,
+    body: BytesMut,
+    max: usize,
+    /// Request bytes waiting for the windows.
+    to_send: Bytes,
+    /// Our send window on the stream.
+    window: i64,
+    end_sent: bool,
+    /// Response bytes taken, not yet given back (stream WINDOW_UPDATE).
+    credit: u32,
+    /// Output offset where its HEADERS end: not all written -> unprocessed.
+    written_at: u64,
+}
+
+/// The connection task.
+struct Conn {
+    side: Side,
+    addr: SocketAddr,
+    authority: Vec<u8>,
+    scheme: &'static [u8],
+    stream_window: u32,
+    conn_window: u32,
+    max_frame: usize,
+    rx: mpsc::UnboundedReceiver<Cmd>,
+    rx_open: bool,
+    connecting: Option<Connecting>,
+    closed: Arc<AtomicBool>,
+    streams: Ids<Stream>,
+    /// Calls waiting for the server's SETTINGS or a free stream slot.
+    queue: VecDeque<NewCall>,
+    next_id: u32,
+    /// The server's first SETTINGS arrived.
+    settled: bool,
+    goaway: Option<u32>,
+    /// The connection failed: why.
+    dead: Option<String>,
+    /// Bytes written to the socket so far.
+    flushed: u64,
+}
+
+fn pump(side: &mut Side, id: u32, s: &mut Stream) {
+    let max = i64::from(side.peer.max_frame_size);
+    while !s.to_send.is_empty() {
+        let n = (s.to_send.len() as i64)
+            .min(s.window)
+            .min(side.send_window)
+            .min(max);
+        if n <= 0 {
+            break;
+        }
+        let n = n as usize;
+        let end = n == s.to_send.len();
+        put_data(&mut side.wbuf, id, &s.to_send[..n], end);
+        s.to_send.advance(n);
+        s.window -= n as i64;
+        side.send_window -= n as i64;
+        if end {
+            s.end_sent = true;
+        }
+    }
+}
+
+impl Conn {
+    fn usable(&self) -> bool {
+        self.dead.is_none() && self.goaway.is_none() && self.next_id < MAX_STREAM_ID - 2
+    }
+
+    fn accept(&mut self, c: NewCall) {
+        if !self.usable() {
+            let why = self.why_closed();
+            let _ = c.reply.send(Err(CallError::Unprocessed(why)));
+            return;
+        }
+        self.queue.push_back(c);
+    }
+
+    fn why_closed(&self) -> String {
+        match (&self.dead, self.goaway) {
+            (Some(d), _) => d.clone(),
+            (None, Some(_)) => format!("{} went away (GOAWAY)", self.addr),
+            _ => format!("the connection to {} used up its stream ids", self.addr),
+        }
+    }
+
+    /// Starts queued calls while the server's stream limit allows.
+    fn start_queued(&mut self) {
+        if !self.settled || self.side.io.is_none() {
+            return;
+        }
+        while !self.queue.is_empty()
+            && (self.streams.len() as u64) < u64::from(self.side.peer.max_concurrent_streams)
+        {
+            if !self.usable() {
+                self.closed.store(true, Ordering::Relaxed);
+                let why = self.why_closed();
+                for c in self.queue.drain(..) {
+                    let _ = c.reply.send(Err(CallError::Unprocessed(why.clone())));
+                }
+                return;
+            }
+            let c = self.queue.pop_front().expect("not empty");
+            // A caller that already gave up.
+            if c.reply.is_closed() {
+                continue;
+            }
+            self.start(c);
+        }
+    }
+
+    fn start(&mut self, c: NewCall) {
+        let id = self.next_id;
+        self.next_id += 2;
+        let timeout = c
+            .deadline
+            .map(|d| grpc::encode_timeout(d.saturating_duration_since(Instant::now())));
+        let end = c.body.is_empty();
+        let pseudo: [(&[u8], &[u8]); 4] = [
+            (b":method", b"POST"),
+            (b":scheme", self.scheme),
+            (b":path", &c.head.path),
+            (b":authority", &self.authority),
+        ];
+        let fields = pseudo.into_iter().chain(c.head.headers.iter()).chain(
+            timeout
+                .as_ref()
+                .map(|t| (&b"grpc-timeout"[..], t.as_bytes())),
+        );
+        self.side.put_headers(id, end, fields);
+        let mut s = Stream {
+            call: c.id,
+            reply: c.reply,
+            head: None,
+            body: BytesMut::new(),
+            max: c.max,
+            to_send: c.body,
+            window: i64::from(self.side.peer.initial_window_size),
+            end_sent: end,
+            credit: 0,
+            written_at: self.flushed + self.side.pending_out() as u64,
+        };
+        pump(&mut self.side, id, &mut s);
+        self.streams.insert(id, s);
+    }
+
+    fn cancel(&mut self, call: u64) {
+        if let Some(i) = self.queue.iter().position(|c| c.id == call) {
+            self.queue.remove(i);
+            return;
+        }
+        let Some(id) = self
+            .streams
+            .iter()
+            .find(|(_, s)| s.call == call)
+            .map(|(id, _)| *id)
+        else {
+            return;
+        };
+        self.streams.remove(&id);
+        put_rst(&mut self.side.wbuf, id, reason::CANCEL);
+    }
+
+    /// Ends the connection: every call fails, unprocessed when its request
+    /// never fully left.
+    fn die(&mut self, why: String) {
+        self.closed.store(true, Ordering::Relaxed);
+        for (_, s) in self.streams.drain() {
+            let e = if s.written_at > self.flushed {
+                CallError::Unprocessed(why.clone())
+            } else if s.head.is_some() {
+                CallError::Failed(format!("the reply broke off: {why}"))
+            } else {
+                CallError::Failed(why.clone())
+            };
+            let _ = s.reply.send(Err(e));
+        }
+        for c in self.queue.drain(..) {
+            let _ = c.reply.send(Err(CallError::Unprocessed(why.clone())));
+        }
+        self.dead = Some(why);
+    }
+
+    fn input(&mut self) -> Result<(), ConnError> {
+        let buf = std::mem::take(&mut self.side.rbuf);
+        let (used, r) = side::each_frame(&buf, self.max_frame, |h, p| self.frame(h, p));
+        let mut buf = buf;
+        buf.advance(used);
+        self.side.rbuf = buf;
+        r
+    }
+
+    fn credit_conn(&mut self, n: usize) {
+        self.side.credit += n as u32;
+        if self.side.credit >= self.conn_window / 2 {
+            put_window_update(&mut self.side.wbuf, 0, self.side.credit);
+            self.side.credit = 0;
+        }
+    }
+
+    fn frame(&mut self, h: Head, p: &[u8]) -> Result<(), ConnError> {
+        if let Some((id, _)) = self.side.cont {
+            if h.kind != kind::CONTINUATION || h.stream != id {
+                return Err(ConnError::protocol("header block interrupted"));
+            }
+        }
+        match h.kind {
+            kind::DATA => {
+                let r = wire::unpad(&h, p)?;
+                // Taken off the connection at once: what a stream holds is
+                // bounded by its limit.
+                self.credit_conn(h.len);
+                let Some(s) = self.streams.get_mut(&h.stream) else {
+                    return Ok(());
+                };
+                if s.head.is_none() {
+                    return Err(ConnError::protocol("DATA before the response head"));
+                }
+                let data = &p[r];
+                if s.body.len() + data.len() > s.max {
+                    let s = self.streams.remove(&h.stream).expect("present");
+                    put_rst(&mut self.side.wbuf, h.stream, reason::CANCEL);
+                    let _ = s.reply.send(Err(CallError::TooLarge(s.max)));
+                    return Ok(());
+                }
+                s.body.extend_from_slice(data);
+                if h.has(flag::END_STREAM) {
+                    self.complete(h.stream, None);
+                } else {
+                    s.credit += h.len as u32;
+                    if s.credit >= self.stream_window / 2 {
+                        put_window_update(&mut self.side.wbuf, h.stream, s.credit);
+                        s.credit = 0;
+                    }
+                }
+                Ok(())
+            }
+            kind::HEADERS => {
+                if h.stream == 0 {
+                    return Err(ConnError::protocol("HEADERS on stream 0"));
+                }
+                let r = wire::unpad(&h, p)?;
+                self.side.block.clear();
+                self.side.block.extend_from_slice(&p[r]);
+                if h.has(flag::END_HEADERS) {
+                    self.headers(h.stream, h.has(flag::END_STREAM))
+                } else {
+                    self.side.cont = Some((h.stream, h.has(flag::END_STREAM)));
+                    Ok(())
+                }
+            }
+            kind::CONTINUATION => {
+                let Some((id, end)) = self.side.cont else {
+                    return Err(ConnError::protocol("CONTINUATION without HEADERS"));
+                };
+                self.side.block.extend_from_slice(p);
+                if self.side.block.len() > MAX_BLOCK {
+                    return Err(ConnError {
+                        code: reason::ENHANCE_YOUR_CALM,
+                        what: "header block over 1 MiB",
+                    });
+                }
+                if h.has(flag::END_HEADERS) {
+                    self.side.cont = None;
+                    self.headers(id, end)
+                } else {
+                    Ok(())
+                }
+            }
+            kind::RST_STREAM => {
+                let rc = wire::rst_code(p)?;
+                if let Some(s) = self.streams.remove(&h.stream) {
+                    let what = format!("{} reset the stream ({})", self.addr, reason::name(rc));
+                    let e = if rc == reason::REFUSED_STREAM {
+                        CallError::Unprocessed(what)
+                    } else if s.head.is_some() {
+                        CallError::Failed(format!("the reply broke off: {what}"))
+                    } else {
+                        CallError::Failed(what)
+                    };
+                    let _ = s.reply.send(Err(e));
+                }
+                Ok(())
+            }
+            kind::SETTINGS => {
+                if h.has(flag::ACK) {
+                    return Ok(());
+                }
+                if h.stream != 0 {
+                    return Err(ConnError::protocol("SETTINGS on a stream"));
+                }
+                let delta = self.side.peer.apply(p)?;
+                self.side
+                    .enc
+                    .set_peer_table_size(self.side.peer.header_table_size);
+                put_settings_ack(&mut self.side.wbuf);
+                self.settled = true;
+                if delta != 0 {
+                    for (id, s) in self.streams.iter_mut() {
+                        s.window += delta;
+                        pump(&mut self.side, *id, s);
+                    }
+                }
+                Ok(())
+            }
+            kind::PING => {
+                if h.len != 8 {
+                    return Err(ConnError {
+                        code: reason::FRAME_SIZE_ERROR,
+                        what: "PING length not 8",
+                    });
+                }
+                if !h.has(flag::ACK) {
+                    put_ping_ack(&mut self.side.wbuf, p);
+                }
+                Ok(())
+            }
+            kind::GOAWAY => {
+                let (last, _) = wire::goaway(p)?;
+                self.goaway = Some(self.goaway.map_or(last, |l| l.min(last)));
+                self.closed.store(true, Ordering::Relaxed);
+                let why = format!("{} went away (GOAWAY)", self.addr);
+                let refused: Vec<u32> = self
+                    .streams
+                    .keys()
+                    .copied()
+                    .filter(|&id| id > last)
+                    .collect();
+                for id in refused {
+                    if let Some(s) = self.streams.remove(&id) {
+                        let _ = s.reply.send(Err(CallError::Unprocessed(why.clone())));
+                    }
+                }
+                for c in self.queue.drain(..) {
+                    let _ = c.reply.send(Err(CallError::Unprocessed(why.clone())));
+                }
+                Ok(())
+            }
+            kind::WINDOW_UPDATE => {
+                let inc = wire::window_increment(p)?;
+                if h.stream == 0 {
+                    self.side.send_window += i64::from(inc);
+                    for (id, s) in self.streams.iter_mut() {
+                        if !s.to_send.is_empty() {
+                            pump(&mut self.side, *id, s);
+                        }
+                    }
+                } else if let Some(s) = self.streams.get_mut(&h.stream) {
+                    s.window += i64::from(inc);
+                    pump(&mut self.side, h.stream, s);
+                }
+                Ok(())
+            }
+            kind::PUSH_PROMISE => Err(ConnError::protocol("PUSH_PROMISE though push is off")),
+            _ => Ok(()),
+        }
+    }
+
+    fn headers(&mut self, id: u32, end: bool) -> Result<(), ConnError> {
+        let mut list = HeaderList::new();
+        // Decoded even for a stream we dropped: HPACK state is per connection.
+        self.side.dec.decode(&self.side.block, &mut list)?;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return Ok(());
+        };
+        if s.head.is_none() {
+            // 1xx: an informational head; the real one follows.
+            if !end
+                && list
+                    .get(b":status")
+                    .is_some_and(|v| v.first() == Some(&b'1'))
+            {
+                return Ok(());
+            }
+            s.head = Some(list);
+            if end {
+                self.complete(id, None);
+            }
+            return Ok(());
+        }
+        if !end {
+            return Err(ConnError::protocol("trailers without END_STREAM"));
+        }
+        self.complete(id, Some(list));
+        Ok(())
+    }
+
+    /// The server ended the stream: the reply goes to its caller.
+    fn complete(&mut self, id: u32, trailers: Option<HeaderList>) {
+        let Some(s) = self.streams.remove(&id) else {
+            return;
+        };
+        if !s.end_sent {
+            // The server answered before reading the whole request.
+            put_rst(&mut self.side.wbuf, id, reason::NO_ERROR);
+        }
+        let reply = Reply {
+            head: s.head.unwrap_or_default(),
+            body: s.body.freeze(),
+            trailers,
+        };
+        let _ = s.reply.send(Ok(reply));
+    }
+
+    fn finished(&self) -> bool {
+        if self.dead.is_some() {
+            return true;
+        }
+        self.streams.is_empty()
+            && self.queue.is_empty()
+            && (!self.rx_open || !self.usable())
+            && self.side.pending_out() == 0
+    }
+
+    /// One round: connect, take commands, read, start calls, write.
+    /// Returns whether anything happened.
+    fn round(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut busy = false;
+        if let Some(c) = &mut self.connecting {
+            match c.as_mut().poll(cx) {
+                Poll::Pending => {}
+                Poll::Ready(Ok(io)) => {
+                    self.connecting = None;
+                    self.side.io = Some(io);
+                    busy = true;
+                }
+                Poll::Ready(Err(e)) => {
+                    self.connecting = None;
+                    self.die(format!("cannot connect to {}: {e}", self.addr));
+                    return true;
+                }
+            }
+        }
+        while self.rx_open {
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(Cmd::Call(c))) => {
+                    busy = true;
+                    self.accept(c);
+                }
+                Poll::Ready(Some(Cmd::Cancel(id))) => {
+                    busy = true;
+                    self.cancel(id);
+                }
+                Poll::Ready(None) => {
+                    busy = true;
+                    self.rx_open = false;
+                }
+                Poll::Pending => break,
+            }
+        }
+        if self.side.io.is_some() && !self.side.eof {
+            match self.side.poll_read(cx) {
+                Poll::Ready(Ok(0)) => {
+                    busy = true;
+                    self.side.eof = true;
+                    self.die(format!("{} closed the connection", self.addr));
+                }
+                Poll::Ready(Ok(_)) => {
+                    busy = true;
+                    if let Err(e) = self.input() {
+                        put_goaway(&mut self.side.wbuf, 0, e.code, e.what.as_bytes());
+                        self.die(format!("{} broke the HTTP/2 protocol: {e}", self.addr));
+                    }
+                }
+                Poll::Ready(Err(e)) => {
+                    busy = true;
+                    self.side.eof = true;
+                    self.die(format!("the connection to {} failed: {e}", self.addr));
+                }
+                Poll::Pending => {}
+            }
+        }
+        self.start_queued();
+        let before = self.side.pending_out();
+        match self.side.poll_flush(cx) {
+            Ok(w) => {
+                self.flushed += (before - self.side.pending_out()) as u64;
+                busy |= w;
+            }
+            Err(e) => {
+                busy = true;
+                if self.dead.is_none() {
+                    self.die(format!("writing to {} failed: {e}", self.addr));
+                }
+            }
+        }
+        busy
+    }
+}
+
+impl Future for Conn {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        for _ in 0..ROUNDS {
+            let busy = this.round(cx);
+            if this.finished() {
+                this.closed.store(true, Ordering::Relaxed);
+                if let Some(io) = this.side.io.as_mut() {
+                    // Our last bytes, then FIN (TLS: close_notify).
+                    let _ = Pin::new(io).poll_shutdown(cx);
+                }
+                return Poll::Ready(());
+            }
+            if !busy {
+                return Poll::Pending;
+            }
+        }
+        // Plenty to do: let other connections have a turn.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}

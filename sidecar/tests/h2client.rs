@@ -1,0 +1,337 @@
+//! The lean HTTP/2 client against a real hyper HTTP/2 server (the sidecar's
+//! server loop) on loopback: replies, statuses, flow control, cancellation,
+//! GOAWAY, refused connections, the server's stream limit.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, StreamBody};
+use hyper::body::{Frame, Incoming};
+use mp_sidecar::h2client::{CallError, Client, ClientConfig, Reply, RequestHead};
+use mp_sidecar::hpack::HeaderList;
+use mp_sidecar::server::{serve, ServerConfig};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn grpc_body(chunks: Vec<Bytes>, status: &str, message: Option<&str>) -> Body {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_str(status).unwrap());
+    if let Some(m) = message {
+        trailers.insert("grpc-message", HeaderValue::from_str(m).unwrap());
+    }
+    let mut frames: Vec<Result<Frame<Bytes>, Infallible>> =
+        chunks.into_iter().map(|c| Ok(Frame::data(c))).collect();
+    frames.push(Ok(Frame::trailers(trailers)));
+    BodyExt::boxed(StreamBody::new(futures::stream::iter(frames)))
+}
+
+/// What the test server tells the test.
+struct Seen {
+    /// A `/slow` call's handler was dropped (the stream was cancelled).
+    cancelled: mpsc::UnboundedSender<()>,
+    /// `/count` calls running now, and the most at once.
+    running: AtomicUsize,
+    most: AtomicUsize,
+}
+
+struct DropSignal(mpsc::UnboundedSender<()>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+async fn handle(seen: Arc<Seen>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let timeout = req.headers().get("grpc-timeout").cloned();
+    let authority = req.uri().authority().map(|a| a.to_string());
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let mut resp = Response::builder()
+        .status(200)
+        .header("content-type", "application/grpc");
+    if let Some(t) = timeout {
+        resp = resp.header("x-timeout", t);
+    }
+    if let Some(a) = authority {
+        resp = resp.header("x-authority", a);
+    }
+    let body = match path.as_str() {
+        "/t.S/Echo" => grpc_body(vec![body], "0", None),
+        "/t.S/Fail" => grpc_body(vec![], "8", Some("out of quota")),
+        "/t.S/TrailersOnly" => {
+            resp = resp
+                .header("grpc-status", "5")
+                .header("grpc-message", "no such thing");
+            BodyExt::boxed(Empty::new())
+        }
+        "/t.S/Big" => {
+            // 3 MiB in 48 chunks: more than any window we or it start with.
+            let chunk = Bytes::from(vec![7u8; 64 * 1024]);
+            grpc_body(vec![chunk; 48], "0", None)
+        }
+        "/t.S/Slow" => {
+            let _signal = DropSignal(seen.cancelled.clone());
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+        "/t.S/Count" => {
+            let now = seen.running.fetch_add(1, Ordering::SeqCst) + 1;
+            seen.most.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            seen.running.fetch_sub(1, Ordering::SeqCst);
+            grpc_body(vec![body], "0", None)
+        }
+        "/t.S/Sleep" => {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            grpc_body(vec![body], "0", None)
+        }
+        _ => grpc_body(vec![], "12", Some("unknown method")),
+    };
+    Ok(resp.body(body).unwrap())
+}
+
+struct Server {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    cancelled: mpsc::UnboundedReceiver<()>,
+    seen: Arc<Seen>,
+}
+
+async fn server(max_concurrent_streams: u32) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, cancelled) = mpsc::unbounded_channel();
+    let seen = Arc::new(Seen {
+        cancelled: tx,
+        running: AtomicUsize::new(0),
+        most: AtomicUsize::new(0),
+    });
+    let s = seen.clone();
+    let service = hyper::service::service_fn(move |req| handle(s.clone(), req));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let cfg = ServerConfig {
+        max_concurrent_streams,
+        ..ServerConfig::default()
+    };
+    tokio::spawn(serve(listener, service, cfg, async move {
+        let _ = stopped.await;
+    }));
+    Server {
+        addr,
+        stop: Some(stop),
+        cancelled,
+        seen,
+    }
+}
+
+fn head(method: &str) -> Arc<RequestHead> {
+    let mut headers = HeaderList::new();
+    headers.push(b"content-type", b"application/grpc");
+    headers.push(b"te", b"trailers");
+    Arc::new(RequestHead {
+        path: format!("/t.S/{method}").into_bytes(),
+        headers,
+    })
+}
+
+fn message(payload: &[u8]) -> Bytes {
+    let mut b = vec![0u8];
+    b.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    b.extend_from_slice(payload);
+    Bytes::from(b)
+}
+
+fn trailer<'a>(r: &'a Reply, name: &str) -> Option<&'a [u8]> {
+    r.trailers.as_ref()?.get(name.as_bytes())
+}
+
+async fn client(addr: SocketAddr) -> Client {
+    Client::connect(addr, "leaf.test:1234", &ClientConfig::default())
+        .await
+        .unwrap()
+}
+
+const LIMIT: usize = 4 << 20;
+
+#[tokio::test]
+async fn unary_replies_statuses_and_trailers_only() {
+    let s = server(1024).await;
+    let c = client(s.addr).await;
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let r = c
+        .call(head("Echo"), message(b"hello"), Some(deadline), LIMIT)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(&r.body[..], &message(b"hello")[..]);
+    assert_eq!(trailer(&r, "grpc-status"), Some(&b"0"[..]));
+    assert_eq!(r.head.get(b"x-authority"), Some(&b"leaf.test:1234"[..]));
+    // The deadline reached the server as grpc-timeout, a little under 5 s.
+    let t = r.head.get(b"x-timeout").expect("grpc-timeout sent");
+    let t = mp_sidecar::grpc::parse_timeout_bytes(t).expect("well formed");
+    assert!(
+        t <= Duration::from_secs(5) && t > Duration::from_secs(4),
+        "{t:?}"
+    );
+
+    // An error status in the trailers.
+    let r = c
+        .call(head("Fail"), message(b"x"), None, LIMIT)
+        .await
+        .unwrap();
+    assert_eq!(trailer(&r, "grpc-status"), Some(&b"8"[..]));
+    assert_eq!(trailer(&r, "grpc-message"), Some(&b"out of quota"[..]));
+    assert!(
+        r.head.get(b"x-timeout").is_none(),
+        "no deadline, no grpc-timeout"
+    );
+
+    // Trailers-only: the status in the head, no body, no trailers.
+    let r = c
+        .call(head("TrailersOnly"), message(b"x"), None, LIMIT)
+        .await
+        .unwrap();
+    assert_eq!(r.head.get(b"grpc-status"), Some(&b"5"[..]));
+    assert!(r.body.is_empty() && r.trailers.is_none(), "{r:?}");
+
+    // Many calls at once on the one connection, each its own answer.
+    let calls = (0..200u32).map(|i| {
+        let c = c.clone();
+        async move {
+            let p = i.to_string();
+            let r = c
+                .call(head("Echo"), message(p.as_bytes()), None, LIMIT)
+                .await
+                .unwrap();
+            assert_eq!(&r.body[5..], p.as_bytes());
+        }
+    });
+    futures::future::join_all(calls).await;
+    assert!(!c.is_closed());
+}
+
+#[tokio::test]
+async fn large_reply_flows_and_the_limit_holds() {
+    let s = server(1024).await;
+    let c = client(s.addr).await;
+    let r = c
+        .call(head("Big"), message(b""), None, LIMIT)
+        .await
+        .unwrap();
+    assert_eq!(r.body.len(), 48 * 64 * 1024);
+    assert!(r.body.iter().all(|&b| b == 7));
+    assert_eq!(trailer(&r, "grpc-status"), Some(&b"0"[..]));
+
+    // A large request too (past the server's initial windows).
+    let big = vec![3u8; 3 << 20];
+    let r = c
+        .call(head("Echo"), message(&big), None, LIMIT)
+        .await
+        .unwrap();
+    assert_eq!(r.body.len(), big.len() + 5);
+
+    // Over the limit: refused, and the connection still serves.
+    let e = c
+        .call(head("Big"), message(b""), None, 1 << 20)
+        .await
+        .unwrap_err();
+    assert_eq!(e, CallError::TooLarge(1 << 20));
+    let r = c
+        .call(head("Echo"), message(b"after"), None, LIMIT)
+        .await
+        .unwrap();
+    assert_eq!(&r.body[5..], b"after");
+}
+
+#[tokio::test]
+async fn a_dropped_call_cancels_its_stream_on_the_server() {
+    let mut s = server(1024).await;
+    let c = client(s.addr).await;
+    let call = c.call(head("Slow"), message(b"x"), None, LIMIT);
+    let r = tokio::time::timeout(Duration::from_millis(200), call).await;
+    assert!(r.is_err(), "the slow call must not answer");
+    // Dropped by the timeout: the server's handler is dropped when the
+    // RST_STREAM arrives.
+    tokio::time::timeout(Duration::from_secs(5), s.cancelled.recv())
+        .await
+        .expect("the server saw the cancellation")
+        .unwrap();
+    // The connection goes on.
+    let r = c
+        .call(head("Echo"), message(b"x"), None, LIMIT)
+        .await
+        .unwrap();
+    assert_eq!(trailer(&r, "grpc-status"), Some(&b"0"[..]));
+}
+
+#[tokio::test]
+async fn goaway_finishes_calls_in_flight_and_refuses_new_ones_unprocessed() {
+    let mut s = server(1024).await;
+    let c = client(s.addr).await;
+    // Connected and settled.
+    c.call(head("Echo"), message(b"x"), None, LIMIT)
+        .await
+        .unwrap();
+    let in_flight = tokio::spawn(c.call(head("Sleep"), message(b"late"), None, LIMIT));
+    // Let the call reach the server before it stops (its stream must be
+    // below the GOAWAY's last stream id).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.stop.take().unwrap().send(()).unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    while !c.is_closed() {
+        assert!(Instant::now() < until, "GOAWAY never seen");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let e = c
+        .call(head("Echo"), message(b"x"), None, LIMIT)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CallError::Unprocessed(_)), "{e:?}");
+    let r = in_flight.await.unwrap().unwrap();
+    assert_eq!(&r.body[5..], b"late");
+    assert_eq!(trailer(&r, "grpc-status"), Some(&b"0"[..]));
+}
+
+#[tokio::test]
+async fn refused_connections_fail_and_say_so() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    let e = Client::connect(addr, "x", &ClientConfig::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+    // A lazily connecting client: its calls fail unprocessed, and it closes.
+    let c = Client::new(addr, "x", &ClientConfig::default());
+    let e = c
+        .call(head("Echo"), message(b"x"), None, LIMIT)
+        .await
+        .unwrap_err();
+    match e {
+        CallError::Unprocessed(m) => assert!(m.contains("cannot connect"), "{m}"),
+        e => panic!("{e:?}"),
+    }
+    assert!(c.is_closed());
+}
+
+#[tokio::test]
+async fn the_servers_stream_limit_is_respected() {
+    let s = server(3).await;
+    let c = client(s.addr).await;
+    let calls = (0..20).map(|_| c.call(head("Count"), message(b"n"), None, LIMIT));
+    for r in futures::future::join_all(calls).await {
+        let r = r.expect("no call refused");
+        assert_eq!(trailer(&r, "grpc-status"), Some(&b"0"[..]));
+    }
+    let most = s.seen.most.load(Ordering::SeqCst);
+    assert!((2..=3).contains(&most), "{most} at once");
+}
