@@ -23,7 +23,7 @@
 //! status whose message starts with `mp-lb:`.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
@@ -188,6 +188,12 @@ const MAX_BLOCK: usize = 1024 * 1024;
 const WRITE_HIGH: usize = 1024 * 1024;
 /// Rounds of reading and writing per wakeup before yielding to other tasks.
 const ROUNDS: usize = 32;
+/// Calls queued on a backend connection before its SETTINGS say how many
+/// it takes (RFC 9113 advises a limit of no less than 100).
+const ASSUMED_STREAMS: usize = 100;
+/// Connections one client connection opens to one endpoint when the
+/// endpoint's stream limit is reached; past them, calls queue.
+const MAX_UPS_PER_ENDPOINT: usize = 8;
 /// Stream ids stop here (2^31 - 1).
 const MAX_STREAM_ID: u32 = wire::MAX_WINDOW;
 
@@ -228,14 +234,21 @@ struct Up {
     streams: Ids<u32>,
     /// The backend's GOAWAY: the last stream it processes.
     goaway: Option<u32>,
+    /// The backend's first SETTINGS arrived (so its stream limit is known).
+    settled: bool,
+    /// Client streams waiting for room on this connection, in order.
+    waiting: VecDeque<u32>,
 }
 
 impl Up {
+    /// Can take calls (now or once it has room).
     fn usable(&self) -> bool {
-        self.goaway.is_none()
-            && !self.side.eof
-            && self.next_id < MAX_STREAM_ID - 2
-            && (self.streams.len() as u64) < u64::from(self.side.peer.max_concurrent_streams)
+        self.goaway.is_none() && !self.side.eof && self.next_id < MAX_STREAM_ID - 2
+    }
+
+    /// Has room for one more stream now.
+    fn has_room(&self) -> bool {
+        (self.streams.len() as u64) < u64::from(self.side.peer.max_concurrent_streams)
     }
 }
 
@@ -243,6 +256,8 @@ impl Up {
 struct Stream {
     /// (index in `Conn::ups`, backend stream id).
     up: Option<(usize, u32)>,
+    /// Waiting for room on this backend connection.
+    queued: Option<usize>,
     endpoint: Option<Arc<Endpoint>>,
     method: Arc<CallHandles>,
     start: Instant,
@@ -627,6 +642,7 @@ impl Conn {
         let too_big = list.size() > self.shared.cfg.max_header_list_size as usize;
         let stream = Stream {
             up: None,
+            queued: None,
             endpoint: None,
             method,
             start,
@@ -695,15 +711,37 @@ impl Conn {
             self.answer(id, code::UNAVAILABLE, &msg);
             return;
         };
-        let ui = self.up_for(&ep);
+        ep.metrics().request();
+        s.endpoint = Some(ep.clone());
+        self.place(id, &ep);
+    }
+
+    /// Puts stream `id` on a connection to `ep`: sent at once when one has
+    /// room, else queued on one until it has.
+    fn place(&mut self, id: u32, ep: &Arc<Endpoint>) {
+        let ui = self.up_for(ep);
         let up = self.ups[ui].as_mut().expect("up_for returns a live slot");
+        if up.settled && up.has_room() && up.waiting.is_empty() {
+            self.send_on(ui, id);
+        } else {
+            up.waiting.push_back(id);
+            if let Some(s) = self.streams.get_mut(&id) {
+                s.queued = Some(ui);
+            }
+        }
+    }
+
+    /// Opens stream `id` on backend connection `ui` (which has room).
+    fn send_on(&mut self, ui: usize, id: u32) {
+        let up = self.ups[ui].as_mut().expect("live");
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
         let uid = up.next_id;
         up.next_id += 2;
         up.streams.insert(uid, id);
-        ep.metrics().request();
-        let s = self.streams.get_mut(&id).expect("checked above");
+        s.queued = None;
         s.up = Some((ui, uid));
-        s.endpoint = Some(ep);
         s.up_window = i64::from(up.side.peer.initial_window_size);
         s.up_end_sent = false;
         let end = s.req_end && s.to_up.is_empty() && s.req_trailers.is_none();
@@ -716,13 +754,80 @@ impl Conn {
         self.pump_to_up(id);
     }
 
-    /// A usable connection to `ep`, opening one when none is.
+    /// Sends what waits on backend connection `ui` as far as it has room;
+    /// a connection that can take no more calls hands its queue on.
+    fn release(&mut self, ui: usize) {
+        loop {
+            let Some(up) = self.ups[ui].as_mut() else {
+                return;
+            };
+            if up.waiting.is_empty() {
+                return;
+            }
+            if !up.usable() {
+                // Going away: its queue goes to other connections.
+                let waiting: Vec<u32> = up.waiting.drain(..).collect();
+                let ep = up.endpoint.clone();
+                for id in waiting {
+                    if self.streams.get(&id).is_some_and(|s| s.queued == Some(ui)) {
+                        self.place(id, &ep);
+                    }
+                }
+                return;
+            }
+            if !up.settled || !up.has_room() {
+                return;
+            }
+            let id = up.waiting.pop_front().expect("not empty");
+            if self.streams.get(&id).is_some_and(|s| s.queued == Some(ui)) {
+                self.send_on(ui, id);
+            }
+        }
+    }
+
+    /// The backend's first SETTINGS arrived on `ui`: what fits goes; the
+    /// rest is spread over more connections (up to a limit per endpoint).
+    fn settled(&mut self, ui: usize) {
+        self.release(ui);
+        let Some(up) = self.ups[ui].as_mut() else {
+            return;
+        };
+        let rest: Vec<u32> = up.waiting.drain(..).collect();
+        let ep = up.endpoint.clone();
+        for id in rest {
+            if let Some(s) = self.streams.get_mut(&id) {
+                if s.queued == Some(ui) {
+                    s.queued = None;
+                    self.place(id, &ep);
+                }
+            }
+        }
+    }
+
+    /// A connection to `ep` for one more call: one with room, else one still
+    /// starting (its calls wait for the backend's SETTINGS), else a new one,
+    /// else (at the limit per endpoint) the one with the shortest queue.
     fn up_for(&mut self, ep: &Arc<Endpoint>) -> usize {
         let addr = ep.addr();
-        if let Some(i) = self.ups.iter().position(|u| {
-            u.as_ref()
-                .is_some_and(|u| u.endpoint.addr() == addr && u.usable())
-        }) {
+        let mut count = 0;
+        let mut shortest: Option<(usize, usize)> = None;
+        for (i, u) in self.ups.iter().enumerate() {
+            let Some(u) = u else { continue };
+            if u.endpoint.addr() != addr || !u.usable() {
+                continue;
+            }
+            count += 1;
+            if u.waiting.is_empty() && u.settled && u.has_room() {
+                return i;
+            }
+            if !u.settled && u.waiting.len() < ASSUMED_STREAMS {
+                return i;
+            }
+            if shortest.is_none_or(|(_, n)| u.waiting.len() < n) {
+                shortest = Some((i, u.waiting.len()));
+            }
+        }
+        if let (Some((i, _)), true) = (shortest, count >= MAX_UPS_PER_ENDPOINT) {
             return i;
         }
         let cfg = &self.shared.cfg;
@@ -763,6 +868,8 @@ impl Conn {
             next_id: 1,
             streams: Ids::default(),
             goaway: None,
+            settled: false,
+            waiting: VecDeque::new(),
         };
         match self.ups.iter().position(Option::is_none) {
             Some(i) => {
@@ -919,6 +1026,7 @@ impl Conn {
                     self.up_stream_failed(id, rc == reason::REFUSED_STREAM, || {
                         format!("reset the stream ({})", reason::name(rc))
                     });
+                    self.release(ui);
                 }
                 Ok(())
             }
@@ -931,6 +1039,8 @@ impl Conn {
                     .enc
                     .set_peer_table_size(up.side.peer.header_table_size);
                 put_settings_ack(&mut up.side.wbuf);
+                let first = !up.settled;
+                up.settled = true;
                 if delta != 0 {
                     let ids: Vec<u32> = up.streams.values().copied().collect();
                     for id in ids {
@@ -939,6 +1049,12 @@ impl Conn {
                         }
                         self.pump_to_up(id);
                     }
+                }
+                if first {
+                    self.settled(ui);
+                } else {
+                    // The stream limit may have grown.
+                    self.release(ui);
                 }
                 Ok(())
             }
@@ -970,6 +1086,7 @@ impl Conn {
                     }
                     self.up_stream_failed(id, true, || "went away (GOAWAY)".into());
                 }
+                self.release(ui);
                 Ok(())
             }
             kind::WINDOW_UPDATE => {
@@ -1171,6 +1288,7 @@ impl Conn {
             }
         }
         s.method.response(status, elapsed);
+        let freed = s.up.map(|(ui, _)| ui);
         if let Some((ui, uid)) = s.up {
             if let Some(up) = self.ups[ui].as_mut() {
                 up.streams.remove(&uid);
@@ -1194,6 +1312,9 @@ impl Conn {
         if let Some(h) = s.head {
             self.give_back(h);
         }
+        if let Some(ui) = freed {
+            self.release(ui);
+        }
     }
 
     /// Ends every call of backend connection `ui`, which closed (or never
@@ -1205,6 +1326,15 @@ impl Conn {
         let never = !up.connected;
         if !up.streams.is_empty() {
             debug!(endpoint = %up.endpoint.addr(), streams = up.streams.len(), "backend connection closed: {why}");
+        }
+        // Calls that waited for room were never sent: another try.
+        for id in up.waiting.iter().copied() {
+            if let Some(s) = self.streams.get_mut(&id) {
+                if s.queued == Some(ui) {
+                    s.queued = None;
+                    self.dispatch(id);
+                }
+            }
         }
         let mut ids: Vec<(u32, u32)> = up.streams.iter().map(|(u, c)| (*u, *c)).collect();
         ids.sort_unstable();

@@ -181,6 +181,16 @@ impl Backend {
 
     /// Starts on `addr` (e.g. the address of a backend that was killed).
     pub fn start_on(name: &str, addr: SocketAddr) -> Backend {
+        Backend::start_opts(name, addr, None)
+    }
+
+    /// Starts a backend that lets a connection have at most `streams` calls
+    /// at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub fn start_limited(name: &str, streams: u32) -> Backend {
+        Backend::start_opts(name, "127.0.0.1:0".parse().unwrap(), Some(streams))
+    }
+
+    fn start_opts(name: &str, addr: SocketAddr, max_streams: Option<u32>) -> Backend {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -215,6 +225,7 @@ impl Backend {
                 .max_encoding_message_size(64 << 20);
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             let _ = tonic::transport::Server::builder()
+                .max_concurrent_streams(max_streams)
                 .add_service(health)
                 .add_service(refl_v1)
                 .add_service(refl_v1a)
