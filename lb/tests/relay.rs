@@ -11,7 +11,6 @@ use futures::StreamExt;
 use support::pb::EchoRequest;
 use support::{say, Backend, Lb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::Code;
 
 /// One call on a fresh hyper HTTP/2 connection that accepts header lists of
 /// up to 1 MiB (tonic's client stops at 16 KiB): the response head (with the
