@@ -1,20 +1,21 @@
-//! One gRPC call to a leaf on the sidecar's connection pool, written by hand
-//! on hyper's HTTP/2 client: the request message is framed once per fan-out
-//! and the same bytes are shared by every leaf call (no copy per leaf); the
-//! reply is read with a size limit, its status taken from the trailers (or a
-//! trailers-only response).
+//! One gRPC call to a leaf: the replica is picked from the shard's sidecar
+//! pool (discovery, health, round robin), and the call goes out on the
+//! shard's lean HTTP/2 client of that replica ([`mp_sidecar::h2client`]).
+//! The request message is framed once per fan-out and the same bytes, and
+//! the same header list, are shared by every leaf call (no copy per leaf);
+//! the reply comes back whole, within a size limit, its status taken from
+//! the trailers (or a trailers-only response).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use http::uri::{PathAndQuery, Scheme, Uri};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
-use mp_sidecar::body::Body;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, StatusCode};
 use mp_sidecar::grpc;
-use mp_sidecar::pool::{self, Endpoint};
+use mp_sidecar::h2client::{CallError, Reply, RequestHead};
+use mp_sidecar::hpack::HeaderList;
+use mp_sidecar::pool::Endpoint;
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
@@ -34,42 +35,33 @@ pub struct Outgoing {
     pub path: PathAndQuery,
     /// The request message in its gRPC frame.
     pub framed: Bytes,
-    /// content-type, te and the caller's forwarded metadata.
-    pub headers: HeaderMap,
+    /// `:path`, content-type, te and the caller's forwarded metadata, encoded
+    /// by each connection (`grpc-timeout` is added per call).
+    pub head: Arc<RequestHead>,
 }
 
 impl Outgoing {
     /// The shared parts of calling `path` with the request message in its
     /// gRPC frame (`framed`, as the caller sent it) and the caller's
     /// forwardable metadata as `headers`.
-    pub fn new(path: PathAndQuery, framed: Bytes, mut headers: HeaderMap) -> Self {
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static(grpc::CONTENT_TYPE_GRPC),
-        );
-        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
-        Outgoing {
-            path,
-            framed,
-            headers,
+    pub fn new(path: PathAndQuery, framed: Bytes, headers: HeaderMap) -> Self {
+        let mut list = HeaderList::new();
+        list.push(b"content-type", grpc::CONTENT_TYPE_GRPC.as_bytes());
+        list.push(b"te", b"trailers");
+        for (name, value) in &headers {
+            if name == http::header::CONTENT_TYPE
+                || name == http::header::TE
+                || name == grpc::GRPC_TIMEOUT
+            {
+                continue;
+            }
+            list.push(name.as_str().as_bytes(), value.as_bytes());
         }
-    }
-
-    fn request(&self, shard: &Shard, deadline: Instant) -> Request<Body> {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(shard.authority.clone());
-        parts.path_and_query = Some(self.path.clone());
-        let mut req = Request::new(Body::from_bytes(self.framed.clone()));
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
-        *req.headers_mut() = self.headers.clone();
-        // The leaf learns its deadline, so it can give up too.
-        req.headers_mut().insert(
-            grpc::GRPC_TIMEOUT,
-            grpc::encode_timeout(deadline.saturating_duration_since(Instant::now())),
-        );
-        req
+        let head = Arc::new(RequestHead {
+            path: path.as_str().as_bytes().to_vec(),
+            headers: list,
+        });
+        Outgoing { path, framed, head }
     }
 }
 
@@ -87,7 +79,7 @@ pub fn pick(shard: &Shard, avoid: Option<&Arc<Endpoint>>) -> Option<Arc<Endpoint
 
 /// Calls one replica of `shard` (`first` if given, else the next one; never
 /// `avoid`) and reads its reply. Returns the reply message and the replica
-/// that answered.
+/// that answered. Dropping the future cancels the call (RST_STREAM CANCEL).
 pub async fn call(
     shard: &Shard,
     out: &Outgoing,
@@ -98,8 +90,7 @@ pub async fn call(
     let start = Instant::now();
     match send(shard, out, deadline, first, avoid).await {
         Err(s) => (Err(s), None),
-        Ok((ep, response)) => {
-            let reply = read_reply(response).await;
+        Ok((ep, reply)) => {
             let code = reply.as_ref().map_or_else(|s| s.code() as u16, |_| 0);
             // Metrics and passive health (UNAVAILABLE streaks eject).
             ep.record(code, start.elapsed());
@@ -108,14 +99,15 @@ pub async fn call(
     }
 }
 
+/// Sends the call to replicas in turn until one takes it (a replica that
+/// refuses it unprocessed passes it on); the replica and its outcome.
 async fn send(
     shard: &Shard,
     out: &Outgoing,
     deadline: Instant,
     mut next: Option<Arc<Endpoint>>,
     avoid: Option<&Arc<Endpoint>>,
-) -> Result<(Arc<Endpoint>, Response<Incoming>), Status> {
-    let mut req = out.request(shard, deadline);
+) -> Result<(Arc<Endpoint>, Result<Bytes, Status>), Status> {
     let mut waited = false;
     for _ in 0..MAX_ATTEMPTS {
         let ep = match next.take().or_else(|| pick(shard, avoid)) {
@@ -128,30 +120,28 @@ async fn send(
             }
             None => break,
         };
-        let Some(mut conn) = ep.conn() else {
-            continue;
-        };
+        let client = shard.client(ep.addr());
         ep.metrics().request();
-        match conn.try_send_request(req).await {
-            Ok(response) => return Ok((ep, response)),
-            Err(mut e) => match e.take_message() {
-                // Never written: safe to send to another replica.
-                Some(r) => req = r,
-                // Written, but refused unprocessed (REFUSED_STREAM, beyond a
-                // GOAWAY: a replica shutting down): the body is in memory, so
-                // the same call goes to another replica, as the pool does.
-                None if pool::never_processed(e.error()) => {
-                    req = out.request(shard, deadline);
-                }
-                None => {
-                    ep.record(grpc::code::UNAVAILABLE, Duration::ZERO);
-                    return Err(Status::unavailable(format!(
-                        "{}: {}",
-                        ep.addr(),
-                        e.into_error()
-                    )));
-                }
-            },
+        // The leaf learns its deadline (grpc-timeout), so it can give up too.
+        let call = client.call(
+            out.head.clone(),
+            out.framed.clone(),
+            Some(deadline),
+            MAX_REPLY + 5,
+        );
+        match call.await {
+            Ok(reply) => return Ok((ep, read_reply(reply))),
+            // Refused unprocessed (REFUSED_STREAM, beyond a GOAWAY: a replica
+            // shutting down; or never written): the same call goes to another
+            // replica, as the pool does.
+            Err(CallError::Unprocessed(_)) => continue,
+            Err(CallError::TooLarge(_)) => {
+                let s = Status::resource_exhausted(format!(
+                    "the reply is larger than {MAX_REPLY} bytes"
+                ));
+                return Ok((ep, Err(s)));
+            }
+            Err(CallError::Failed(why)) => return Ok((ep, Err(Status::unavailable(why)))),
         }
     }
     // A name that does not resolve leaves the pool empty: say so, naming it.
@@ -164,36 +154,32 @@ async fn send(
     Err(Status::unavailable(why))
 }
 
-/// The reply message of a leaf's response, or its status.
-pub async fn read_reply(response: Response<Incoming>) -> Result<Bytes, Status> {
-    let (parts, body) = response.into_parts();
-    if parts.status != StatusCode::OK {
-        return Err(from_http(parts.status));
+/// The reply message of a leaf's whole reply, or its status.
+pub fn read_reply(reply: Reply) -> Result<Bytes, Status> {
+    let http = reply.status();
+    if http != 200 {
+        return Err(from_http(
+            StatusCode::from_u16(http).unwrap_or(StatusCode::BAD_GATEWAY),
+        ));
     }
     // Trailers-only: the status is in the headers and there is no message.
-    if let Some(code) = grpc::status(&parts.headers) {
-        return Err(status(code, &parts.headers, "a status without a reply"));
+    if let Some(code) = reply.head.get(b"grpc-status").and_then(grpc::parse_status) {
+        return Err(status(code, &reply.head, "a status without a reply"));
     }
-    let collected = Limited::new(body, MAX_REPLY + 5)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                Status::resource_exhausted(format!("the reply is larger than {MAX_REPLY} bytes"))
-            } else {
-                Status::unavailable(format!("the reply broke off: {e}"))
-            }
-        })?;
-    let code = collected.trailers().and_then(grpc::status);
+    let code = reply
+        .trailers
+        .as_ref()
+        .and_then(|t| t.get(b"grpc-status"))
+        .and_then(grpc::parse_status);
     match code {
         Some(0) => {}
         Some(code) => {
-            let trailers = collected.trailers().cloned().unwrap_or_default();
-            return Err(status(code, &trailers, ""));
+            let trailers = reply.trailers.as_ref().expect("a status in the trailers");
+            return Err(status(code, trailers, ""));
         }
         None => return Err(Status::internal("the reply ended without a grpc-status")),
     }
-    let mut buf = collected.to_bytes();
+    let mut buf = reply.body;
     if buf.len() < 5 {
         return Err(Status::internal("the reply has no message"));
     }
@@ -213,10 +199,11 @@ pub async fn read_reply(response: Response<Incoming>) -> Result<Bytes, Status> {
     Ok(buf)
 }
 
-fn status(code: u16, headers: &HeaderMap, fallback: &str) -> Status {
+fn status(code: u16, headers: &HeaderList, fallback: &str) -> Status {
     let message = headers
-        .get(grpc::GRPC_MESSAGE)
-        .map(grpc::decode_message)
+        .get(b"grpc-message")
+        .and_then(|v| HeaderValue::from_bytes(v).ok())
+        .map(|v| grpc::decode_message(&v))
         .unwrap_or_else(|| fallback.to_string());
     Status::new(Code::from_i32(i32::from(code)), message)
 }

@@ -13,7 +13,7 @@
 //! - [`topology`]: the shards and merger in use, and the shards file that
 //!   changes them while mp-gather runs.
 //! - [`hedge`]: the hedge budget.
-//! - [`leaf`]: one call to a leaf on the sidecar's HTTP/2 pool.
+//! - [`leaf`]: one call to a leaf: a replica from the sidecar pool, the call on a lean HTTP/2 client.
 //! - [`server`]: the gather port (h2c), routing health and reflection, drain.
 //! - [`reflect`]: server reflection, local for mp.v1, forwarded to a leaf for
 //!   other protos.

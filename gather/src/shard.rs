@@ -1,9 +1,11 @@
-//! Shards and their replicas: a sidecar pool per shard (HTTP/2 connections,
-//! health, round robin), a tonic channel for the few calls that are not on
+//! Shards and their replicas: a sidecar pool per shard (discovery, health,
+//! round robin), a lean HTTP/2 client per replica for the leaf calls
+//! ([`mp_sidecar::h2client`]), a tonic channel for the few calls that are not on
 //! the data path (reflection, the merger), and a window of recent latencies
 //! for percentile hedging.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,6 +14,7 @@ use http::uri::Authority;
 use hyper_util::rt::TokioIo;
 use mp_sidecar::addr::{HostPort, Resolver};
 use mp_sidecar::discovery::{self, DiscoveryConfig, Source};
+use mp_sidecar::h2client::{Client, ClientConfig};
 use mp_sidecar::metrics::PoolMetrics;
 use mp_sidecar::pool::{Pool, PoolConfig};
 use tokio::net::TcpStream;
@@ -120,6 +123,10 @@ pub struct Shard {
     pub window: LatencyWindow,
     /// Metric handles.
     pub metrics: ShardMetrics,
+    /// The leaf calls' connections, one per replica address, opened on first
+    /// use and replaced once closed (GOAWAY, failure). The pool's own
+    /// connections only tell which replicas are up.
+    clients: Mutex<Vec<(SocketAddr, Client)>>,
     /// The replicas given as host names (not IP literals), to say why the
     /// pool is empty when they do not resolve.
     names: Vec<HostPort>,
@@ -167,6 +174,7 @@ impl Shard {
             authority,
             window: LatencyWindow::new(percentile),
             metrics,
+            clients: Mutex::new(Vec::new()),
             names: replicas
                 .iter()
                 .filter(|hp| hp.socket_addr().is_none())
@@ -175,6 +183,25 @@ impl Shard {
             resolver: resolver.clone(),
             unresolved: Mutex::new(None),
         })
+    }
+
+    /// The client for leaf calls to the replica at `addr`: the open one, or a
+    /// new one (connecting in the background) when there is none or it closed.
+    pub fn client(&self, addr: SocketAddr) -> Client {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, c)) = clients.iter().find(|(a, _)| *a == addr) {
+            if !c.is_closed() {
+                return c.clone();
+            }
+        }
+        let c = Client::new(addr, self.authority.as_str(), &ClientConfig::default());
+        // Closed clients go, and so do those of replicas no longer known
+        // (rare: this runs only when a connection is made).
+        let known = self.pool.endpoints();
+        clients
+            .retain(|(a, c)| *a != addr && !c.is_closed() && known.iter().any(|e| e.addr() == *a));
+        clients.push((addr, c.clone()));
+        c
     }
 
     /// Why the shard has no replica to call when that is because its host
