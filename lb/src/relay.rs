@@ -38,11 +38,11 @@ use mp_sidecar::hpack::HeaderList;
 use mp_sidecar::metrics::{CallHandles, EndpointMetrics};
 use mp_sidecar::pool::{Endpoint, Pool};
 use mp_sidecar::shutdown::{Drain, Watch};
-use mp_sidecar::side::{self, Side};
+use mp_sidecar::side::{self, Control, Side};
 use mp_sidecar::tls::{ClientTls, Io};
 use mp_sidecar::wire::{
-    self, flag, kind, put_data, put_goaway, put_ping_ack, put_rst, put_settings, put_settings_ack,
-    put_window_update, reason, setting, ConnError, Head, PREFACE,
+    self, flag, kind, put_data, put_goaway, put_rst, put_settings, put_window_update, reason,
+    setting, ConnError, Head, PREFACE,
 };
 use tokio::io::AsyncWrite;
 use tokio::net::TcpListener;
@@ -181,8 +181,6 @@ const MAX_ATTEMPTS: u8 = 8;
 /// Request bytes kept per call to send it again when a backend refuses it
 /// unprocessed; a call that streams more is not resent.
 const REPLAY_LIMIT: usize = 64 * 1024;
-/// The largest header block (compressed) we read; past it the connection ends.
-const MAX_BLOCK: usize = 1024 * 1024;
 /// Unwritten output past which a connection stops reading the sockets that
 /// feed it.
 const WRITE_HIGH: usize = 1024 * 1024;
@@ -416,84 +414,36 @@ impl Conn {
     }
 
     fn client_frame(&mut self, h: Head, p: &[u8]) -> Result<(), ConnError> {
-        if let Some((id, _)) = self.client.cont {
-            if h.kind != kind::CONTINUATION || h.stream != id {
-                return Err(ConnError::protocol("header block interrupted"));
+        match self.client.control(&h, p)? {
+            Control::Done => return Ok(()),
+            Control::Settings(0) => return Ok(()),
+            Control::Settings(delta) => {
+                let ids: Vec<u32> = self.streams.keys().copied().collect();
+                for id in ids {
+                    if let Some(s) = self.streams.get_mut(&id) {
+                        s.client_window += delta;
+                    }
+                    self.pump_to_client(id);
+                }
+                return Ok(());
             }
+            Control::NotMine => {}
         }
         match h.kind {
             kind::DATA => self.client_data(h, p),
-            kind::HEADERS => {
-                if h.stream == 0 || h.stream % 2 == 0 {
-                    return Err(ConnError::protocol("HEADERS on an invalid stream id"));
+            kind::HEADERS | kind::CONTINUATION => {
+                if h.kind == kind::HEADERS && h.stream % 2 == 0 {
+                    return Err(ConnError::protocol("HEADERS on an even stream id"));
                 }
-                let r = wire::unpad(&h, p)?;
-                self.client.block.clear();
-                self.client.block.extend_from_slice(&p[r]);
-                if h.has(flag::END_HEADERS) {
-                    self.client_headers(h.stream, h.has(flag::END_STREAM))
-                } else {
-                    self.client.cont = Some((h.stream, h.has(flag::END_STREAM)));
-                    Ok(())
-                }
-            }
-            kind::CONTINUATION => {
-                let Some((id, end)) = self.client.cont else {
-                    return Err(ConnError::protocol("CONTINUATION without HEADERS"));
-                };
-                self.client.block.extend_from_slice(p);
-                if self.client.block.len() > MAX_BLOCK {
-                    return Err(ConnError {
-                        code: reason::ENHANCE_YOUR_CALM,
-                        what: "header block over 1 MiB",
-                    });
-                }
-                if h.has(flag::END_HEADERS) {
-                    self.client.cont = None;
-                    self.client_headers(id, end)
-                } else {
-                    Ok(())
+                match self.client.header_frame(&h, p)? {
+                    Some((id, end)) => self.client_headers(id, end),
+                    None => Ok(()),
                 }
             }
             kind::RST_STREAM => {
                 wire::rst_code(p)?;
                 if let Some(s) = self.streams.remove(&h.stream) {
                     self.end_stream(h.stream, s, code::CANCELLED, true);
-                }
-                Ok(())
-            }
-            kind::SETTINGS => {
-                if h.stream != 0 {
-                    return Err(ConnError::protocol("SETTINGS on a stream"));
-                }
-                if h.has(flag::ACK) {
-                    return Ok(());
-                }
-                let delta = self.client.peer.apply(p)?;
-                self.client
-                    .enc
-                    .set_peer_table_size(self.client.peer.header_table_size);
-                put_settings_ack(&mut self.client.wbuf);
-                if delta != 0 {
-                    let ids: Vec<u32> = self.streams.keys().copied().collect();
-                    for id in ids {
-                        if let Some(s) = self.streams.get_mut(&id) {
-                            s.client_window += delta;
-                        }
-                        self.pump_to_client(id);
-                    }
-                }
-                Ok(())
-            }
-            kind::PING => {
-                if h.len != 8 {
-                    return Err(ConnError {
-                        code: reason::FRAME_SIZE_ERROR,
-                        what: "PING length not 8",
-                    });
-                }
-                if !h.has(flag::ACK) {
-                    put_ping_ack(&mut self.client.wbuf, p);
                 }
                 Ok(())
             }
@@ -954,10 +904,29 @@ impl Conn {
 
     fn up_frame(&mut self, ui: usize, h: Head, p: &[u8]) -> Result<(), ConnError> {
         let up = self.ups[ui].as_mut().expect("live");
-        if let Some((id, _)) = up.side.cont {
-            if h.kind != kind::CONTINUATION || h.stream != id {
-                return Err(ConnError::protocol("header block interrupted"));
+        match up.side.control(&h, p)? {
+            Control::Done => return Ok(()),
+            Control::Settings(delta) => {
+                let first = !up.settled;
+                up.settled = true;
+                if delta != 0 {
+                    let ids: Vec<u32> = up.streams.values().copied().collect();
+                    for id in ids {
+                        if let Some(s) = self.streams.get_mut(&id) {
+                            s.up_window += delta;
+                        }
+                        self.pump_to_up(id);
+                    }
+                }
+                if first {
+                    self.settled(ui);
+                } else {
+                    // The stream limit may have grown.
+                    self.release(ui);
+                }
+                return Ok(());
             }
+            Control::NotMine => {}
         }
         match h.kind {
             kind::DATA => {
@@ -988,38 +957,10 @@ impl Conn {
                 self.pump_to_client(id);
                 Ok(())
             }
-            kind::HEADERS => {
-                if h.stream == 0 {
-                    return Err(ConnError::protocol("HEADERS on stream 0"));
-                }
-                let r = wire::unpad(&h, p)?;
-                up.side.block.clear();
-                up.side.block.extend_from_slice(&p[r]);
-                if h.has(flag::END_HEADERS) {
-                    self.up_headers(ui, h.stream, h.has(flag::END_STREAM))
-                } else {
-                    up.side.cont = Some((h.stream, h.has(flag::END_STREAM)));
-                    Ok(())
-                }
-            }
-            kind::CONTINUATION => {
-                let Some((id, end)) = up.side.cont else {
-                    return Err(ConnError::protocol("CONTINUATION without HEADERS"));
-                };
-                up.side.block.extend_from_slice(p);
-                if up.side.block.len() > MAX_BLOCK {
-                    return Err(ConnError {
-                        code: reason::ENHANCE_YOUR_CALM,
-                        what: "header block over 1 MiB",
-                    });
-                }
-                if h.has(flag::END_HEADERS) {
-                    up.side.cont = None;
-                    self.up_headers(ui, id, end)
-                } else {
-                    Ok(())
-                }
-            }
+            kind::HEADERS | kind::CONTINUATION => match up.side.header_frame(&h, p)? {
+                Some((uid, end)) => self.up_headers(ui, uid, end),
+                None => Ok(()),
+            },
             kind::RST_STREAM => {
                 let rc = wire::rst_code(p)?;
                 if let Some(id) = up.streams.remove(&h.stream) {
@@ -1027,46 +968,6 @@ impl Conn {
                         format!("reset the stream ({})", reason::name(rc))
                     });
                     self.release(ui);
-                }
-                Ok(())
-            }
-            kind::SETTINGS => {
-                if h.has(flag::ACK) {
-                    return Ok(());
-                }
-                let delta = up.side.peer.apply(p)?;
-                up.side
-                    .enc
-                    .set_peer_table_size(up.side.peer.header_table_size);
-                put_settings_ack(&mut up.side.wbuf);
-                let first = !up.settled;
-                up.settled = true;
-                if delta != 0 {
-                    let ids: Vec<u32> = up.streams.values().copied().collect();
-                    for id in ids {
-                        if let Some(s) = self.streams.get_mut(&id) {
-                            s.up_window += delta;
-                        }
-                        self.pump_to_up(id);
-                    }
-                }
-                if first {
-                    self.settled(ui);
-                } else {
-                    // The stream limit may have grown.
-                    self.release(ui);
-                }
-                Ok(())
-            }
-            kind::PING => {
-                if h.len != 8 {
-                    return Err(ConnError {
-                        code: reason::FRAME_SIZE_ERROR,
-                        what: "PING length not 8",
-                    });
-                }
-                if !h.has(flag::ACK) {
-                    put_ping_ack(&mut up.side.wbuf, p);
                 }
                 Ok(())
             }

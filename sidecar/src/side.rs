@@ -18,6 +18,23 @@ use crate::wire::{self, flag, kind, put_head, ConnError, Head, Settings, HEAD_LE
 /// Bytes asked for per read.
 pub const READ_CHUNK: usize = 16 * 1024;
 
+/// The largest header block (compressed) a side assembles; past it the
+/// connection ends (ENHANCE_YOUR_CALM).
+pub const MAX_BLOCK: usize = 1024 * 1024;
+
+/// What a connection-level frame asks of the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Handled here (a PING answered, an acknowledgement): nothing to do.
+    Done,
+    /// The peer's SETTINGS, applied and acknowledged; its initial stream
+    /// window changed by this much (0: unchanged), to apply to every open
+    /// stream's send window.
+    Settings(i64),
+    /// The frame is not a connection-level one: the engine handles it.
+    NotMine,
+}
+
 /// One end of an HTTP/2 connection: its socket, buffers, header codecs,
 /// the peer's settings and the connection-level windows.
 pub struct Side {
@@ -158,6 +175,77 @@ impl Side {
             put_head(&mut self.wbuf, c.len(), k, f, stream);
             self.wbuf.extend_from_slice(c);
             first = false;
+        }
+    }
+
+    /// Handles the frames that concern the connection as a whole: SETTINGS
+    /// (applied and acknowledged), PING (answered), and checks that nothing
+    /// interrupts a header block.
+    pub fn control(&mut self, h: &Head, p: &[u8]) -> Result<Control, ConnError> {
+        if let Some((id, _)) = self.cont {
+            if h.kind != kind::CONTINUATION || h.stream != id {
+                return Err(ConnError::protocol("header block interrupted"));
+            }
+        }
+        match h.kind {
+            kind::SETTINGS => {
+                if h.stream != 0 {
+                    return Err(ConnError::protocol("SETTINGS on a stream"));
+                }
+                if h.has(flag::ACK) {
+                    return Ok(Control::Done);
+                }
+                let delta = self.peer.apply(p)?;
+                self.enc.set_peer_table_size(self.peer.header_table_size);
+                wire::put_settings_ack(&mut self.wbuf);
+                Ok(Control::Settings(delta))
+            }
+            kind::PING => {
+                if h.len != 8 || h.stream != 0 {
+                    return Err(ConnError {
+                        code: wire::reason::FRAME_SIZE_ERROR,
+                        what: "PING length not 8 or on a stream",
+                    });
+                }
+                if !h.has(flag::ACK) {
+                    wire::put_ping_ack(&mut self.wbuf, p);
+                }
+                Ok(Control::Done)
+            }
+            _ => Ok(Control::NotMine),
+        }
+    }
+
+    /// Assembles a header block from HEADERS and CONTINUATION frames into
+    /// `block`: returns its stream and END_STREAM flag once it is complete.
+    pub fn header_frame(&mut self, h: &Head, p: &[u8]) -> Result<Option<(u32, bool)>, ConnError> {
+        let (id, end) = if h.kind == kind::HEADERS {
+            if h.stream == 0 {
+                return Err(ConnError::protocol("HEADERS on stream 0"));
+            }
+            let r = wire::unpad(h, p)?;
+            self.block.clear();
+            self.block.extend_from_slice(&p[r]);
+            (h.stream, h.has(flag::END_STREAM))
+        } else {
+            let Some(c) = self.cont else {
+                return Err(ConnError::protocol("CONTINUATION without HEADERS"));
+            };
+            self.block.extend_from_slice(p);
+            if self.block.len() > MAX_BLOCK {
+                return Err(ConnError {
+                    code: wire::reason::ENHANCE_YOUR_CALM,
+                    what: "header block over 1 MiB",
+                });
+            }
+            c
+        };
+        if h.has(flag::END_HEADERS) {
+            self.cont = None;
+            Ok(Some((id, end)))
+        } else {
+            self.cont = Some((id, end));
+            Ok(None)
         }
     }
 
