@@ -84,6 +84,12 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration::parse)]
     pub grace: Duration,
 
+    /// A backend connection with calls in flight that says nothing for this
+    /// long gets a PING; silent as long again, it is closed and its calls end
+    /// UNAVAILABLE (a backend gone without closing its connections). 0: off.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration::parse)]
+    pub keepalive: Duration,
+
     /// Concurrent calls one client connection may carry.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_concurrent_streams: u32,

@@ -101,6 +101,7 @@ pub async fn run(
             backend_tls: pool.config().tls.clone(),
             server_tls,
             grace: args.grace,
+            keepalive: args.keepalive,
             ..relay::RelayConfig::default()
         },
     );

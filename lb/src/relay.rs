@@ -73,6 +73,10 @@ pub struct RelayConfig {
     pub server_tls: Option<Arc<rustls::ServerConfig>>,
     /// How long open connections may take to finish after shutdown starts.
     pub grace: Duration,
+    /// A backend connection carrying calls that stays silent this long is
+    /// sent a PING; silent for as long again, it is closed and its calls end
+    /// UNAVAILABLE (a backend that vanished without closing its sockets).
+    pub keepalive: Duration,
 }
 
 impl Default for RelayConfig {
@@ -87,6 +91,7 @@ impl Default for RelayConfig {
             backend_tls: None,
             server_tls: None,
             grace: Duration::from_secs(10),
+            keepalive: Duration::from_secs(10),
         }
     }
 }
@@ -236,6 +241,10 @@ struct Up {
     settled: bool,
     /// Client streams waiting for room on this connection, in order.
     waiting: VecDeque<u32>,
+    /// Bytes came since the last keepalive tick.
+    heard: bool,
+    /// A keepalive PING is out, unanswered.
+    pinged: bool,
 }
 
 impl Up {
@@ -316,6 +325,8 @@ struct Conn {
     closing: Option<Close>,
     deadlines: BinaryHeap<Reverse<(Instant, u32)>>,
     timer: Option<Pin<Box<Sleep>>>,
+    /// Ticks while some backend connection carries calls.
+    keepalive: Option<Pin<Box<Sleep>>>,
     drain: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     _watch: Watch,
     /// Header lists to reuse.
@@ -337,6 +348,7 @@ impl Conn {
             closing: None,
             deadlines: BinaryHeap::new(),
             timer: None,
+            keepalive: None,
             drain: Some(Box::pin(async move { w.signaled().await })),
             _watch: watch,
             spare: Vec::new(),
@@ -820,6 +832,8 @@ impl Conn {
             goaway: None,
             settled: false,
             waiting: VecDeque::new(),
+            heard: false,
+            pinged: false,
         };
         match self.ups.iter().position(Option::is_none) {
             Some(i) => {
@@ -1277,6 +1291,34 @@ impl Conn {
         self.arm_timer();
     }
 
+    /// A keepalive tick: a backend connection with calls that said nothing
+    /// since the last tick gets a PING; one that did not answer the last
+    /// PING either is closed.
+    fn keepalive_tick(&mut self) {
+        for ui in 0..self.ups.len() {
+            let Some(up) = self.ups[ui].as_mut() else {
+                continue;
+            };
+            if up.streams.is_empty() || !up.connected {
+                up.pinged = false;
+                continue;
+            }
+            if std::mem::take(&mut up.heard) {
+                up.pinged = false;
+            } else if !up.pinged {
+                up.pinged = true;
+                wire::put_ping(&mut up.side.wbuf, *b"mp-lb\0\0\0");
+            } else {
+                let why = format!(
+                    "no answer to a PING within {:?}",
+                    self.shared.cfg.keepalive * 2
+                );
+                warn!(endpoint = %up.endpoint.addr(), "backend silent; closing its connection: {why}");
+                self.up_closed(ui, &why);
+            }
+        }
+    }
+
     fn start_drain(&mut self) {
         if !self.goaway_sent && self.preface {
             put_goaway(
@@ -1345,6 +1387,19 @@ impl Conn {
                 self.expire();
                 busy = true;
             }
+        }
+        let every = self.shared.cfg.keepalive;
+        if let Some(t) = &mut self.keepalive {
+            if t.as_mut().poll(cx).is_ready() {
+                t.as_mut().reset(Instant::now() + every);
+                self.keepalive_tick();
+                busy = true;
+            }
+        } else if !every.is_zero() && self.ups.iter().flatten().any(|u| !u.streams.is_empty()) {
+            let mut t = Box::pin(tokio::time::sleep(every));
+            // Registers the timer with this task.
+            let _ = t.as_mut().poll(cx);
+            self.keepalive = Some(t);
         }
         // The client.
         let backed_up = self.client.pending_out() > WRITE_HIGH
@@ -1429,6 +1484,7 @@ impl Conn {
                 }
                 Poll::Ready(Ok(_)) => {
                     busy = true;
+                    up.heard = true;
                     if let Err(e) = self.up_input(ui) {
                         if let Some(up) = self.ups[ui].as_mut() {
                             warn!(endpoint = %up.endpoint.addr(), error = %e, "backend broke the protocol; closing its connection");

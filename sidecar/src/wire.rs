@@ -229,6 +229,12 @@ pub fn put_ping_ack(out: &mut Vec<u8>, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// Appends a PING with `payload`.
+pub fn put_ping(out: &mut Vec<u8>, payload: [u8; 8]) {
+    put_head(out, 8, kind::PING, 0, 0);
+    out.extend_from_slice(&payload);
+}
+
 /// Appends a GOAWAY naming `last` as the last stream processed.
 pub fn put_goaway(out: &mut Vec<u8>, last: u32, code: u32, debug: &[u8]) {
     put_head(out, 8 + debug.len(), kind::GOAWAY, 0, 0);
