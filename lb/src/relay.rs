@@ -37,6 +37,7 @@ use mp_sidecar::grpc::{self, code};
 use mp_sidecar::hpack::HeaderList;
 use mp_sidecar::metrics::{CallHandles, EndpointMetrics};
 use mp_sidecar::pool::{Endpoint, Pool};
+use mp_sidecar::server::{accept_until, tls_accept};
 use mp_sidecar::shutdown::{Drain, Watch};
 use mp_sidecar::side::{self, Control, Side};
 use mp_sidecar::tls::{ClientTls, Io};
@@ -132,37 +133,16 @@ impl Relay {
     /// over.
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let drain = Drain::new();
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            let (tcp, peer) = tokio::select! {
-                _ = shutdown.as_mut() => break,
-                r = listener.accept() => match r {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // EMFILE and friends pass; do not spin on them.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                },
-            };
-            // Small gRPC frames must not wait for Nagle.
-            let _ = tcp.set_nodelay(true);
+        accept_until(&listener, shutdown, |tcp, peer| {
             let shared = self.inner.clone();
             let watch = drain.watch();
             tokio::spawn(async move {
                 let io = match &shared.cfg.server_tls {
                     None => Io::Plain(tcp),
-                    Some(tls) => {
-                        let accept = tokio_rustls::TlsAcceptor::from(tls.clone()).accept(tcp);
-                        // A client that never finishes its handshake must not
-                        // hold a connection (and the drain) forever.
-                        match tokio::time::timeout(Duration::from_secs(10), accept).await {
-                            Ok(Ok(s)) => Io::ServerTls(Box::new(s)),
-                            Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
-                            Err(_) => return debug!(%peer, "TLS handshake timed out"),
-                        }
-                    }
+                    Some(tls) => match tls_accept(tls.clone(), tcp).await {
+                        Ok(io) => io,
+                        Err(e) => return debug!(%peer, error = %e, "TLS handshake failed"),
+                    },
                 };
                 // Right after start, give discovery and the first connects a
                 // moment rather than refusing the first calls.
@@ -171,7 +151,8 @@ impl Relay {
                 }
                 Conn::new(shared, io, watch).await;
             });
-        }
+        })
+        .await;
         drop(listener);
         info!(grace = ?self.inner.cfg.grace, "stopped accepting; draining open connections");
         match drain.drain(self.inner.cfg.grace).await {
@@ -574,11 +555,10 @@ impl Conn {
             return Ok(());
         }
         if id <= self.last_client_id {
+            // A stream we ended (or refused) while the client was still
+            // sending: its late trailers are decoded (HPACK) and dropped.
             self.give_back(list);
-            return Err(ConnError {
-                code: reason::STREAM_CLOSED,
-                what: "HEADERS on a closed stream",
-            });
+            return Ok(());
         }
         self.last_client_id = id;
         if self.goaway_sent || self.streams.len() >= self.shared.cfg.max_concurrent_streams as usize
@@ -662,13 +642,15 @@ impl Conn {
             return;
         };
         s.attempts += 1;
+        if s.attempts > MAX_ATTEMPTS {
+            let msg = format!(
+                "mp-lb: backends refused the call unprocessed {MAX_ATTEMPTS} times; giving up"
+            );
+            self.answer(id, code::UNAVAILABLE, &msg);
+            return;
+        }
         let pool = &self.shared.pool;
-        let ep = if s.attempts > MAX_ATTEMPTS {
-            None
-        } else {
-            pool.pick()
-        };
-        let Some(ep) = ep else {
+        let Some(ep) = pool.pick() else {
             let msg = format!("mp-lb: {}", pool.describe());
             self.answer(id, code::UNAVAILABLE, &msg);
             return;
@@ -1229,6 +1211,14 @@ impl Conn {
         }
         if let Some(ui) = freed {
             self.release(ui);
+        }
+        // Deadlines of ended calls linger in the heap until due: sweep them
+        // when they outnumber the calls (long deadlines, many calls).
+        if self.deadlines.len() > 2 * self.streams.len() + 64 {
+            let streams = &self.streams;
+            self.deadlines.retain(|Reverse((at, id))| {
+                streams.get(id).is_some_and(|s| s.deadline == Some(*at))
+            });
         }
     }
 

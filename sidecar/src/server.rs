@@ -15,7 +15,9 @@ use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::shutdown::Drain;
@@ -82,14 +84,49 @@ pub async fn serve<S, B>(
         .max_header_list_size(cfg.max_header_list_size);
     let builder = Arc::new(builder);
     let drain = Drain::new();
+    accept_until(&listener, shutdown, |stream, peer| {
+        let watch = drain.watch();
+        let builder = builder.clone();
+        let service = service.clone();
+        let tls = cfg.tls.clone();
+        tokio::spawn(async move {
+            let io = match tls {
+                None => Io::Plain(stream),
+                Some(tls) => match tls_accept(tls, stream).await {
+                    Ok(s) => s,
+                    Err(e) => return debug!(%peer, error = %e, "TLS handshake failed"),
+                },
+            };
+            let conn = builder.serve_connection(TokioIo::new(io), service);
+            if let Err(e) = watch.watch(conn, |c| c.graceful_shutdown()).await {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    })
+    .await;
+    drop(listener);
+    info!(grace = ?cfg.grace, "stopped accepting; draining open connections");
+    match drain.drain(cfg.grace).await {
+        Ok(()) => info!("all connections drained"),
+        Err(e) => warn!("{e}; closing them"),
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown` resolves, handing each
+/// (with TCP_NODELAY set) to `on_conn`. Accept errors (EMFILE and friends)
+/// are logged and waited out briefly rather than spun on.
+pub async fn accept_until(
+    listener: &TcpListener,
+    shutdown: impl Future<Output = ()>,
+    mut on_conn: impl FnMut(TcpStream, SocketAddr),
+) {
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
-            _ = shutdown.as_mut() => break,
+            _ = shutdown.as_mut() => return,
             r = listener.accept() => match r {
                 Ok(a) => a,
                 Err(e) => {
-                    // EMFILE and friends pass; do not spin on them.
                     warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
@@ -98,34 +135,20 @@ pub async fn serve<S, B>(
         };
         // Small gRPC frames must not wait for Nagle.
         let _ = stream.set_nodelay(true);
-        let watch = drain.watch();
-        let builder = builder.clone();
-        let service = service.clone();
-        let tls = cfg.tls.clone();
-        tokio::spawn(async move {
-            let io = match tls {
-                None => Io::Plain(stream),
-                Some(tls) => {
-                    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
-                    // A client that never finishes its handshake must not
-                    // hold a connection (and the drain) forever.
-                    match tokio::time::timeout(Duration::from_secs(10), accept).await {
-                        Ok(Ok(s)) => Io::ServerTls(Box::new(s)),
-                        Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => return debug!(%peer, "TLS handshake timed out"),
-                    }
-                }
-            };
-            let conn = builder.serve_connection(TokioIo::new(io), service);
-            if let Err(e) = watch.watch(conn, |c| c.graceful_shutdown()).await {
-                debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+        on_conn(stream, peer);
     }
-    drop(listener);
-    info!(grace = ?cfg.grace, "stopped accepting; draining open connections");
-    match drain.drain(cfg.grace).await {
-        Ok(()) => info!("all connections drained"),
-        Err(e) => warn!("{e}; closing them"),
+}
+
+/// The TLS handshake of an accepted connection, bounded: a client that never
+/// finishes it must not hold a connection (and the drain) forever.
+pub async fn tls_accept(tls: Arc<rustls::ServerConfig>, tcp: TcpStream) -> std::io::Result<Io> {
+    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(tcp);
+    match tokio::time::timeout(Duration::from_secs(10), accept).await {
+        Ok(Ok(s)) => Ok(Io::ServerTls(Box::new(s))),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "TLS handshake timed out",
+        )),
     }
 }
