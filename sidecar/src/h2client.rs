@@ -42,7 +42,6 @@ use tokio::io::AsyncWrite;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::grpc;
 use crate::hpack::HeaderList;
 use crate::side::{self, Side};
 use crate::tls::{ClientTls, Io};
@@ -394,6 +393,37 @@ struct Conn {
     flushed: u64,
 }
 
+/// `d` as a `grpc-timeout` value in `buf` (what [`crate::grpc::encode_timeout`]
+/// gives, without allocating: at most 8 digits, the finest unit that fits,
+/// rounded up).
+fn encode_timeout(d: Duration, buf: &mut [u8; 9]) -> &[u8] {
+    const UNITS: [(u128, u8); 6] = [
+        (1, b'n'),
+        (1_000, b'u'),
+        (1_000_000, b'm'),
+        (1_000_000_000, b'S'),
+        (60_000_000_000, b'M'),
+        (3_600_000_000_000, b'H'),
+    ];
+    let nanos = d.as_nanos();
+    let (mut n, unit) = UNITS
+        .iter()
+        .map(|&(per, unit)| (nanos.div_ceil(per), unit))
+        .find(|&(n, _)| n < 100_000_000)
+        .unwrap_or((99_999_999, b'H'));
+    let mut i = 8;
+    buf[8] = unit;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
 fn pump(side: &mut Side, id: u32, s: &mut Stream) {
     let max = i64::from(side.peer.max_frame_size);
     while !s.to_send.is_empty() {
@@ -466,9 +496,10 @@ impl Conn {
     fn start(&mut self, c: NewCall) {
         let id = self.next_id;
         self.next_id += 2;
+        let mut tbuf = [0u8; 9];
         let timeout = c
             .deadline
-            .map(|d| grpc::encode_timeout(d.saturating_duration_since(Instant::now())));
+            .map(|d| encode_timeout(d.saturating_duration_since(Instant::now()), &mut tbuf));
         let end = c.body.is_empty();
         let pseudo: [(&[u8], &[u8]); 4] = [
             (b":method", b"POST"),
@@ -476,11 +507,10 @@ impl Conn {
             (b":path", &c.head.path),
             (b":authority", &self.authority),
         ];
-        let fields = pseudo.into_iter().chain(c.head.headers.iter()).chain(
-            timeout
-                .as_ref()
-                .map(|t| (&b"grpc-timeout"[..], t.as_bytes())),
-        );
+        let fields = pseudo
+            .into_iter()
+            .chain(c.head.headers.iter())
+            .chain(timeout.map(|t| (&b"grpc-timeout"[..], t)));
         self.side.put_headers(id, end, fields);
         let mut s = Stream {
             call: c.id,
@@ -864,5 +894,26 @@ impl Future for Conn {
         // Plenty to do: let other connections have a turn.
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_encode_as_the_grpc_module_does() {
+        let mut buf = [0u8; 9];
+        for d in [
+            Duration::ZERO,
+            Duration::from_nanos(7),
+            Duration::from_micros(99_999_999),
+            Duration::from_millis(1500),
+            Duration::from_secs(86_400 * 400),
+            Duration::from_secs(u64::MAX),
+        ] {
+            let want = crate::grpc::encode_timeout(d);
+            assert_eq!(encode_timeout(d, &mut buf), want.as_bytes(), "{d:?}");
+        }
     }
 }
