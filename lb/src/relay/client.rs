@@ -1,0 +1,351 @@
+//! The client side of a relayed connection: the preface, the client's
+//! frames, new calls, and the response bytes going back to the client.
+
+use super::*;
+
+impl Conn {
+    // ---- the client side --------------------------------------------------
+
+    /// Checks the connection preface; answers HTTP/1 plainly.
+    pub(super) fn read_preface(&mut self) -> Result<bool, Close> {
+        let b = &self.client.rbuf;
+        let n = b.len().min(PREFACE.len());
+        if b[..n] == PREFACE[..n] {
+            if n < PREFACE.len() {
+                return Ok(false);
+            }
+            self.client.rbuf.advance(PREFACE.len());
+            self.preface = true;
+            let cfg = &self.shared.cfg;
+            let w = &mut self.client.wbuf;
+            put_settings(
+                w,
+                &[
+                    (setting::MAX_CONCURRENT_STREAMS, cfg.max_concurrent_streams),
+                    (setting::INITIAL_WINDOW_SIZE, cfg.stream_window),
+                    (setting::MAX_FRAME_SIZE, cfg.max_frame_size),
+                    (setting::MAX_HEADER_LIST_SIZE, cfg.max_header_list_size),
+                ],
+            );
+            if cfg.conn_window > wire::DEFAULT_WINDOW {
+                put_window_update(w, 0, cfg.conn_window - wire::DEFAULT_WINDOW);
+            }
+            return Ok(true);
+        }
+        // Not HTTP/2. An HTTP/1 request line gets a plain answer.
+        let line_end = b.windows(2).position(|w| w == b"\r\n");
+        match line_end {
+            None if b.len() < 8192 && !self.client.eof && b[0].is_ascii_uppercase() => Ok(false),
+            Some(i) if b[..i].ends_with(b" HTTP/1.1") || b[..i].ends_with(b" HTTP/1.0") => {
+                let body = "mp-lb speaks HTTP/2 (gRPC); this request was HTTP/1.x\n";
+                let res = format!(
+                    "HTTP/1.1 505 HTTP Version Not Supported\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                self.client.wbuf.extend_from_slice(res.as_bytes());
+                Err(Close::AfterFlush)
+            }
+            _ => {
+                debug!("not an HTTP/2 client; closing");
+                Err(Close::Now)
+            }
+        }
+    }
+
+    /// Handles every complete frame the client sent.
+    pub(super) fn client_input(&mut self) -> Result<(), ConnError> {
+        let buf = std::mem::take(&mut self.client.rbuf);
+        let max = self.shared.cfg.max_frame_size as usize;
+        let (used, r) = side::each_frame(&buf, max, |h, p| self.client_frame(h, p));
+        let mut buf = buf;
+        buf.advance(used);
+        self.client.rbuf = buf;
+        r
+    }
+
+    pub(super) fn client_frame(&mut self, h: Head, p: &[u8]) -> Result<(), ConnError> {
+        match self.client.control(&h, p)? {
+            Control::Done => return Ok(()),
+            Control::Settings(0) => return Ok(()),
+            Control::Settings(delta) => {
+                let ids: Vec<u32> = self.streams.keys().copied().collect();
+                for id in ids {
+                    if let Some(s) = self.streams.get_mut(&id) {
+                        s.client_window += delta;
+                    }
+                    self.pump_to_client(id);
+                }
+                return Ok(());
+            }
+            Control::NotMine => {}
+        }
+        match h.kind {
+            kind::DATA => self.client_data(h, p),
+            kind::HEADERS | kind::CONTINUATION => {
+                if h.kind == kind::HEADERS && h.stream % 2 == 0 {
+                    return Err(ConnError::protocol("HEADERS on an even stream id"));
+                }
+                match self.client.header_frame(&h, p)? {
+                    Some((id, end)) => self.client_headers(id, end),
+                    None => Ok(()),
+                }
+            }
+            kind::RST_STREAM => {
+                wire::rst_code(p)?;
+                if let Some(s) = self.streams.remove(&h.stream) {
+                    self.end_stream(h.stream, s, code::CANCELLED, true);
+                }
+                Ok(())
+            }
+            kind::GOAWAY => {
+                wire::goaway(p)?;
+                // The client opens no more streams; the open ones finish.
+                self.client_goaway = true;
+                Ok(())
+            }
+            kind::WINDOW_UPDATE => {
+                let inc = wire::window_increment(p)?;
+                if inc == 0 {
+                    return Err(ConnError::protocol("WINDOW_UPDATE of 0"));
+                }
+                if h.stream == 0 {
+                    self.client.send_window += i64::from(inc);
+                    let ids: Vec<u32> = self
+                        .streams
+                        .iter()
+                        .filter(|(_, s)| !s.to_client.is_empty() || s.resp_end)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in ids {
+                        self.pump_to_client(id);
+                    }
+                } else if let Some(s) = self.streams.get_mut(&h.stream) {
+                    s.client_window += i64::from(inc);
+                    self.pump_to_client(h.stream);
+                }
+                Ok(())
+            }
+            kind::PUSH_PROMISE => Err(ConnError::protocol("PUSH_PROMISE from a client")),
+            // PRIORITY is advice we do not take; unknown types are ignored.
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn client_data(&mut self, h: Head, p: &[u8]) -> Result<(), ConnError> {
+        let r = wire::unpad(&h, p)?;
+        let data = &p[r];
+        let padding = h.len - data.len();
+        let Some(s) = self.streams.get_mut(&h.stream) else {
+            if h.stream == 0 || h.stream > self.last_client_id {
+                return Err(ConnError::protocol("DATA on an idle stream"));
+            }
+            // A stream we already ended: give its bytes back at once.
+            self.credit_client(0, h.len);
+            return Ok(());
+        };
+        if s.req_end {
+            self.credit_client(0, h.len);
+            return Ok(());
+        }
+        if s.uncredited + data.len() > self.shared.cfg.stream_window as usize * 2 {
+            return Err(ConnError {
+                code: reason::FLOW_CONTROL_ERROR,
+                what: "DATA beyond the stream's window",
+            });
+        }
+        s.uncredited += data.len();
+        if let Some(rep) = &mut s.replay {
+            if rep.len() + data.len() <= REPLAY_LIMIT {
+                rep.extend_from_slice(data);
+            } else {
+                s.replay = None;
+            }
+        }
+        s.to_up.extend_from_slice(data);
+        if h.has(flag::END_STREAM) {
+            s.req_end = true;
+        }
+        if padding > 0 {
+            self.credit_client(h.stream, padding);
+        }
+        self.pump_to_up(h.stream);
+        Ok(())
+    }
+
+    /// Gives `n` client bytes back: to the connection, and to `stream` (0:
+    /// only the connection); WINDOW_UPDATEs go out once half a window is due.
+    pub(super) fn credit_client(&mut self, stream: u32, n: usize) {
+        let cfg = &self.shared.cfg;
+        let n = n as u32;
+        self.client.credit += n;
+        if self.client.credit >= cfg.conn_window / 2 {
+            put_window_update(&mut self.client.wbuf, 0, self.client.credit);
+            self.client.credit = 0;
+        }
+        if stream != 0 {
+            if let Some(s) = self.streams.get_mut(&stream) {
+                s.client_credit += n;
+                if !s.req_end && s.client_credit >= cfg.stream_window / 2 {
+                    put_window_update(&mut self.client.wbuf, stream, s.client_credit);
+                    s.client_credit = 0;
+                }
+            }
+        }
+    }
+
+    pub(super) fn client_headers(&mut self, id: u32, end: bool) -> Result<(), ConnError> {
+        let mut list = self.list();
+        self.client.dec.decode(&self.client.block, &mut list)?;
+        if let Some(s) = self.streams.get_mut(&id) {
+            // Request trailers.
+            if !end || s.req_end {
+                self.give_back(list);
+                put_rst(&mut self.client.wbuf, id, reason::PROTOCOL_ERROR);
+                if let Some(s) = self.streams.remove(&id) {
+                    self.end_stream(id, s, code::INTERNAL, true);
+                }
+                return Ok(());
+            }
+            s.req_end = true;
+            s.req_trailers = Some(list);
+            self.pump_to_up(id);
+            return Ok(());
+        }
+        if id <= self.last_client_id {
+            // A stream we ended (or refused) while the client was still
+            // sending: its late trailers are decoded (HPACK) and dropped.
+            self.give_back(list);
+            return Ok(());
+        }
+        self.last_client_id = id;
+        if self.goaway_sent || self.streams.len() >= self.shared.cfg.max_concurrent_streams as usize
+        {
+            self.give_back(list);
+            put_rst(&mut self.client.wbuf, id, reason::REFUSED_STREAM);
+            return Ok(());
+        }
+        let start = Instant::now();
+        let path = list.get(b":path").unwrap_or(b"");
+        let method = self
+            .shared
+            .methods
+            .get(std::str::from_utf8(path).unwrap_or(""));
+        method.request();
+        let valid = !path.is_empty()
+            && list.get(b":method").is_some_and(|m| !m.is_empty())
+            && list.get(b":scheme").is_some();
+        let deadline = list
+            .get(grpc::GRPC_TIMEOUT.as_bytes())
+            .and_then(grpc::parse_timeout_bytes)
+            .map(|t| start + t.min(Duration::from_secs(86_400 * 365)));
+        let too_big = list.size() > self.shared.cfg.max_header_list_size as usize;
+        let stream = Stream {
+            up: None,
+            queued: None,
+            endpoint: None,
+            method,
+            start,
+            attempts: 0,
+            deadline,
+            head: Some(list),
+            replay: Some(Vec::new()),
+            req_end: end,
+            up_end_sent: false,
+            to_up: BytesMut::new(),
+            req_trailers: None,
+            up_window: 0,
+            uncredited: 0,
+            client_credit: 0,
+            head_sent: false,
+            head_status: None,
+            to_client: BytesMut::new(),
+            resp_end: false,
+            resp_trailers: None,
+            client_window: i64::from(self.client.peer.initial_window_size),
+            up_uncredited: 0,
+            up_credit: 0,
+        };
+        self.streams.insert(id, stream);
+        if !valid {
+            self.answer(
+                id,
+                code::INTERNAL,
+                "mp-lb: request without :method, :scheme or :path",
+            );
+            return Ok(());
+        }
+        if too_big {
+            let msg = format!(
+                "mp-lb: request header list is over the limit of {} bytes",
+                self.shared.cfg.max_header_list_size
+            );
+            self.answer(id, code::RESOURCE_EXHAUSTED, &msg);
+            return Ok(());
+        }
+        if let Some(d) = deadline {
+            self.deadlines.push(Reverse((d, id)));
+            self.arm_timer();
+        }
+        self.dispatch(id);
+        Ok(())
+    }
+
+    /// Moves response bytes to the client as its windows allow, then the
+    /// trailers; gives the bytes back to the backend as they go.
+    pub(super) fn pump_to_client(&mut self, id: u32) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let side = &mut self.client;
+        let max = side.peer.max_frame_size as i64;
+        let mut moved = 0usize;
+        let mut ended = false;
+        while !s.to_client.is_empty() {
+            let n = (s.to_client.len() as i64)
+                .min(s.client_window)
+                .min(side.send_window)
+                .min(max);
+            if n <= 0 {
+                break;
+            }
+            let n = n as usize;
+            let end = s.resp_end && n == s.to_client.len() && s.resp_trailers.is_none();
+            put_data(&mut side.wbuf, id, &s.to_client[..n], end);
+            s.to_client.advance(n);
+            s.client_window -= n as i64;
+            side.send_window -= n as i64;
+            moved += n;
+            ended |= end;
+        }
+        let mut status = None;
+        if s.to_client.is_empty() && s.resp_end {
+            match s.resp_trailers.take() {
+                Some(mut t) => {
+                    status = Some(t.get(b"grpc-status").and_then(grpc::parse_status));
+                    side.put_headers(id, true, t.iter());
+                    t.clear();
+                    self.spare.push(t);
+                }
+                None => {
+                    if !ended {
+                        put_data(&mut side.wbuf, id, &[], true);
+                    }
+                    status = Some(s.head_status);
+                }
+            }
+        }
+        let up = s.up;
+        if moved > 0 {
+            let c = moved.min(s.up_uncredited);
+            s.up_uncredited -= c;
+            if let (Some((ui, uid)), true) = (up, c > 0) {
+                self.credit_up(ui, uid, c);
+            }
+        }
+        if let Some(st) = status {
+            if let Some(s) = self.streams.remove(&id) {
+                self.end_stream(id, s, st.unwrap_or(code::UNKNOWN), false);
+            }
+        }
+    }
+}
