@@ -88,6 +88,11 @@ impl HeaderList {
 /// advertise another).
 pub const TABLE_SIZE: usize = 4096;
 
+/// The largest header list a block may decode to (RFC 9113 size). Small
+/// blocks can name big table entries many times over: past this the block
+/// is refused rather than expanded.
+pub const MAX_DECODED: usize = 256 * 1024;
+
 fn compression(what: &'static str) -> ConnError {
     ConnError {
         code: reason::COMPRESSION_ERROR,
@@ -131,7 +136,8 @@ impl Decoder {
 
     /// Decodes a complete header block, appending its fields to `into`. A
     /// block that does not decode is a connection error (COMPRESSION_ERROR):
-    /// the decoder's table can no longer be trusted.
+    /// the decoder's table can no longer be trusted; so is one that decodes
+    /// to more than [`MAX_DECODED`] bytes (ENHANCE_YOUR_CALM).
     pub fn decode(&mut self, block: &[u8], into: &mut HeaderList) -> Result<(), ConnError> {
         let mut i = 0;
         let mut at_start = true;
@@ -183,6 +189,12 @@ impl Decoder {
                 }
             }
             at_start = false;
+            if into.size() > MAX_DECODED {
+                return Err(ConnError {
+                    code: reason::ENHANCE_YOUR_CALM,
+                    what: "header list over 256 KiB once decoded",
+                });
+            }
         }
         Ok(())
     }
@@ -599,6 +611,20 @@ mod tests {
         let mut l = HeaderList::new();
         dec.decode(&[0x80 | 62], &mut l).unwrap();
         assert_eq!(l.get(b":authority"), Some(&b"www.example.com"[..]));
+    }
+
+    #[test]
+    fn a_small_block_that_expands_hugely_is_refused() {
+        // One 4,000-byte entry, then its index 100,000 times: 100 KB that
+        // would decode to 400 MB.
+        let mut block = vec![0x40, 1, b'x'];
+        put_int(&mut block, 0, 7, 3990);
+        block.extend(std::iter::repeat_n(b'v', 3990));
+        block.extend(std::iter::repeat_n(0x80 | 62, 100_000));
+        let mut l = HeaderList::new();
+        let e = Decoder::new().decode(&block, &mut l).unwrap_err();
+        assert_eq!(e.code, reason::ENHANCE_YOUR_CALM);
+        assert!(l.size() <= MAX_DECODED + 4096 + 32);
     }
 
     #[test]

@@ -94,6 +94,19 @@ impl Conn {
                 wire::rst_code(p)?;
                 if let Some(s) = self.streams.remove(&h.stream) {
                     self.end_stream(h.stream, s, code::CANCELLED, true);
+                    // Opening and resetting streams costs the client nothing
+                    // and a backend a call each ("rapid reset"): cap it.
+                    let now = Instant::now();
+                    if now.duration_since(self.resets.0) > Duration::from_secs(1) {
+                        self.resets = (now, 0);
+                    }
+                    self.resets.1 += 1;
+                    if self.resets.1 > MAX_RESETS_PER_SECOND {
+                        return Err(ConnError {
+                            code: reason::ENHANCE_YOUR_CALM,
+                            what: "too many streams reset",
+                        });
+                    }
                 }
                 Ok(())
             }

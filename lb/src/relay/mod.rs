@@ -176,6 +176,9 @@ const REPLAY_LIMIT: usize = 64 * 1024;
 const WRITE_HIGH: usize = 1024 * 1024;
 /// Rounds of reading and writing per wakeup before yielding to other tasks.
 const ROUNDS: usize = 32;
+/// Calls a client may cancel per second on one connection before it is
+/// told to calm down (GOAWAY ENHANCE_YOUR_CALM).
+const MAX_RESETS_PER_SECOND: u32 = 2000;
 /// Calls queued on a backend connection before its SETTINGS say how many
 /// it takes (RFC 9113 advises a limit of no less than 100).
 const ASSUMED_STREAMS: usize = 100;
@@ -316,6 +319,8 @@ struct Conn {
     _watch: Watch,
     /// Header lists to reuse.
     spare: Vec<HeaderList>,
+    /// Streams the client reset in the second since `.0`.
+    resets: (Instant, u32),
 }
 
 impl Conn {
@@ -337,6 +342,7 @@ impl Conn {
             drain: Some(Box::pin(async move { w.signaled().await })),
             _watch: watch,
             spare: Vec::new(),
+            resets: (Instant::now(), 0),
         }
     }
 
