@@ -217,6 +217,18 @@ pub trait Addressing {
     /// The endpoint of `part`. Called once per part, in plan order (all
     /// handler parts before the front).
     fn assign(&mut self, part: PartKey<'_>) -> Result<Endpoint, PlanError>;
+
+    /// mp-lb's arguments that name the replicas of `service`, reached at
+    /// `backends` (`host:port` each): by default one `--backend` per replica.
+    /// A runner that feeds mp-lb its replicas another way says so here, so the
+    /// plan (and `mp deploy --dry-run`) shows exactly what runs.
+    fn lb_backend_args(&self, service: &Service, backends: &[String]) -> Vec<String> {
+        let _ = service;
+        backends
+            .iter()
+            .flat_map(|b| ["--backend".to_string(), b.clone()])
+            .collect()
+    }
 }
 
 /// Loopback addresses from consecutive ports: for tests and `--dry-run`
@@ -480,9 +492,7 @@ pub fn plan_service(
             }
             let ep = front_endpoint(service, "lb", Role::Lb, addressing)?;
             let mut args = vec!["--listen".to_string(), ep.listen.to_string()];
-            for b in &backends {
-                args.extend(["--backend".to_string(), b.clone()]);
-            }
+            args.extend(addressing.lb_backend_args(service, &backends));
             push_admin(&mut args, &ep);
             parts.push(data_plane_part(
                 service,

@@ -344,7 +344,7 @@ fn spread_of_three_is_four_containers_and_updates_without_failed_calls() {
     let mp = Mp::new();
     let name = unique("spread");
     let hello = program("hello");
-    let out = mp.ok(&[
+    let deploy = [
         "deploy",
         "--runner",
         "docker",
@@ -356,8 +356,31 @@ fn spread_of_three_is_four_containers_and_updates_without_failed_calls() {
         "3",
         "--handler",
         hello.to_str().unwrap(),
-    ]);
+    ];
+    // The dry run shows mp-lb exactly as the container will run it.
+    let plan = mp.ok(&[&deploy[..], &["--dry-run"]].concat());
+    let planned_lb = plan
+        .lines()
+        .find_map(|l| l.split_once(" mp-lb ").map(|(_, args)| args.to_string()))
+        .unwrap_or_else(|| panic!("no mp-lb line in the dry run:\n{plan}"));
+    assert!(
+        planned_lb.contains(&format!("--dns mp-{name}-replicas:8080"))
+            && !planned_lb.contains("--backend"),
+        "{planned_lb}"
+    );
+    assert!(
+        containers(&docker, &name).is_empty(),
+        "a dry run starts nothing"
+    );
+    let out = mp.ok(&deploy);
     assert!(out.contains("127.0.0.1:"), "deploy prints the front: {out}");
+    let lb_cmd = block_on(docker.inspect_container(&format!("mp-{name}-lb-0"), None))
+        .expect("inspect the lb")
+        .config
+        .and_then(|c| c.cmd)
+        .expect("the lb's command");
+    assert!(lb_cmd[0].ends_with("/mp-lb"), "{lb_cmd:?}");
+    assert_eq!(lb_cmd[1..].join(" "), planned_lb, "dry run vs. what runs");
 
     // Seed chapter 2: 3 replicas and a load balancer, as containers.
     let cs = containers(&docker, &name);

@@ -10,6 +10,7 @@ use super::labels;
 use crate::plan::{
     Address, Addressing, Endpoint, Exec, Part, PartKey, PlanError, Role, ServicePlan,
 };
+use crate::topology::Service;
 
 /// The port every part serves gRPC on inside its container. Each container
 /// has its own address on the service's network, so they can all use one.
@@ -41,34 +42,6 @@ pub fn replicas_alias(service: &str) -> String {
 /// How often mp-lb resolves the replicas' alias again (`--dns-interval`).
 pub const LB_DNS_INTERVAL: &str = "1s";
 
-/// mp-lb's arguments from the plan with its `--backend` list replaced by one
-/// `--dns` name (see [`replicas_alias`]).
-fn lb_args(args: &[String], dns: &str) -> Vec<String> {
-    let mut out = Vec::with_capacity(args.len());
-    let mut dns_added = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let is_backend = if a == "--backend" {
-            it.next();
-            true
-        } else {
-            a.starts_with("--backend=")
-        };
-        if is_backend {
-            if !dns_added {
-                out.extend(["--dns".to_string(), dns.to_string()]);
-                // Docker's DNS is local and cheap to ask; a short interval
-                // lets a rolling update move on quickly.
-                out.extend(["--dns-interval".to_string(), LB_DNS_INTERVAL.to_string()]);
-                dns_added = true;
-            }
-        } else {
-            out.push(a.clone());
-        }
-    }
-    out
-}
-
 /// Addresses on the docker runner: every part listens on `0.0.0.0:`[`PORT`]
 /// in its own container and is reached by its container name on the
 /// service's network.
@@ -91,6 +64,19 @@ impl Addressing for DockerAddressing {
             reach: Address::new(container_name(&part.service.name, part.name), PORT),
             admin,
         })
+    }
+
+    /// One `--dns` name for all replicas (see [`replicas_alias`]) instead of
+    /// a fixed `--backend` list.
+    fn lb_backend_args(&self, service: &Service, _backends: &[String]) -> Vec<String> {
+        vec![
+            "--dns".to_string(),
+            format!("{}:{PORT}", replicas_alias(&service.name)),
+            // Docker's DNS is local and cheap to ask; a short interval lets a
+            // rolling update move on quickly.
+            "--dns-interval".to_string(),
+            LB_DNS_INTERVAL.to_string(),
+        ]
     }
 }
 
@@ -147,14 +133,6 @@ pub fn container_spec(
     let name = container_name(service, &part.name);
     let is_front = part.name == plan.front;
     let cmd = match (&part.exec, &launch.program) {
-        (Exec::DataPlane { args, .. }, Some(program)) if part.role == Role::Lb => {
-            let alias = format!("{}:{PORT}", replicas_alias(service));
-            Some(
-                std::iter::once(program.clone())
-                    .chain(lb_args(args, &alias))
-                    .collect(),
-            )
-        }
         (Exec::Command { args, .. }, Some(program))
         | (Exec::DataPlane { args, .. }, Some(program)) => Some(
             std::iter::once(program.clone())
@@ -271,7 +249,20 @@ mod tests {
             other => panic!("front is {other:?}"),
         };
         assert!(args.contains("--listen 0.0.0.0:8080"), "{args}");
-        assert!(args.contains("--backend mp-hello-replica-2:8080"), "{args}");
+        // The plan itself says what the container runs: the replicas' alias.
+        assert!(
+            args.contains("--dns mp-hello-replicas:8080 --dns-interval 1s"),
+            "{args}"
+        );
+        assert!(!args.contains("--backend"), "{args}");
+        assert_eq!(
+            plan.front_config,
+            crate::plan::Front::Lb {
+                backends: (0..3)
+                    .map(|i| format!("mp-hello-replica-{i}:8080"))
+                    .collect()
+            }
+        );
         assert_eq!(container_name("hello", "lb"), "mp-hello-lb-0");
         assert_eq!(container_name("hello", "leaf-3-1"), "mp-hello-leaf-3-1");
     }
