@@ -233,3 +233,71 @@ async fn a_client_gone_mid_call_cancels_the_backend_stream_and_others_go_on() {
         b"next"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_frames_never_take_the_proxy_down() {
+    // A panicking connection task would not stop the proxy, but it is a bug:
+    // count the panics of runtime threads.
+    static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current()
+            .name()
+            .is_some_and(|n| n.contains("tokio-runtime-worker"))
+        {
+            PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        previous(info);
+    }));
+    let b = Backend::start("ok");
+    let lb = Lb::start(&[&b], &[]).await;
+    lb.wait_ready().await;
+    let mut seed = 0x853c_49e6_748f_ea9bu64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut conns = Vec::new();
+    for _ in 0..150 {
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        for _ in 0..(next() % 40) {
+            let r = next();
+            let len = (r % 40) as usize;
+            // Types 0-9 and an unknown one; small odd or even stream ids.
+            let kind = [0u8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0x42][(r >> 8) as usize % 11];
+            let flags = (r >> 16) as u8;
+            let stream = ((r >> 24) % 8) as u32;
+            out.extend_from_slice(&[0, 0, len as u8, kind, flags]);
+            out.extend_from_slice(&stream.to_be_bytes());
+            // Payloads that often look like header blocks of the static table.
+            out.extend((0..len).map(|k| {
+                if k % 2 == 0 {
+                    0x80 | (next() % 62) as u8
+                } else {
+                    next() as u8
+                }
+            }));
+        }
+        let addr = lb.addr;
+        conns.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let _ = s.write_all(&out).await;
+            let _ = s.shutdown().await;
+            let mut buf = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        }));
+    }
+    for c in conns {
+        c.await.unwrap();
+    }
+    let mut c = lb.client().await;
+    for _ in 0..3 {
+        assert_eq!(
+            c.say(say(b"alive")).await.unwrap().into_inner().payload,
+            b"alive"
+        );
+    }
+}

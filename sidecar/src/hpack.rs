@@ -627,6 +627,39 @@ mod tests {
         assert!(l.size() <= MAX_DECODED + 4096 + 32);
     }
 
+    /// A cheap deterministic byte stream (xorshift), for the fuzz-style test.
+    fn noise(seed: &mut u64, n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                (*seed >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn random_blocks_decode_or_fail_but_never_panic() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut dec = Decoder::new();
+        let mut ok = 0;
+        for i in 0..20_000 {
+            let mut block = noise(&mut seed, 1 + i % 64);
+            // Bias towards valid-looking representations now and then.
+            if i % 3 == 0 {
+                block[0] = 0x80 | (block[0] % 70);
+            }
+            let mut l = HeaderList::new();
+            match dec.decode(&block, &mut l) {
+                Ok(()) => ok += 1,
+                // A failed block leaves the table untrusted: start afresh.
+                Err(_) => dec = Decoder::new(),
+            }
+        }
+        assert!(ok > 100, "some random blocks decode ({ok})");
+    }
+
     #[test]
     fn garbage_is_a_compression_error() {
         let mut dec = Decoder::new();

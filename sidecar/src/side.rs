@@ -300,3 +300,51 @@ pub fn each_frame(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_cut_at_their_boundaries_and_random_bytes_never_panic() {
+        let mut buf = Vec::new();
+        wire::put_ping_ack(&mut buf, b"12345678");
+        wire::put_data(&mut buf, 1, b"hello", true);
+        let whole = buf.len();
+        buf.extend_from_slice(&[0, 0, 9, 0, 0, 0, 0, 0, 1, 1, 2]); // incomplete
+        let mut seen = Vec::new();
+        let (used, r) = each_frame(&buf, 16_384, |h, p| {
+            seen.push((h.kind, p.len()));
+            Ok(())
+        });
+        assert!(r.is_ok());
+        assert_eq!(used, whole, "the incomplete frame waits");
+        assert_eq!(seen, [(kind::PING, 8), (kind::DATA, 5)]);
+        let (used, r) = each_frame(&[1, 0, 0, 0, 0, 0, 0, 0, 1], 16_384, |_, _| Ok(()));
+        assert_eq!(
+            (used, r.unwrap_err().code),
+            (0, wire::reason::FRAME_SIZE_ERROR)
+        );
+
+        // Random input through the frame loop and a side's handlers.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for i in 0..5_000 {
+            let bytes: Vec<u8> = (0..(9 + i % 80))
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    (seed >> 32) as u8
+                })
+                .collect();
+            let mut side = Side::new(None);
+            let _ = each_frame(&bytes, 1 << 24, |h, p| {
+                side.control(&h, p)?;
+                if h.kind == kind::HEADERS || h.kind == kind::CONTINUATION {
+                    side.header_frame(&h, p)?;
+                }
+                Ok(())
+            });
+        }
+    }
+}
