@@ -11,7 +11,7 @@ use mp_sidecar::duration;
 /// mp-lb: a round-robin gRPC load balancer and transparent HTTP/2 proxy.
 ///
 /// Forwards every gRPC call (any service, any method, unary or streaming) to
-/// the next healthy backend in turn, over pooled HTTP/2 connections. Metadata,
+/// the next healthy backend in turn, relaying HTTP/2 frame by frame. Metadata,
 /// trailers and deadlines (grpc-timeout) pass untouched. Backends come from
 /// --backend, --backends-file and --dns, in any mix.
 ///
@@ -49,9 +49,9 @@ pub struct Args {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub admin: SocketAddr,
 
-    /// HTTP/2 connections kept open to each backend; calls are multiplexed
-    /// over them. One is the cheapest per call (more calls share each write);
-    /// more can help with many threads or very large messages.
+    /// HTTP/2 connections the health checker keeps open to each backend
+    /// (they tell when a backend is up). Calls do not use them: each client
+    /// connection relays its calls over backend connections of its own.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub pool_size: u16,
 
