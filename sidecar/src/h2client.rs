@@ -224,6 +224,7 @@ impl Client {
             goaway: None,
             dead: None,
             flushed: 0,
+            scratch: HeaderList::new(),
         };
         tokio::spawn(conn);
         Client {
@@ -391,6 +392,8 @@ struct Conn {
     dead: Option<String>,
     /// Bytes written to the socket so far.
     flushed: u64,
+    /// Header blocks are decoded here first.
+    scratch: HeaderList,
 }
 
 /// `d` as a `grpc-timeout` value in `buf` (what [`crate::grpc::encode_timeout`]
@@ -741,12 +744,16 @@ impl Conn {
     }
 
     fn headers(&mut self, id: u32, end: bool) -> Result<(), ConnError> {
-        let mut list = HeaderList::new();
         // Decoded even for a stream we dropped: HPACK state is per connection.
-        self.side.dec.decode(&self.side.block, &mut list)?;
+        // Into a list kept for that (its buffers grown once), then copied at
+        // its exact size for the caller: two allocations, not a string of
+        // reallocations.
+        self.scratch.clear();
+        self.side.dec.decode(&self.side.block, &mut self.scratch)?;
         let Some(s) = self.streams.get_mut(&id) else {
             return Ok(());
         };
+        let list = self.scratch.clone();
         if s.head.is_none() {
             // 1xx: an informational head; the real one follows.
             if !end
