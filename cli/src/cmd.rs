@@ -360,6 +360,9 @@ async fn ps(a: PsArgs) -> Result<(), CmdError> {
                 p.last_exit.as_deref().unwrap_or("-")
             );
         }
+        if let Some(w) = &s.warning {
+            println!("note: {w}");
+        }
         return Ok(());
     }
     if all.is_empty() {
@@ -383,6 +386,9 @@ async fn ps(a: PsArgs) -> Result<(), CmdError> {
             summary(s)
         );
     }
+    for s in all.iter().filter(|s| s.warning.is_some()) {
+        println!("note: {}", s.warning.as_deref().unwrap_or_default());
+    }
     Ok(())
 }
 
@@ -395,6 +401,16 @@ fn summary(s: &ServiceStatus) -> String {
         .filter(|p| p.state != PartState::Healthy)
         .map(|p| format!("{} {}", p.name, p.state))
         .collect();
+    let parts = summary_of_parts(&bad);
+    if s.warning.is_some() {
+        // The note itself follows the table.
+        format!("{parts} (see the note below)")
+    } else {
+        parts
+    }
+}
+
+fn summary_of_parts(bad: &[String]) -> String {
     if bad.is_empty() {
         "healthy".to_string()
     } else if bad.len() > 3 {

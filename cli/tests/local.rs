@@ -101,6 +101,7 @@ impl Mp {
         self.ok(&["ps", name])
             .lines()
             .skip(1)
+            .filter(|l| !l.starts_with("note: "))
             .map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
                 PartRow {
@@ -616,6 +617,86 @@ fn delete_stops_every_process_and_frees_every_port() {
     );
     let ps = mp.run(&["ps", "--runner", "local"]);
     assert!(String::from_utf8_lossy(&ps.stdout).is_empty());
+}
+
+#[test]
+fn a_killed_supervisor_leaves_its_parts_running_ps_says_so_and_delete_stops_them() {
+    let mp = Mp::new();
+    mp.ok(&[
+        "deploy",
+        "--pattern",
+        "spread",
+        "--name",
+        "orphans",
+        "--replicas",
+        "2",
+        "--handler",
+        path(&example("hello")),
+    ]);
+    let before = mp.parts("orphans");
+    let pids: Vec<u32> = before.iter().filter_map(|p| p.pid).collect();
+    assert_eq!(pids.len(), 3, "{before:?}");
+    let supervisor = mp.supervisor_pid("orphans");
+    let killed = Command::new("kill")
+        .args(["-KILL", &supervisor.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(supervisor) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(supervisor), "the supervisor survived SIGKILL");
+
+    // The parts still run and serve, and `mp ps` says so, with a note.
+    assert!(pids.iter().all(|p| alive(*p)));
+    assert!(mp.call("orphans")["server"].is_string());
+    let ps = mp.ok(&["ps"]);
+    let line = ps.lines().find(|l| l.starts_with("orphans")).unwrap();
+    assert!(line.contains(" 3/3 "), "{ps}");
+    assert!(line.contains("healthy (see the note below)"), "{ps}");
+    let note = ps
+        .lines()
+        .find(|l| l.starts_with("note: "))
+        .unwrap_or_else(|| panic!("no note in:\n{ps}"));
+    for words in [
+        format!("the supervisor of orphans (pid {supervisor}) is gone"),
+        "3 of 3 parts still run, but nothing restarts them".to_string(),
+        "`mp deploy`".to_string(),
+        "`mp delete orphans`".to_string(),
+    ] {
+        assert!(note.contains(&words), "{words:?} not in {note:?}");
+    }
+    let rows = mp.parts("orphans");
+    assert!(rows.iter().all(|r| r.state == "healthy"), "{rows:?}");
+    assert_eq!(
+        rows.iter().filter_map(|r| r.pid).collect::<Vec<_>>(),
+        pids,
+        "the same processes"
+    );
+    assert!(mp.ok(&["ps", "orphans"]).contains("note: the supervisor"));
+
+    // A part that dies now stays dead, and `mp ps` says that too.
+    let replica = rows.iter().find(|r| r.name == "replica-0").unwrap();
+    let killed = Command::new("kill")
+        .args(["-KILL", &replica.pid.unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    mp.wait_parts("orphans", Duration::from_secs(10), |rows| {
+        rows.iter()
+            .any(|r| r.name == "replica-0" && r.state == "stopped")
+    });
+    assert!(mp.ok(&["ps"]).contains("2 of 3 parts still run"));
+
+    // `mp delete` stops what is left and frees the ports.
+    assert_eq!(mp.ok(&["delete", "orphans"]).trim(), "deleted orphans");
+    for pid in &pids {
+        assert!(!alive(*pid), "pid {pid} still runs after delete");
+    }
+    for r in &rows {
+        assert!(port_free(&r.address), "{} still taken", r.address);
+    }
 }
 
 #[test]

@@ -246,6 +246,10 @@ pub struct ServiceStatus {
     pub front: Option<String>,
     /// Every part.
     pub parts: Vec<PartStatus>,
+    /// Something the user must know beyond the parts' states, and what to do
+    /// about it (the local runner: the service's supervisor is gone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 impl ServiceStatus {

@@ -368,6 +368,7 @@ impl DockerRunner {
             runner: RunnerKind::Docker,
             front,
             parts,
+            warning: None,
         }
     }
 

@@ -870,31 +870,33 @@ impl LocalRunner {
         }
     }
 
+    /// The parts of `d` as they are. `alive`: whether the supervisor runs;
+    /// when it does not, a part's recorded pid is asked directly (it may
+    /// well still run), and nothing is restarting.
     async fn health_of(
         &self,
         d: &Desired,
         status: Option<&Status>,
         alive: bool,
     ) -> Vec<PartStatus> {
+        let service = d.plan.name();
         let checks = d.instances.iter().map(|inst| async move {
             let st = status.and_then(|s| s.instances.get(&inst.id));
             let pid = st.and_then(|s| s.pid);
-            let running = alive && pid.is_some();
+            let running = if alive {
+                pid.is_some()
+            } else {
+                pid.is_some_and(|p| part_process_alive(p, service))
+            };
             let state = match st.map(|s| s.state) {
+                // Without a supervisor, no part is restarting or stopping.
+                _ if !alive && !running => PartState::Stopped,
+                _ if !alive => health_state(inst).await,
                 Some(InstanceState::CrashLoop) => PartState::CrashLoop,
                 Some(InstanceState::Restarting) => PartState::Restarting,
                 Some(InstanceState::Stopping) => PartState::Stopped,
                 _ if !running => PartState::Stopped,
-                _ => {
-                    let addr = inst.part.endpoint.reach.to_string();
-                    let admin = inst.part.endpoint.admin.as_ref().map(|a| a.to_string());
-                    match health::part_ready(&addr, admin.as_deref(), Duration::from_millis(1500))
-                        .await
-                    {
-                        Ok(()) => PartState::Healthy,
-                        Err(_) => PartState::Running,
-                    }
-                }
+                _ => health_state(inst).await,
             };
             PartStatus {
                 name: inst.part.name.clone(),
@@ -908,6 +910,39 @@ impl LocalRunner {
         });
         futures::future::join_all(checks).await
     }
+}
+
+/// Healthy or merely running: what a part's health check says.
+async fn health_state(inst: &Instance) -> PartState {
+    let addr = inst.part.endpoint.reach.to_string();
+    let admin = inst.part.endpoint.admin.as_ref().map(|a| a.to_string());
+    match health::part_ready(&addr, admin.as_deref(), Duration::from_millis(1500)).await {
+        Ok(()) => PartState::Healthy,
+        Err(_) => PartState::Running,
+    }
+}
+
+/// Whether `pid` runs and is a part of `service` (its environment says so,
+/// so a reused pid is not taken for a part).
+fn part_process_alive(pid: u32, service: &str) -> bool {
+    proc::alive(pid) && proc::has_env(pid, crate::plan::env::SERVICE, service)
+}
+
+/// What `mp ps` says when the supervisor of `name` is gone.
+fn unsupervised_warning(name: &str, supervisor: Option<u32>, parts: &[PartStatus]) -> String {
+    let running = parts
+        .iter()
+        .filter(|p| p.state != PartState::Stopped)
+        .count();
+    let was = supervisor
+        .map(|p| format!(" (pid {p})"))
+        .unwrap_or_default();
+    format!(
+        "the supervisor of {name}{was} is gone: {running} of {} parts still run, but nothing \
+         restarts them; run the same `mp deploy` again to restart {name} under a new \
+         supervisor, or `mp delete {name}` to stop it",
+        parts.len()
+    )
 }
 
 fn supervisor_grace() -> Duration {
@@ -1016,12 +1051,17 @@ impl Runner for LocalRunner {
         let status = dir.read_status()?;
         let alive = supervisor_alive(name, status.as_ref()).is_some();
         let parts = self.health_of(&d, status.as_ref(), alive).await;
+        let warning = (!alive).then(|| {
+            let supervisor = status.as_ref().map(|s| s.supervisor).filter(|p| *p != 0);
+            unsupervised_warning(name, supervisor, &parts)
+        });
         Ok(Some(ServiceStatus {
             name: name.to_string(),
             pattern: d.plan.pattern(),
             runner: RunnerKind::Local,
             front: Some(d.front.clone()),
             parts,
+            warning,
         }))
     }
 
