@@ -23,8 +23,10 @@
 //! - After a GOAWAY, a connection failure or stream ids running out,
 //!   [`Client::is_closed`] is true and every new call is `Unprocessed`: make
 //!   a new client. Calls in flight below the GOAWAY finish.
-//! - No keepalive PINGs: a peer that vanishes without closing the TCP
-//!   connection is noticed by the callers' deadlines, not by the client.
+//! - A connection that has heard nothing for the keepalive interval sends a
+//!   PING; no answer (nor any other frame) within the keepalive timeout closes
+//!   it, so a peer that vanished without closing the TCP connection is not
+//!   called forever.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -40,14 +42,14 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWrite;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::hpack::HeaderList;
 use crate::side::{self, Side};
 use crate::tls::{ClientTls, Io};
 use crate::wire::{
-    self, flag, kind, put_data, put_goaway, put_ping_ack, put_rst, put_settings, put_settings_ack,
-    put_window_update, reason, setting, ConnError, Head, PREFACE,
+    self, flag, kind, put_data, put_goaway, put_head, put_ping_ack, put_rst, put_settings,
+    put_settings_ack, put_window_update, reason, setting, ConnError, Head, PREFACE,
 };
 
 /// How a client connects and what it advertises.
@@ -63,6 +65,12 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// TLS; `None`: h2c.
     pub tls: Option<ClientTls>,
+    /// PING the server after this long without a frame from it; `None`:
+    /// never.
+    pub keepalive: Option<Duration>,
+    /// How long a PING may go unanswered (with no other frame either) before
+    /// the connection is closed.
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for ClientConfig {
@@ -73,6 +81,8 @@ impl Default for ClientConfig {
             max_frame_size: 64 * 1024,
             connect_timeout: Duration::from_secs(1),
             tls: None,
+            keepalive: Some(Duration::from_secs(30)),
+            keepalive_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -205,7 +215,7 @@ impl Client {
         if cfg.conn_window > wire::DEFAULT_WINDOW {
             put_window_update(&mut side.wbuf, 0, cfg.conn_window - wire::DEFAULT_WINDOW);
         }
-        let conn = Conn {
+        let mut conn = Conn {
             side,
             addr,
             authority: authority.as_bytes().to_vec(),
@@ -225,7 +235,14 @@ impl Client {
             dead: None,
             flushed: 0,
             scratch: HeaderList::new(),
+            keepalive: cfg.keepalive.map(|k| (k, cfg.keepalive_timeout)),
+            timer: None,
+            heard: false,
+            ping_out: false,
         };
+        if conn.side.io.is_some() {
+            conn.arm_keepalive();
+        }
         tokio::spawn(conn);
         Client {
             inner: Arc::new(Inner {
@@ -394,6 +411,13 @@ struct Conn {
     flushed: u64,
     /// Header blocks are decoded here first.
     scratch: HeaderList,
+    /// (interval, timeout) of keepalive PINGs.
+    keepalive: Option<(Duration, Duration)>,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// A frame arrived since the timer was armed.
+    heard: bool,
+    /// A PING went out and the timer waits for its answer.
+    ping_out: bool,
 }
 
 /// `d` as a `grpc-timeout` value in `buf` (what [`crate::grpc::encode_timeout`]
@@ -803,6 +827,41 @@ impl Conn {
             && self.side.pending_out() == 0
     }
 
+    fn arm_keepalive(&mut self) {
+        if let Some((interval, _)) = self.keepalive {
+            self.timer = Some(Box::pin(tokio::time::sleep(interval)));
+        }
+    }
+
+    /// The keepalive timer fired: the server was heard (wait again), or is
+    /// asked for a PING, or did not answer one (the connection ends).
+    fn keepalive_due(&mut self) {
+        let Some((interval, timeout)) = self.keepalive else {
+            return;
+        };
+        let (heard, ping_out) = (self.heard, self.ping_out);
+        self.heard = false;
+        self.ping_out = false;
+        let next = if heard {
+            interval
+        } else if ping_out {
+            self.timer = None;
+            self.die(format!(
+                "{} did not answer a PING within {timeout:?}",
+                self.addr
+            ));
+            return;
+        } else {
+            put_head(&mut self.side.wbuf, 8, kind::PING, 0, 0);
+            self.side.wbuf.extend_from_slice(b"mp-alive");
+            self.ping_out = true;
+            timeout
+        };
+        if let Some(t) = self.timer.as_mut() {
+            t.as_mut().reset(Instant::now() + next);
+        }
+    }
+
     /// One round: connect, take commands, read, start calls, write.
     /// Returns whether anything happened.
     fn round(&mut self, cx: &mut Context<'_>) -> bool {
@@ -813,6 +872,7 @@ impl Conn {
                 Poll::Ready(Ok(io)) => {
                     self.connecting = None;
                     self.side.io = Some(io);
+                    self.arm_keepalive();
                     busy = true;
                 }
                 Poll::Ready(Err(e)) => {
@@ -820,6 +880,12 @@ impl Conn {
                     self.die(format!("cannot connect to {}: {e}", self.addr));
                     return true;
                 }
+            }
+        }
+        if let Some(t) = self.timer.as_mut() {
+            if t.as_mut().poll(cx).is_ready() {
+                busy = true;
+                self.keepalive_due();
             }
         }
         while self.rx_open {
@@ -848,6 +914,7 @@ impl Conn {
                 }
                 Poll::Ready(Ok(_)) => {
                     busy = true;
+                    self.heard = true;
                     if let Err(e) = self.input() {
                         put_goaway(&mut self.side.wbuf, 0, e.code, e.what.as_bytes());
                         self.die(format!("{} broke the HTTP/2 protocol: {e}", self.addr));

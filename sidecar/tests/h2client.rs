@@ -335,3 +335,61 @@ async fn the_servers_stream_limit_is_respected() {
     let most = s.seen.most.load(Ordering::SeqCst);
     assert!((2..=3).contains(&most), "{most} at once");
 }
+
+#[tokio::test]
+async fn a_server_that_stops_answering_is_found_out_by_ping() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An HTTP/2 server that sends its SETTINGS, then reads everything and
+    // answers nothing, not even PINGs (a peer gone without a FIN).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        tcp.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        while tcp.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    });
+    let cfg = ClientConfig {
+        keepalive: Some(Duration::from_millis(100)),
+        keepalive_timeout: Duration::from_millis(100),
+        ..ClientConfig::default()
+    };
+    let c = Client::connect(addr, "x", &cfg).await.unwrap();
+    let started = Instant::now();
+    let e = tokio::time::timeout(
+        Duration::from_secs(5),
+        c.call(head("Echo"), message(b"x"), None, LIMIT),
+    )
+    .await
+    .expect("the call ends when the PING goes unanswered")
+    .unwrap_err();
+    match e {
+        CallError::Failed(m) => assert!(m.contains("did not answer a PING"), "{m}"),
+        e => panic!("{e:?}"),
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(c.is_closed());
+}
+
+#[tokio::test]
+async fn a_server_that_answers_pings_keeps_its_connection() {
+    let s = server(1024).await;
+    let cfg = ClientConfig {
+        keepalive: Some(Duration::from_millis(20)),
+        keepalive_timeout: Duration::from_millis(200),
+        ..ClientConfig::default()
+    };
+    let c = Client::connect(s.addr, "x", &cfg).await.unwrap();
+    // Idle for many keepalive intervals: PINGs go out and are answered.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!c.is_closed());
+    let r = c
+        .call(head("Echo"), message(b"x"), None, LIMIT)
+        .await
+        .unwrap();
+    assert_eq!(trailer(&r, "grpc-status"), Some(&b"0"[..]));
+}
