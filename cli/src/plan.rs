@@ -224,11 +224,24 @@ pub trait Addressing {
     /// plan (and `mp deploy --dry-run`) shows exactly what runs.
     fn lb_backend_args(&self, service: &Service, backends: &[String]) -> Vec<String> {
         let _ = service;
-        backends
-            .iter()
-            .flat_map(|b| ["--backend".to_string(), b.clone()])
-            .collect()
+        backend_flags(backends)
     }
+
+    /// Whether a `service` (one handler) gets an mp-lb of one backend in
+    /// front, as its front. Then a re-deploy starts the new handler beside
+    /// the old one and moves the same mp-lb over, with no gap, as for a
+    /// spread. Default: no, the handler itself is the front.
+    fn service_behind_lb(&self) -> bool {
+        false
+    }
+}
+
+/// One `--backend` per replica: [`Addressing::lb_backend_args`]'s default.
+fn backend_flags(backends: &[String]) -> Vec<String> {
+    backends
+        .iter()
+        .flat_map(|b| ["--backend".to_string(), b.clone()])
+        .collect()
 }
 
 /// Loopback addresses from consecutive ports: for tests and `--dry-run`
@@ -465,16 +478,23 @@ pub fn plan_service(
 
     let (front, front_config) = match &service.pattern {
         Pattern::Service { handler } => {
-            add(
+            let behind_lb = addressing.service_behind_lb();
+            let p = add(
                 addressing,
                 "handler".into(),
                 Role::Handler,
                 0,
                 None,
                 handler,
-                true,
+                !behind_lb,
             )?;
-            ("handler".to_string(), Front::Handler)
+            if behind_lb {
+                let backends = vec![p.endpoint.reach.to_string()];
+                parts.push(lb_part(service, &backends, addressing)?);
+                ("lb".to_string(), Front::Lb { backends })
+            } else {
+                ("handler".to_string(), Front::Handler)
+            }
         }
         Pattern::Spread { replicas, handler } => {
             let mut backends = Vec::new();
@@ -490,18 +510,7 @@ pub fn plan_service(
                 )?;
                 backends.push(p.endpoint.reach.to_string());
             }
-            let ep = front_endpoint(service, "lb", Role::Lb, addressing)?;
-            let mut args = vec!["--listen".to_string(), ep.listen.to_string()];
-            args.extend(addressing.lb_backend_args(service, &backends));
-            push_admin(&mut args, &ep);
-            parts.push(data_plane_part(
-                service,
-                "lb",
-                Role::Lb,
-                DataPlane::MpLb,
-                args,
-                ep,
-            ));
+            parts.push(lb_part(service, &backends, addressing)?);
             ("lb".to_string(), Front::Lb { backends })
         }
         Pattern::Scatter {
@@ -588,6 +597,26 @@ pub fn plan_service(
         front,
         front_config,
     })
+}
+
+/// The mp-lb front part over `backends`.
+fn lb_part(
+    service: &Service,
+    backends: &[String],
+    addressing: &mut dyn Addressing,
+) -> Result<Part, PlanError> {
+    let ep = front_endpoint(service, "lb", Role::Lb, addressing)?;
+    let mut args = vec!["--listen".to_string(), ep.listen.to_string()];
+    args.extend(addressing.lb_backend_args(service, backends));
+    push_admin(&mut args, &ep);
+    Ok(data_plane_part(
+        service,
+        "lb",
+        Role::Lb,
+        DataPlane::MpLb,
+        args,
+        ep,
+    ))
 }
 
 fn front_endpoint(

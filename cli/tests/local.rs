@@ -371,8 +371,12 @@ fn a_killed_handler_is_restarted_and_calls_succeed_again() {
         .unwrap()
         .success());
 
+    // The handler is back, and the mp-lb in front of it (a `service`'s
+    // front) has seen it answer its health check again.
     let after = mp.wait_parts("solo", Duration::from_secs(30), |rows| {
-        rows[0].restarts == 1 && rows[0].state == "healthy" && rows[0].pid != Some(pid)
+        rows[0].restarts == 1
+            && rows[0].pid != Some(pid)
+            && rows.iter().all(|r| r.state == "healthy")
     });
     assert!(!alive(pid));
     assert_eq!(
@@ -566,6 +570,59 @@ fn redeploy_updates_with_no_failed_call_during_a_steady_stream() {
         .map(|_| mp.call("rolling")["server"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(servers.len(), 2, "{servers:?}");
+}
+
+#[test]
+fn redeploying_a_service_keeps_its_port_and_fails_no_call_during_a_steady_stream() {
+    let mp = Mp::new();
+    let hello = example("hello");
+    let deploy = || {
+        mp.ok(&[
+            "deploy",
+            "--pattern",
+            "service",
+            "--name",
+            "single",
+            "--handler",
+            path(&hello),
+            "--timeout",
+            "60",
+        ])
+    };
+    let out = deploy();
+    let front = out.trim().rsplit(' ').next().unwrap().to_string();
+    // The handler behind an mp-lb of one, which owns the front port.
+    let before = mp.parts("single");
+    let names: Vec<&str> = before.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["handler", "lb"]);
+    assert_eq!(before[1].address, front);
+    let old_server = mp.call("single")["server"].as_str().unwrap().to_string();
+    assert!(old_server.ends_with(&before[0].address.rsplit(':').next().unwrap().to_string()));
+
+    let stream = CallStream::start(&front);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = deploy();
+    std::thread::sleep(Duration::from_millis(500));
+    stream.finish_without_failures(20);
+    assert!(
+        out.starts_with(&format!(
+            "updated single (local): 2 processes, front at {front}"
+        )),
+        "{out}"
+    );
+
+    // A new handler serves behind the same mp-lb; the old one is gone.
+    let after = mp.parts("single");
+    assert_eq!(after[1].pid, before[1].pid, "the same mp-lb keeps serving");
+    assert_ne!(after[0].pid, before[0].pid);
+    let old_pid = before[0].pid.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(old_pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!alive(old_pid), "the old handler still runs");
+    let new_server = mp.call("single")["server"].as_str().unwrap().to_string();
+    assert_ne!(new_server, old_server);
 }
 
 #[test]

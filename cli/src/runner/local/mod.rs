@@ -19,9 +19,11 @@
 //! through its backends file; for a scatter, the same mp-gather keeps serving
 //! and is pointed at the new leaves and merger through its shards file (mp
 //! waits until its `mp_gather_topology_generation` metric shows the switch).
-//! No call fails. A single handler front, or a gather whose own flags change
-//! (reducer, policy), is restarted on the same port (a short gap). Old parts
-//! then get SIGTERM and drain.
+//! No call fails. A `service` has an mp-lb of one backend as its front (see
+//! `LocalAddressing::service_behind_lb`), so it updates like a spread. A
+//! gather whose own flags change (reducer, policy), or a front of another
+//! kind (a `service` deployed before it had an mp-lb), is restarted on the
+//! same port (a short gap). Old parts then get SIGTERM and drain.
 
 mod logs;
 mod proc;
@@ -229,6 +231,15 @@ impl Addressing for LocalAddressing<'_> {
             reach: a,
             admin,
         })
+    }
+
+    /// Yes: the front port then belongs to an mp-lb that outlives the
+    /// handler, so a re-deploy moves it to the new handler with no gap (a
+    /// handler cannot share its port with its successor: that would need
+    /// SO_REUSEPORT in every handler, in every language). mp-lb costs a few
+    /// microseconds per call and about 8 MiB.
+    fn service_behind_lb(&self) -> bool {
+        true
     }
 }
 
