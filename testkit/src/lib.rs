@@ -3,7 +3,7 @@
 //! waiting for a port to answer.
 //!
 //! Tests use the real programs, so the test command builds them first:
-//! `cargo build --workspace --bins --examples` (scripts/test does this). A test
+//! `cargo build --workspace --bins --examples --all-features` (scripts/test does this). A test
 //! that cannot find one panics with a message saying exactly that.
 
 use std::io::Read;
@@ -47,7 +47,7 @@ pub fn example(name: &str) -> PathBuf {
 fn built(path: PathBuf, name: &str) -> PathBuf {
     assert!(
         path.is_file(),
-        "{name} is not built at {}: run `cargo build --workspace --bins --examples` first \
+        "{name} is not built at {}: run `cargo build --workspace --bins --examples --all-features` first \
          (scripts/test does)",
         path.display()
     );
