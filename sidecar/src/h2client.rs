@@ -237,6 +237,7 @@ impl Client {
             scratch: HeaderList::new(),
             keepalive: cfg.keepalive.map(|k| (k, cfg.keepalive_timeout)),
             timer: None,
+            timer_polled: false,
             heard: false,
             ping_out: false,
         };
@@ -414,6 +415,8 @@ struct Conn {
     /// (interval, timeout) of keepalive PINGs.
     keepalive: Option<(Duration, Duration)>,
     timer: Option<Pin<Box<Sleep>>>,
+    /// The timer was polled since its deadline was set.
+    timer_polled: bool,
     /// A frame arrived since the timer was armed.
     heard: bool,
     /// A PING went out and the timer waits for its answer.
@@ -830,6 +833,7 @@ impl Conn {
     fn arm_keepalive(&mut self) {
         if let Some((interval, _)) = self.keepalive {
             self.timer = Some(Box::pin(tokio::time::sleep(interval)));
+            self.timer_polled = false;
         }
     }
 
@@ -859,6 +863,7 @@ impl Conn {
         };
         if let Some(t) = self.timer.as_mut() {
             t.as_mut().reset(Instant::now() + next);
+            self.timer_polled = false;
         }
     }
 
@@ -882,10 +887,16 @@ impl Conn {
                 }
             }
         }
+        // The timer is polled (registered) once per deadline, and again only
+        // once that deadline passed (tokio's timers never fire early), not at
+        // every round.
         if let Some(t) = self.timer.as_mut() {
-            if t.as_mut().poll(cx).is_ready() {
-                busy = true;
-                self.keepalive_due();
+            if !self.timer_polled || Instant::now() >= t.deadline() {
+                self.timer_polled = true;
+                if t.as_mut().poll(cx).is_ready() {
+                    busy = true;
+                    self.keepalive_due();
+                }
             }
         }
         while self.rx_open {
