@@ -234,10 +234,37 @@ pub trait Addressing {
     fn service_behind_lb(&self) -> bool {
         false
     }
+
+    /// mp-gather's arguments that name the shards of `service` (for each
+    /// shard in order, `host:port` of each replica) and its merge handler:
+    /// by default one `--shard` per shard and `--merge`. A runner that feeds
+    /// mp-gather another way (a shards file) says so here, so the plan (and
+    /// `mp deploy --dry-run`) shows exactly what runs.
+    fn gather_shard_args(
+        &self,
+        service: &Service,
+        shards: &[Vec<String>],
+        merge: Option<&str>,
+    ) -> Vec<String> {
+        let _ = service;
+        shard_flags(shards, merge)
+    }
+}
+
+/// One `--shard` per shard and `--merge`: [`Addressing::gather_shard_args`]'s default.
+pub(crate) fn shard_flags(shards: &[Vec<String>], merge: Option<&str>) -> Vec<String> {
+    let mut args = Vec::new();
+    for addrs in shards {
+        args.extend(["--shard".to_string(), addrs.join(",")]);
+    }
+    if let Some(m) = merge {
+        args.extend(["--merge".to_string(), m.to_string()]);
+    }
+    args
 }
 
 /// One `--backend` per replica: [`Addressing::lb_backend_args`]'s default.
-fn backend_flags(backends: &[String]) -> Vec<String> {
+pub(crate) fn backend_flags(backends: &[String]) -> Vec<String> {
     backends
         .iter()
         .flat_map(|b| ["--backend".to_string(), b.clone()])
@@ -334,6 +361,44 @@ pub enum Front {
     },
 }
 
+impl Front {
+    /// The text of the file a front that follows a file reads (mp-lb's
+    /// `--backends-file`, mp-gather's `--shards-file`): the same facts as
+    /// this configuration. `None` for a handler front.
+    pub fn file_text(&self) -> Option<String> {
+        match self {
+            Front::Lb { backends } => {
+                let mut s =
+                    String::from("# Written by mp: the replicas this mp-lb balances over.\n");
+                for b in backends {
+                    s.push_str(b);
+                    s.push('\n');
+                }
+                Some(s)
+            }
+            Front::Gather { shards, merge, .. } => {
+                let mut s = String::from(
+                    "# Written by mp: the shards this mp-gather scatters to, in order, one line each\n\
+                     # (its replicas comma-separated), and the merger.\n",
+                );
+                for replicas in shards {
+                    s.push_str(&replicas.join(","));
+                    s.push('\n');
+                }
+                if let Some(m) = merge {
+                    s.push_str(&format!("merge {m}\n"));
+                }
+                Some(s)
+            }
+            Front::Handler => None,
+        }
+    }
+}
+
+/// The flags with which mp-lb and mp-gather follow a file of their backends
+/// or shards.
+pub const FILE_FLAGS: [&str; 2] = ["--backends-file", "--shards-file"];
+
 /// Everything to run for one service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServicePlan {
@@ -392,6 +457,20 @@ impl fmt::Display for ServicePlan {
                 p.name, p.role, p.endpoint.listen, p.exec
             )?;
             writeln!(f, "  {:<12} env {}", "", env.join(" "))?;
+            // A front that follows a file: what the file will hold, so the
+            // listing says which addresses it is pointed at.
+            if let (Exec::DataPlane { args, .. }, true) = (&p.exec, p.name == self.front) {
+                let file = args
+                    .windows(2)
+                    .find(|w| FILE_FLAGS.contains(&w[0].as_str()))
+                    .map(|w| &w[1]);
+                if let (Some(file), Some(text)) = (file, self.front_config.file_text()) {
+                    writeln!(f, "  {:<12} {file} (written by mp) holds:", "")?;
+                    for line in text.lines().filter(|l| !l.starts_with('#')) {
+                        writeln!(f, "  {:<12}   {line}", "")?;
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -559,12 +638,7 @@ pub fn plan_service(
             };
             let ep = front_endpoint(service, "gather", Role::Gather, addressing)?;
             let mut args = vec!["--listen".to_string(), ep.listen.to_string()];
-            for addrs in &shard_addrs {
-                args.extend(["--shard".to_string(), addrs.join(",")]);
-            }
-            if let Some(m) = &merge {
-                args.extend(["--merge".to_string(), m.clone()]);
-            }
+            args.extend(addressing.gather_shard_args(service, &shard_addrs, merge.as_deref()));
             if let Some(r) = reducer {
                 args.extend(["--reducer".to_string(), r.to_string()]);
             }

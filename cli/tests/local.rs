@@ -989,6 +989,166 @@ fn dry_run_prints_the_plan_and_starts_nothing() {
     assert!(!mp.services_dir().join("plan-only").exists());
 }
 
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The command line of process `pid`, from /proc.
+fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_else(|e| panic!("cmdline of {pid}: {e}"))
+        .split(|b| *b == 0)
+        .filter(|w| !w.is_empty())
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .collect()
+}
+
+/// `args` with the value after `--admin` replaced (each plan picks a fresh
+/// admin port, so a dry run cannot know the one a later deploy gets).
+fn admin_masked(args: &[String]) -> Vec<String> {
+    let mut out = args.to_vec();
+    if let Some(i) = out.iter().position(|a| a == "--admin") {
+        out[i + 1] = "ADMIN".into();
+    }
+    out
+}
+
+/// Deploys `deploy` (which sets the front's `--port`) after its dry run and
+/// checks that the front `front` (mp-lb or mp-gather) runs exactly the
+/// command the dry run showed, and that the file the dry run names holds
+/// what it said, with the real parts' addresses.
+fn dry_run_matches_the_running_front(mp: &Mp, name: &str, deploy: &[&str], front: &str) {
+    let plan = mp.ok(&[deploy, &["--dry-run"]].concat());
+    assert!(
+        !mp.services_dir().join(name).exists(),
+        "a dry run starts nothing"
+    );
+    let planned: Vec<String> = plan
+        .lines()
+        .find_map(|l| {
+            l.split_once(&format!(" {front} "))
+                .map(|(_, a)| a.to_string())
+        })
+        .unwrap_or_else(|| panic!("no {front} line in the dry run:\n{plan}"))
+        .split(' ')
+        .map(String::from)
+        .collect();
+    let file_flag = if front == "mp-lb" {
+        "--backends-file"
+    } else {
+        "--shards-file"
+    };
+    let file = planned
+        .iter()
+        .position(|a| a == file_flag)
+        .map(|i| planned[i + 1].clone())
+        .unwrap_or_else(|| panic!("the dry run's {front} follows no file: {planned:?}"));
+    assert!(
+        !planned
+            .iter()
+            .any(|a| a == "--backend" || a == "--shard" || a == "--merge"),
+        "{planned:?}"
+    );
+    // The dry run lists what the file will hold, after naming it.
+    let listed: Vec<&str> = plan
+        .lines()
+        .skip_while(|l| !l.contains(&format!("{file} (written by mp) holds:")))
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+        .map(str::trim)
+        .collect();
+    assert!(
+        !listed.is_empty(),
+        "the dry run does not show {file}:\n{plan}"
+    );
+
+    mp.ok(deploy);
+    let rows = mp.parts(name);
+    let role = if front == "mp-lb" { "lb" } else { "gather" };
+    let pid = rows.iter().find(|r| r.name == role).unwrap().pid.unwrap();
+    let running = cmdline(pid);
+    assert!(running[0].ends_with(&format!("/{front}")), "{running:?}");
+    assert_eq!(
+        admin_masked(&running[1..]),
+        admin_masked(&planned),
+        "dry run vs. /proc/{pid}/cmdline"
+    );
+    // The file holds what the dry run listed, with the ports the deploy gave
+    // the parts: one line per replica or shard (and the merger), in order.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(lines.len(), listed.len(), "{text} vs {listed:?}");
+    let want: Vec<String> = rows
+        .iter()
+        .filter(|r| r.name != role)
+        .map(|r| match r.name.as_str() {
+            "merge" => format!("merge {}", r.address),
+            _ => r.address.clone(),
+        })
+        .collect();
+    assert_eq!(lines, want, "{file}");
+}
+
+#[test]
+fn dry_run_shows_the_exact_command_of_mp_lb_and_mp_gather() {
+    let mp = Mp::new();
+    let lb_port = free_port().to_string();
+    let hello = example("hello");
+    dry_run_matches_the_running_front(
+        &mp,
+        "exact-lb",
+        &[
+            "deploy",
+            "--pattern",
+            "spread",
+            "--name",
+            "exact-lb",
+            "--replicas",
+            "2",
+            "--handler",
+            path(&hello),
+            "--port",
+            &lb_port,
+            "--timeout",
+            "60",
+        ],
+        "mp-lb",
+    );
+    let gather_port = free_port().to_string();
+    let leaf = example("histogram-leaf");
+    let merge = example("histogram-merge");
+    dry_run_matches_the_running_front(
+        &mp,
+        "exact-gather",
+        &[
+            "deploy",
+            "--pattern",
+            "scatter",
+            "--name",
+            "exact-gather",
+            "--shards",
+            "3",
+            "--leaf",
+            path(&leaf),
+            "--merge",
+            path(&merge),
+            "--policy",
+            "all",
+            "--port",
+            &gather_port,
+            "--timeout",
+            "60",
+        ],
+        "mp-gather",
+    );
+    assert_eq!(histogram_sum(&mp.call("exact-gather")), 300);
+}
+
 #[test]
 fn topology_as_code_deploys_itself_serves_its_roles_and_deletes_itself() {
     let mp = Mp::new();

@@ -30,6 +30,7 @@ mod proc;
 mod state;
 pub mod supervisor;
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashSet};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -39,11 +40,13 @@ use std::time::{Duration, Instant};
 use crate::health;
 use crate::plan::{
     Address, Addressing, DataPlane, Endpoint, Exec, Front, Part, PartKey, PlanError, ServicePlan,
+    FILE_FLAGS,
 };
 use crate::runner::{
     Deployed, LogOptions, LogStream, PartEvent, PartState, PartStatus, Progress, Runner,
     RunnerError, RunnerKind, ServiceStatus,
 };
+use crate::topology::Service;
 use state::{Desired, Instance, InstanceState, ServiceDir, Status};
 use supervisor::SUPERVISE_ENV;
 
@@ -178,6 +181,16 @@ impl LocalRunner {
 struct LocalAddressing<'a> {
     runner: &'a LocalRunner,
     handed_out: HashSet<u16>,
+    /// Whether mp-lb and mp-gather follow files, asked once per plan.
+    lb_follows: OnceCell<bool>,
+    gather_follows: OnceCell<bool>,
+}
+
+/// Whether the data-plane program `binary` (as the local runner finds it)
+/// follows a file named by `flag`. A program that cannot be found counts as
+/// following: the deploy stops at it anyway, with a clear error.
+fn data_plane_follows(binary: DataPlane, flag: &str) -> bool {
+    proc::find_data_plane(binary.binary_name()).map_or(true, |p| follows_file(&p, flag))
 }
 
 impl LocalAddressing<'_> {
@@ -241,6 +254,42 @@ impl Addressing for LocalAddressing<'_> {
     fn service_behind_lb(&self) -> bool {
         true
     }
+
+    /// `--backends-file <state dir>/services/<name>/lb.backends`, which the
+    /// runner writes with the replicas before mp-lb starts and rewrites on a
+    /// re-deploy (mp-lb follows it): the same mp-lb then switches over with
+    /// no gap. An mp-lb too old for the flag gets `--backend` flags.
+    fn lb_backend_args(&self, service: &Service, backends: &[String]) -> Vec<String> {
+        if *self
+            .lb_follows
+            .get_or_init(|| data_plane_follows(DataPlane::MpLb, "--backends-file"))
+        {
+            let file = self.runner.dir(&service.name).backends();
+            vec!["--backends-file".into(), file.display().to_string()]
+        } else {
+            crate::plan::backend_flags(backends)
+        }
+    }
+
+    /// `--shards-file <state dir>/services/<name>/gather.shards`, written and
+    /// followed like mp-lb's backends file; `--shard`/`--merge` flags for an
+    /// mp-gather too old for it.
+    fn gather_shard_args(
+        &self,
+        service: &Service,
+        shards: &[Vec<String>],
+        merge: Option<&str>,
+    ) -> Vec<String> {
+        if *self
+            .gather_follows
+            .get_or_init(|| data_plane_follows(DataPlane::MpGather, "--shards-file"))
+        {
+            let file = self.runner.dir(&service.name).shards();
+            vec!["--shards-file".into(), file.display().to_string()]
+        } else {
+            crate::plan::shard_flags(shards, merge)
+        }
+    }
 }
 
 /// Whether this mp-lb or mp-gather follows a file: its help names `flag`
@@ -254,54 +303,16 @@ fn follows_file(program: &Path, flag: &str) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(flag))
 }
 
-/// The file the front of `front` follows, in `dir`: mp-lb's backends file or
-/// mp-gather's shards file; `None` for a handler front.
-fn front_file(dir: &ServiceDir, front: &Front) -> Option<PathBuf> {
-    match front {
-        Front::Lb { .. } => Some(dir.backends()),
-        Front::Gather { .. } => Some(dir.shards()),
-        Front::Handler => None,
+/// The file the front of `plan` follows, if its arguments name one (mp-lb's
+/// `--backends-file`, mp-gather's `--shards-file`): the plan decides.
+fn front_file(plan: &ServicePlan) -> Option<PathBuf> {
+    match &plan.front_part().exec {
+        Exec::DataPlane { args, .. } => args
+            .windows(2)
+            .find(|w| FILE_FLAGS.contains(&w[0].as_str()))
+            .map(|w| PathBuf::from(&w[1])),
+        _ => None,
     }
-}
-
-/// What the front's file says for `front`.
-fn front_file_text(front: &Front) -> Option<String> {
-    match front {
-        Front::Lb { backends } => Some(backends_text(backends)),
-        Front::Gather { shards, merge, .. } => Some(shards_text(shards, merge.as_deref())),
-        Front::Handler => None,
-    }
-}
-
-/// mp-gather's arguments with the `--shard` and `--merge` flags replaced by
-/// `--shards-file`.
-fn gather_args_with_file(args: &[String], file: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a == "--shard" || a == "--merge" {
-            it.next();
-        } else {
-            out.push(a.clone());
-        }
-    }
-    out.extend(["--shards-file".to_string(), file.display().to_string()]);
-    out
-}
-
-fn shards_text(shards: &[Vec<String>], merge: Option<&str>) -> String {
-    let mut s = String::from(
-        "# Written by mp: the shards this mp-gather scatters to, in order, one line each\n\
-         # (its replicas comma-separated), and the merger.\n",
-    );
-    for replicas in shards {
-        s.push_str(&replicas.join(","));
-        s.push('\n');
-    }
-    if let Some(m) = merge {
-        s.push_str(&format!("merge {m}\n"));
-    }
-    s
 }
 
 /// Arguments without the `--admin ADDR` pair (a new deployment gets a new
@@ -341,30 +352,6 @@ async fn admin_metric(addr: &str, name: &str) -> Option<f64> {
         .flatten()
 }
 
-/// mp-lb's arguments with the `--backend` flags replaced by `--backends-file`.
-fn lb_args_with_file(args: &[String], file: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a == "--backend" {
-            it.next();
-        } else {
-            out.push(a.clone());
-        }
-    }
-    out.extend(["--backends-file".to_string(), file.display().to_string()]);
-    out
-}
-
-fn backends_text(backends: &[String]) -> String {
-    let mut s = String::from("# Written by mp: the replicas this mp-lb balances over.\n");
-    for b in backends {
-        s.push_str(b);
-        s.push('\n');
-    }
-    s
-}
-
 /// The last non-empty line of a log file, for error messages.
 fn last_line(path: &Path) -> Option<String> {
     let text = std::fs::read(path).ok()?;
@@ -389,7 +376,6 @@ impl LocalRunner {
         plan: &ServicePlan,
         generation: u64,
         cwd: &Path,
-        front_file: Option<&Path>,
     ) -> Result<Vec<Instance>, RunnerError> {
         let mut out = Vec::new();
         for part in &plan.parts {
@@ -416,12 +402,9 @@ impl LocalRunner {
                             beside,
                         }
                     })?;
-                    let args = match (binary, front_file) {
-                        (DataPlane::MpLb, Some(file)) => lb_args_with_file(args, file),
-                        (DataPlane::MpGather, Some(file)) => gather_args_with_file(args, file),
-                        _ => args.clone(),
-                    };
-                    (path, args)
+                    // As planned: the plan already names the file the front
+                    // follows (see `LocalAddressing`).
+                    (path, args.clone())
                 }
             };
             out.push(Instance {
@@ -622,17 +605,14 @@ impl LocalRunner {
         dir: &ServiceDir,
         plan: &ServicePlan,
         cwd: PathBuf,
-        follows: bool,
         progress: &dyn Progress,
     ) -> Result<Deployed, RunnerError> {
         let name = plan.name();
-        let file = follows
-            .then(|| front_file(dir, &plan.front_config))
-            .flatten();
-        let instances = self.instances(plan, 1, &cwd, file.as_deref())?;
+        let file = front_file(plan);
+        let instances = self.instances(plan, 1, &cwd)?;
         std::fs::create_dir_all(dir.logs())
             .map_err(|e| RunnerError::io(format!("cannot create {}", dir.root.display()), e))?;
-        if let (Some(file), Some(text)) = (&file, front_file_text(&plan.front_config)) {
+        if let (Some(file), Some(text)) = (&file, plan.front_config.file_text()) {
             state::write_atomic(file, text.as_bytes())?;
         }
         let front = plan.front_part().endpoint.reach.to_string();
@@ -694,15 +674,12 @@ impl LocalRunner {
         plan: &ServicePlan,
         old: Desired,
         cwd: PathBuf,
-        follows: bool,
         progress: &dyn Progress,
     ) -> Result<Deployed, RunnerError> {
         let name = plan.name();
         let generation = old.generation + 1;
-        let file = follows
-            .then(|| front_file(dir, &plan.front_config))
-            .flatten();
-        let new = self.instances(plan, generation, &cwd, file.as_deref())?;
+        let file = front_file(plan);
+        let new = self.instances(plan, generation, &cwd)?;
         let (new_front, new_rest): (Vec<Instance>, Vec<Instance>) =
             new.into_iter().partition(|i| i.part.name == plan.front);
         let old_front: Vec<Instance> = old
@@ -717,7 +694,7 @@ impl LocalRunner {
         // are the new ones.
         let same_listen =
             old.plan.front_part().endpoint.listen == plan.front_part().endpoint.listen;
-        let keep_front = follows
+        let keep_front = file.is_some()
             && same_listen
             && match (&old.plan.front_config, &plan.front_config) {
                 (Front::Lb { .. }, Front::Lb { .. }) => old_front
@@ -762,7 +739,7 @@ impl LocalRunner {
                 self.switch_gather(&old, file.as_deref(), plan, progress)
                     .await?;
             } else {
-                if let (Some(file), Some(text)) = (&file, front_file_text(&plan.front_config)) {
+                if let (Some(file), Some(text)) = (&file, plan.front_config.file_text()) {
                     state::write_atomic(file, text.as_bytes())?;
                 }
                 progress.note(name, "mp-lb now balances over the new replicas");
@@ -785,7 +762,7 @@ impl LocalRunner {
             self.wait_gone(dir, &ids).await;
             // The new front follows the file from its start: it must name
             // the new parts already.
-            if let (Some(file), Some(text)) = (&file, front_file_text(&plan.front_config)) {
+            if let (Some(file), Some(text)) = (&file, plan.front_config.file_text()) {
                 state::write_atomic(file, text.as_bytes())?;
             }
             instances.extend(new_front.iter().cloned());
@@ -837,7 +814,7 @@ impl LocalRunner {
     ) -> Result<(), RunnerError> {
         const METRIC: &str = "mp_gather_topology_generation";
         let name = plan.name();
-        let (Some(file), Some(text)) = (file, front_file_text(&plan.front_config)) else {
+        let (Some(file), Some(text)) = (file, plan.front_config.file_text()) else {
             return Ok(());
         };
         let admin = old
@@ -975,6 +952,8 @@ impl Runner for LocalRunner {
         Box::new(LocalAddressing {
             runner: self,
             handed_out: HashSet::new(),
+            lb_follows: OnceCell::new(),
+            gather_follows: OnceCell::new(),
         })
     }
 
@@ -1001,24 +980,7 @@ impl Runner for LocalRunner {
         }
 
         // Everything that can be checked is checked before anything starts.
-        let (binary, flag) = match &plan.front_config {
-            Front::Lb { .. } => (Some(DataPlane::MpLb), "--backends-file"),
-            Front::Gather { .. } => (Some(DataPlane::MpGather), "--shards-file"),
-            Front::Handler => (None, ""),
-        };
-        let follows = match binary {
-            Some(binary) => {
-                let program = proc::find_data_plane(binary.binary_name()).map_err(|beside| {
-                    RunnerError::MissingDataPlane {
-                        program: binary.binary_name().into(),
-                        beside,
-                    }
-                })?;
-                follows_file(&program, flag)
-            }
-            None => false,
-        };
-        self.instances(plan, 0, &cwd, None)?;
+        self.instances(plan, 0, &cwd)?;
         let listen = &plan.front_part().endpoint.listen;
         let same_front = old
             .as_ref()
@@ -1036,11 +998,8 @@ impl Runner for LocalRunner {
         }
 
         match old {
-            None => self.deploy_new(&dir, plan, cwd, follows, progress).await,
-            Some(old) => {
-                self.deploy_update(&dir, plan, old, cwd, follows, progress)
-                    .await
-            }
+            None => self.deploy_new(&dir, plan, cwd, progress).await,
+            Some(old) => self.deploy_update(&dir, plan, old, cwd, progress).await,
         }
     }
 

@@ -58,74 +58,104 @@ fn an_updated_service_keeps_its_front_port() {
     assert_eq!(state::service_names(dir.path()).unwrap(), ["hello"]);
 }
 
-#[test]
-fn mp_lb_follows_a_file_instead_of_backend_flags() {
-    let args: Vec<String> = [
-        "--listen",
-        "127.0.0.1:1",
-        "--backend",
-        "127.0.0.1:2",
-        "--backend",
-        "127.0.0.1:3",
-        "--admin",
-        "127.0.0.1:4",
-    ]
-    .map(String::from)
-    .to_vec();
-    assert_eq!(
-        lb_args_with_file(&args, Path::new("/s/lb.backends")).join(" "),
-        "--listen 127.0.0.1:1 --admin 127.0.0.1:4 --backends-file /s/lb.backends"
-    );
-    assert_eq!(
-        backends_text(&["127.0.0.1:2".into(), "127.0.0.1:3".into()]),
-        "# Written by mp: the replicas this mp-lb balances over.\n127.0.0.1:2\n127.0.0.1:3\n"
-    );
+fn scatter(name: &str) -> Topology {
+    Topology::single(
+        ServiceSpec {
+            name: name.into(),
+            pattern: PatternKind::Scatter,
+            shards: Some(2),
+            leaf: Some(Program::Command(vec!["leaf".into()])),
+            merge: Some(Program::Command(vec!["merge".into()])),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap(),
+    )
+}
+
+/// The front part's arguments, as one string.
+fn front_args(plan: &ServicePlan) -> String {
+    match &plan.front_part().exec {
+        Exec::DataPlane { args, .. } => args.join(" "),
+        other => panic!("front is {other:?}"),
+    }
 }
 
 #[test]
-fn mp_gather_follows_a_file_instead_of_shard_and_merge_flags() {
-    let args: Vec<String> = [
-        "--listen",
-        "127.0.0.1:1",
-        "--shard",
-        "127.0.0.1:2",
-        "--shard",
-        "127.0.0.1:3,127.0.0.1:4",
-        "--merge",
-        "127.0.0.1:5",
-        "--policy",
-        "all",
-        "--admin",
-        "127.0.0.1:6",
-    ]
-    .map(String::from)
-    .to_vec();
-    let with_file = gather_args_with_file(&args, Path::new("/s/gather.shards"));
-    assert_eq!(
-        with_file.join(" "),
-        "--listen 127.0.0.1:1 --policy all --admin 127.0.0.1:6 --shards-file /s/gather.shards"
+fn the_plan_points_mp_lb_at_its_backends_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = LocalRunner::with_state_dir(dir.path());
+    let plan = crate::ops::make_plan(&runner, &spread("hello", Some(7001))).unwrap();
+    let sp = &plan.services[0];
+    let file = dir.path().join("services/hello/lb.backends");
+    let args = front_args(sp);
+    assert!(
+        args.starts_with(&format!(
+            "--listen 127.0.0.1:7001 --backends-file {} --admin 127.0.0.1:",
+            file.display()
+        )),
+        "{args}"
     );
-    let shards = vec![
-        vec!["127.0.0.1:2".to_string()],
-        vec!["127.0.0.1:3".to_string(), "127.0.0.1:4".to_string()],
-    ];
-    let text = shards_text(&shards, Some("127.0.0.1:5"));
+    assert!(!args.contains("--backend "), "{args}");
+    assert_eq!(front_file(sp), Some(file.clone()));
+    let Front::Lb { backends } = &sp.front_config else {
+        panic!("{:?}", sp.front_config)
+    };
+    assert_eq!(
+        sp.front_config.file_text().unwrap(),
+        format!(
+            "# Written by mp: the replicas this mp-lb balances over.\n{}\n",
+            backends.join("\n")
+        )
+    );
+    // The dry run names the file and what it will hold.
+    let shown = sp.to_string();
+    assert!(
+        shown.contains(&format!("{} (written by mp) holds:", file.display())),
+        "{shown}"
+    );
+    for b in backends {
+        assert!(shown.contains(&format!("    {b}\n")), "{shown}");
+    }
+}
+
+#[test]
+fn the_plan_points_mp_gather_at_its_shards_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = LocalRunner::with_state_dir(dir.path());
+    let plan = crate::ops::make_plan(&runner, &scatter("hist")).unwrap();
+    let sp = &plan.services[0];
+    let file = dir.path().join("services/hist/gather.shards");
+    let args = front_args(sp);
+    assert!(
+        args.contains(&format!("--shards-file {} --admin", file.display())),
+        "{args}"
+    );
+    assert!(
+        !args.contains("--shard ") && !args.contains("--merge"),
+        "{args}"
+    );
+    assert_eq!(front_file(sp), Some(file));
+    let text = sp.front_config.file_text().unwrap();
     let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    let addr = |n: &str| sp.part(n).unwrap().endpoint.reach.to_string();
     assert_eq!(
         lines,
         [
-            "127.0.0.1:2",
-            "127.0.0.1:3,127.0.0.1:4",
-            "merge 127.0.0.1:5"
+            addr("leaf-0"),
+            addr("leaf-1"),
+            format!("merge {}", addr("merge"))
         ]
     );
-    assert!(!shards_text(&shards, None)
-        .lines()
-        .any(|l| l.starts_with("merge")));
     // A new admin port alone does not make a new front.
-    let mut moved = with_file.clone();
-    moved[5] = "127.0.0.1:7".into();
-    assert_eq!(without_admin(&with_file), without_admin(&moved));
+    let again = crate::ops::make_plan(&runner, &scatter("hist")).unwrap();
+    let (Exec::DataPlane { args: a, .. }, Exec::DataPlane { args: b, .. }) =
+        (&sp.front_part().exec, &again.services[0].front_part().exec)
+    else {
+        panic!("not data plane fronts")
+    };
+    assert_ne!(a, b);
+    assert_eq!(without_admin(a)[2..], without_admin(b)[2..]);
 }
 
 #[test]
