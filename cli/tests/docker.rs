@@ -98,6 +98,24 @@ async fn prepare() -> Result<(), String> {
     for ex in ["hello", "histogram-leaf", "histogram-merge"] {
         images.push((image::repository_for(ex), vec![canonical(program(ex))]));
     }
+    // Pins of runs that are over.
+    let options = ListContainersOptionsBuilder::default().all(true).build();
+    for c in docker
+        .list_containers(Some(options))
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        let name = c.names.and_then(|n| n.first().cloned()).unwrap_or_default();
+        let Some(pid) = name.strip_prefix("/dt-pin-") else {
+            continue;
+        };
+        if !PathBuf::from("/proc").join(pid).exists() {
+            let rm = bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+                .force(true)
+                .build();
+            let _ = docker.remove_container(&name[1..], Some(rm)).await;
+        }
+    }
     for (repository, binaries) in images {
         let sources = image::Sources::for_binaries(&binaries).map_err(|e| e.to_string())?;
         let tag = image::ensure_image(&docker, &repository, sources, &mut |m| eprintln!("{m}"))
@@ -105,6 +123,28 @@ async fn prepare() -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         // Earlier builds (of binaries since rebuilt) would only pile up.
         image::remove_older(&docker, &repository, &tag).await;
+        if repository == image::DATA_PLANE_REPOSITORY {
+            // Every service runs mp-lb or mp-gather now, so a test's
+            // `delete --prune` would remove the shared data-plane image
+            // whenever no other test's container happened to use it, under
+            // a deploy that is about to. A container created (never started)
+            // from it for this run keeps it: the engine refuses to remove an
+            // image a container uses, and mp says it kept it.
+            let pin = format!("dt-pin-{}", std::process::id());
+            let options = bollard::query_parameters::CreateContainerOptionsBuilder::default()
+                .name(&pin)
+                .build();
+            let body = bollard::models::ContainerCreateBody {
+                image: Some(tag.clone()),
+                // Never run: a command only because the image has none.
+                cmd: Some(vec!["pin".to_string()]),
+                ..Default::default()
+            };
+            docker
+                .create_container(Some(options), body)
+                .await
+                .map_err(|e| format!("pinning {tag}: {e}"))?;
+        }
     }
     Ok(())
 }
@@ -322,6 +362,17 @@ impl Follow {
     fn text(&self) -> String {
         self.text.lock().unwrap().clone()
     }
+}
+
+/// The id of the container called `name` among `cs`.
+fn id_named(cs: &[ContainerSummary], name: &str) -> Option<String> {
+    cs.iter()
+        .find(|c| {
+            c.names
+                .as_ref()
+                .is_some_and(|ns| ns.iter().any(|x| x == &format!("/{name}")))
+        })
+        .and_then(|c| c.id.clone())
 }
 
 /// Waits (at most `limit`) until `f` is true.
@@ -653,7 +704,12 @@ fn two_services_side_by_side_do_not_collide() {
         let seen = servers(&mp, name, 2);
         let expected = format!("mp-{name}-handler-0:8080");
         assert_eq!(seen.keys().collect::<Vec<_>>(), [&expected], "{seen:?}");
-        assert_eq!(containers(&docker, name).len(), 1);
+        // The handler behind an mp-lb of one backend, which owns the port.
+        let cs = containers(&docker, name);
+        assert_eq!(
+            names(&cs),
+            [format!("mp-{name}-handler-0"), format!("mp-{name}-lb-0")],
+        );
     }
     let fronts: Vec<String> = [&a, &b]
         .iter()
@@ -669,7 +725,9 @@ fn two_services_side_by_side_do_not_collide() {
 
     // An update to a handler that cannot start fails, and the service keeps
     // serving from the container it had.
-    let id = containers(&docker, &a)[0].id.clone();
+    let handler = format!("mp-{a}-handler-0");
+    let id = id_named(&containers(&docker, &a), &handler);
+    assert!(id.is_some());
     let exits = mp_testkit::which("false").expect("false(1) is installed");
     let err = mp.fails(&[
         "deploy",
@@ -684,14 +742,110 @@ fn two_services_side_by_side_do_not_collide() {
     ]);
     assert!(err.contains("exited"), "{err}");
     let cs = containers(&docker, &a);
-    assert_eq!(cs.len(), 1, "{:?}", names(&cs));
-    assert_eq!(cs[0].id, id, "the old handler still runs");
+    assert_eq!(cs.len(), 2, "{:?}", names(&cs));
+    assert_eq!(id_named(&cs, &handler), id, "the old handler still runs");
     assert_eq!(servers(&mp, &a, 1).len(), 1, "{a} still answers");
     mp.ok(&["delete", &a, "--runner", "docker"]);
     assert_gone(&docker, &a);
     assert_eq!(servers(&mp, &b, 1).len(), 1, "{b} still answers");
     mp.ok(&["delete", &b, "--runner", "docker"]);
     assert_gone(&docker, &b);
+}
+
+#[test]
+fn a_service_redeploys_behind_its_lb_without_failed_calls() {
+    let Some(docker) = engine("service-update") else {
+        return;
+    };
+    let mp = Mp::new();
+    let name = unique("svcupdate");
+    let hello = program("hello");
+    let deploy = |extra: &[&str]| {
+        let mut args = vec![
+            "deploy",
+            "--runner",
+            "docker",
+            "--pattern",
+            "service",
+            "--name",
+            &name,
+            "--handler",
+            hello.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args.iter().map(|a| a.to_string()).collect::<Vec<String>>()
+    };
+    let run = |args: &[String]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        mp.ok(&args)
+    };
+    // The dry run shows the front: mp-lb following the handler's alias.
+    let plan = run(&[deploy(&[]), vec!["--dry-run".into()]].concat());
+    let planned_lb = plan
+        .lines()
+        .find_map(|l| l.split_once(" mp-lb ").map(|(_, args)| args.to_string()))
+        .unwrap_or_else(|| panic!("no mp-lb line in the dry run:\n{plan}"));
+    assert!(
+        planned_lb.contains(&format!("--dns mp-{name}-replicas:8080")),
+        "{planned_lb}"
+    );
+    let out = run(&deploy(&[]));
+    assert!(out.contains("2 processes"), "{out}");
+    let lb = format!("mp-{name}-lb-0");
+    let handler = format!("mp-{name}-handler-0");
+    let lb_cmd = block_on(docker.inspect_container(&lb, None))
+        .expect("inspect the lb")
+        .config
+        .and_then(|c| c.cmd)
+        .expect("the lb's command");
+    assert_eq!(lb_cmd[1..].join(" "), planned_lb, "dry run vs. what runs");
+    let mut before = containers(&docker, &name);
+    assert_eq!(
+        names(&before),
+        [handler.clone(), lb.clone()],
+        "{:?}",
+        names(&before)
+    );
+    // mp-lb has checked the handler (it answers through the lb).
+    assert!(
+        eventually(Duration::from_secs(20), || servers(&mp, &name, 1).len()
+            == 1),
+        "the handler answers through mp-lb"
+    );
+
+    // Two re-deploys with a change: the handler is replaced new before old
+    // under the alias mp-lb follows, the lb (and its published port) stays,
+    // and no call of a steady stream fails.
+    for version in ["VERSION=2", "VERSION=3"] {
+        calls_during(&name, || run(&deploy(&["--env", version])));
+        let after = containers(&docker, &name);
+        assert_eq!(names(&after), [handler.clone(), lb.clone()]);
+        assert_eq!(
+            id_named(&after, &lb),
+            id_named(&before, &lb),
+            "the lb was kept"
+        );
+        assert_ne!(
+            id_named(&after, &handler),
+            id_named(&before, &handler),
+            "the handler was replaced"
+        );
+        let env = block_on(docker.inspect_container(&handler, None))
+            .expect("inspect the handler")
+            .config
+            .and_then(|c| c.env)
+            .unwrap_or_default();
+        assert!(env.iter().any(|e| e == version), "{env:?}");
+        before = after;
+    }
+    let seen = servers(&mp, &name, 3);
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        [&format!("{handler}:8080")],
+        "{seen:?}"
+    );
+    mp.ok(&["delete", &name, "--runner", "docker"]);
+    assert_gone(&docker, &name);
 }
 
 #[test]
@@ -877,14 +1031,20 @@ fn images_are_built_once_per_content_and_pruned_on_request() {
     );
     assert_eq!(tags().len(), 1, "{:?}", tags());
     // Unchanged binary: found by content, nothing built, nothing replaced.
-    let id = containers(&docker, &name)[0].id.clone();
+    let before = containers(&docker, &name);
     let second = deploy();
     assert!(!second.contains("building image"), "{second}");
-    assert_eq!(
-        containers(&docker, &name)[0].id,
-        id,
-        "an unchanged part is kept"
-    );
+    let after = containers(&docker, &name);
+    assert_eq!(after.len(), 2, "{:?}", names(&after));
+    for part in ["handler", "lb"] {
+        let n = format!("mp-{name}-{part}-0");
+        assert!(id_named(&before, &n).is_some(), "{n}");
+        assert_eq!(
+            id_named(&after, &n),
+            id_named(&before, &n),
+            "an unchanged part is kept: {n}"
+        );
+    }
     assert_eq!(servers(&mp, &name, 1).len(), 1);
 
     let out = mp.ok(&["delete", &name, "--runner", "docker", "--prune"]);
@@ -957,10 +1117,13 @@ fn a_user_image_runs_as_given_and_is_never_pruned() {
         "--handler",
         &user,
     ]);
-    // A service (no data plane), so pruning here cannot race other tests.
     let cs = containers(&docker, &name);
-    assert_eq!(cs.len(), 1, "{:?}", names(&cs));
-    assert_eq!(cs[0].image.as_deref(), Some(user.as_str()));
+    assert_eq!(cs.len(), 2, "{:?}", names(&cs));
+    let handler = cs
+        .iter()
+        .find(|c| id_named(&cs, &format!("mp-{name}-handler-0")) == c.id)
+        .expect("the handler container");
+    assert_eq!(handler.image.as_deref(), Some(user.as_str()));
     assert_eq!(servers(&mp, &name, 2).len(), 1);
 
     mp.ok(&["delete", &name, "--runner", "docker", "--prune"]);

@@ -13,8 +13,9 @@
 //! front owns the published port, so a changed front is first tried on an
 //! ephemeral port (a broken one fails the update and the old one keeps
 //! serving), then replaced stop-then-start; it changes only with
-//! mp-lb/mp-gather themselves, the shape of a scatter, or (for a `service`)
-//! the handler.
+//! mp-lb/mp-gather themselves or the shape of a scatter. (A `service` has an
+//! mp-lb of one backend as its front, so a new handler is a handler part
+//! replaced new before old, like a spread's replica.)
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -52,6 +53,9 @@ const STOP_GRACE_SECS: i32 = 10;
 fn dns_settle(role: Role) -> Duration {
     match role {
         Role::Replica => Duration::from_secs(2),
+        // A `service`'s handler is mp-lb's only backend: no other replica
+        // covers for a new one mp-lb has not connected to yet, so a margin.
+        Role::Handler => Duration::from_secs(3),
         _ => Duration::from_secs(6),
     }
 }

@@ -31,10 +31,11 @@ pub fn container_name(service: &str, part: &str) -> String {
     }
 }
 
-/// The network alias every replica of a spread carries. mp-lb follows it
-/// with `--dns` (all its A records, resolved again every few seconds) rather
-/// than a fixed `--backend` list, so scaling a spread or replacing a replica
-/// never restarts the front.
+/// The network alias every replica of a spread (and the handler of a
+/// `service`, which runs behind an mp-lb of one backend) carries. mp-lb
+/// follows it with `--dns` (all its A records, resolved again every second)
+/// rather than a fixed `--backend` list, so scaling a spread or replacing a
+/// replica or a service's handler never restarts the front.
 pub fn replicas_alias(service: &str) -> String {
     format!("mp-{service}-replicas")
 }
@@ -64,6 +65,15 @@ impl Addressing for DockerAddressing {
             reach: Address::new(container_name(&part.service.name, part.name), PORT),
             admin,
         })
+    }
+
+    /// Yes: the published port then belongs to an mp-lb container that
+    /// outlives the handler, so a re-deploy starts the new handler beside
+    /// the old one under the same alias and mp-lb moves over to it, with no
+    /// gap (the handler itself holding the published port would have to
+    /// give it up before its successor could take it).
+    fn service_behind_lb(&self) -> bool {
+        true
     }
 
     /// One `--dns` name for all replicas (see [`replicas_alias`]) instead of
@@ -173,7 +183,7 @@ pub fn container_spec(
         // The container's own name as an alias too: while a replacement
         // starts next to the container it replaces, the name resolves to
         // both, and callers never see it missing.
-        aliases: if part.role == Role::Replica {
+        aliases: if part.role == Role::Replica || (part.role == Role::Handler && !is_front) {
             vec![name, replicas_alias(service)]
         } else {
             vec![name]
@@ -292,6 +302,35 @@ mod tests {
             7700,
         );
         assert_eq!(lb.labels[labels::SPEC], lb5.labels[labels::SPEC]);
+    }
+
+    #[test]
+    fn a_service_is_its_handler_behind_an_lb_that_follows_its_alias() {
+        let service = ServiceSpec {
+            name: "one".into(),
+            pattern: PatternKind::Service,
+            handler: Some(Program::Command(vec!["/bin/hello".into()])),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        let plan = plan_service(&service, &mut DockerAddressing).unwrap();
+        assert_eq!(plan.front, "lb");
+        let lb = container_spec(
+            &plan,
+            plan.front_part(),
+            &launch("/usr/local/bin/mp-lb"),
+            7700,
+        );
+        assert_eq!(lb.front_port, Some(7700));
+        let cmd = lb.cmd.unwrap().join(" ");
+        assert!(cmd.contains("--dns mp-one-replicas:8080"), "{cmd}");
+        let handler = plan.part("handler").unwrap();
+        let h = container_spec(&plan, handler, &launch("/usr/local/bin/hello"), 7700);
+        // Not the front: no published port of its own, reached by the alias.
+        assert_eq!(h.front_port, None);
+        assert_eq!(h.labels[labels::FRONT], "false");
+        assert_eq!(h.aliases, ["mp-one-handler-0", "mp-one-replicas"]);
     }
 
     #[test]
