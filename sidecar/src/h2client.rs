@@ -28,9 +28,8 @@
 //!   it, so a peer that vanished without closing the TCP connection is not
 //!   called forever.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -45,11 +44,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
 
 use crate::hpack::HeaderList;
-use crate::side::{self, Side};
+use crate::side::{self, Control, Ids, Side};
 use crate::tls::{ClientTls, Io};
 use crate::wire::{
-    self, flag, kind, put_data, put_goaway, put_head, put_ping_ack, put_rst, put_settings,
-    put_settings_ack, put_window_update, reason, setting, ConnError, Head, PREFACE,
+    self, flag, kind, put_data, put_goaway, put_head, put_rst, put_window_update, reason,
+    ConnError, Head,
 };
 
 /// How a client connects and what it advertises.
@@ -203,18 +202,7 @@ impl Client {
             Err(c) => (None, Some(c)),
         };
         let mut side = Side::new(io);
-        side.wbuf.extend_from_slice(PREFACE);
-        put_settings(
-            &mut side.wbuf,
-            &[
-                (setting::ENABLE_PUSH, 0),
-                (setting::INITIAL_WINDOW_SIZE, cfg.stream_window),
-                (setting::MAX_FRAME_SIZE, cfg.max_frame_size),
-            ],
-        );
-        if cfg.conn_window > wire::DEFAULT_WINDOW {
-            put_window_update(&mut side.wbuf, 0, cfg.conn_window - wire::DEFAULT_WINDOW);
-        }
+        side.client_preface(cfg.stream_window, cfg.max_frame_size, cfg.conn_window);
         let mut conn = Conn {
             side,
             addr,
@@ -341,28 +329,6 @@ impl Drop for Call {
     }
 }
 
-/// A hasher for stream ids (small integers): one multiply.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-type Ids<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
-
-/// The largest header block (compressed) we read; past it the connection ends.
-const MAX_BLOCK: usize = 1024 * 1024;
 /// Rounds of reading and writing per wakeup before yielding to other tasks.
 const ROUNDS: usize = 32;
 /// Stream ids stop here (2^31 - 1).
@@ -613,10 +579,19 @@ impl Conn {
     }
 
     fn frame(&mut self, h: Head, p: &[u8]) -> Result<(), ConnError> {
-        if let Some((id, _)) = self.side.cont {
-            if h.kind != kind::CONTINUATION || h.stream != id {
-                return Err(ConnError::protocol("header block interrupted"));
+        match self.side.control(&h, p)? {
+            Control::Done => return Ok(()),
+            Control::Settings(delta) => {
+                self.settled = true;
+                if delta != 0 {
+                    for (id, s) in self.streams.iter_mut() {
+                        s.window += delta;
+                        pump(&mut self.side, *id, s);
+                    }
+                }
+                return Ok(());
             }
+            Control::NotMine => {}
         }
         match h.kind {
             kind::DATA => {
@@ -649,38 +624,10 @@ impl Conn {
                 }
                 Ok(())
             }
-            kind::HEADERS => {
-                if h.stream == 0 {
-                    return Err(ConnError::protocol("HEADERS on stream 0"));
-                }
-                let r = wire::unpad(&h, p)?;
-                self.side.block.clear();
-                self.side.block.extend_from_slice(&p[r]);
-                if h.has(flag::END_HEADERS) {
-                    self.headers(h.stream, h.has(flag::END_STREAM))
-                } else {
-                    self.side.cont = Some((h.stream, h.has(flag::END_STREAM)));
-                    Ok(())
-                }
-            }
-            kind::CONTINUATION => {
-                let Some((id, end)) = self.side.cont else {
-                    return Err(ConnError::protocol("CONTINUATION without HEADERS"));
-                };
-                self.side.block.extend_from_slice(p);
-                if self.side.block.len() > MAX_BLOCK {
-                    return Err(ConnError {
-                        code: reason::ENHANCE_YOUR_CALM,
-                        what: "header block over 1 MiB",
-                    });
-                }
-                if h.has(flag::END_HEADERS) {
-                    self.side.cont = None;
-                    self.headers(id, end)
-                } else {
-                    Ok(())
-                }
-            }
+            kind::HEADERS | kind::CONTINUATION => match self.side.header_frame(&h, p)? {
+                Some((id, end)) => self.headers(id, end),
+                None => Ok(()),
+            },
             kind::RST_STREAM => {
                 let rc = wire::rst_code(p)?;
                 if let Some(s) = self.streams.remove(&h.stream) {
@@ -693,39 +640,6 @@ impl Conn {
                         CallError::Failed(what)
                     };
                     let _ = s.reply.send(Err(e));
-                }
-                Ok(())
-            }
-            kind::SETTINGS => {
-                if h.has(flag::ACK) {
-                    return Ok(());
-                }
-                if h.stream != 0 {
-                    return Err(ConnError::protocol("SETTINGS on a stream"));
-                }
-                let delta = self.side.peer.apply(p)?;
-                self.side
-                    .enc
-                    .set_peer_table_size(self.side.peer.header_table_size);
-                put_settings_ack(&mut self.side.wbuf);
-                self.settled = true;
-                if delta != 0 {
-                    for (id, s) in self.streams.iter_mut() {
-                        s.window += delta;
-                        pump(&mut self.side, *id, s);
-                    }
-                }
-                Ok(())
-            }
-            kind::PING => {
-                if h.len != 8 {
-                    return Err(ConnError {
-                        code: reason::FRAME_SIZE_ERROR,
-                        what: "PING length not 8",
-                    });
-                }
-                if !h.has(flag::ACK) {
-                    put_ping_ack(&mut self.side.wbuf, p);
                 }
                 Ok(())
             }

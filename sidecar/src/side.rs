@@ -7,6 +7,9 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
 use bytes::BytesMut;
 use tokio::io::AsyncWrite;
 
@@ -21,6 +24,27 @@ pub const READ_CHUNK: usize = 16 * 1024;
 /// The largest header block (compressed) a side assembles; past it the
 /// connection ends (ENHANCE_YOUR_CALM).
 pub const MAX_BLOCK: usize = 1024 * 1024;
+
+/// A hasher for stream ids (small integers): one multiply.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// A map keyed by stream id.
+pub type Ids<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
 
 /// What a connection-level frame asks of the engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +105,24 @@ impl Side {
             cont: None,
             block: Vec::new(),
             eof: false,
+        }
+    }
+
+    /// Queues what a client sends first: the connection preface, SETTINGS
+    /// (no push; our stream window and frame size) and the connection
+    /// window raised to `conn_window`.
+    pub fn client_preface(&mut self, stream_window: u32, max_frame_size: u32, conn_window: u32) {
+        self.wbuf.extend_from_slice(wire::PREFACE);
+        wire::put_settings(
+            &mut self.wbuf,
+            &[
+                (wire::setting::ENABLE_PUSH, 0),
+                (wire::setting::INITIAL_WINDOW_SIZE, stream_window),
+                (wire::setting::MAX_FRAME_SIZE, max_frame_size),
+            ],
+        );
+        if conn_window > wire::DEFAULT_WINDOW {
+            wire::put_window_update(&mut self.wbuf, 0, conn_window - wire::DEFAULT_WINDOW);
         }
     }
 

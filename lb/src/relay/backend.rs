@@ -164,18 +164,7 @@ impl Conn {
             }
         });
         let mut side = Side::new(None);
-        side.wbuf.extend_from_slice(PREFACE);
-        put_settings(
-            &mut side.wbuf,
-            &[
-                (setting::ENABLE_PUSH, 0),
-                (setting::INITIAL_WINDOW_SIZE, cfg.stream_window),
-                (setting::MAX_FRAME_SIZE, cfg.max_frame_size),
-            ],
-        );
-        if cfg.conn_window > wire::DEFAULT_WINDOW {
-            put_window_update(&mut side.wbuf, 0, cfg.conn_window - wire::DEFAULT_WINDOW);
-        }
+        side.client_preface(cfg.stream_window, cfg.max_frame_size, cfg.conn_window);
         let up = Up {
             side,
             endpoint: ep.clone(),

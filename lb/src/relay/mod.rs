@@ -23,9 +23,8 @@
 //! status whose message starts with `mp-lb:`.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::future::Future;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -39,7 +38,7 @@ use mp_sidecar::metrics::{CallHandles, EndpointMetrics};
 use mp_sidecar::pool::{Endpoint, Pool};
 use mp_sidecar::server::{accept_until, tls_accept};
 use mp_sidecar::shutdown::{Drain, Watch};
-use mp_sidecar::side::{self, Control, Side};
+use mp_sidecar::side::{self, Control, Ids, Side};
 use mp_sidecar::tls::{ClientTls, Io};
 use mp_sidecar::wire::{
     self, flag, kind, put_data, put_goaway, put_rst, put_settings, put_window_update, reason,
@@ -189,26 +188,6 @@ const MAX_UPS_PER_ENDPOINT: usize = 8;
 const MAX_STREAM_ID: u32 = wire::MAX_WINDOW;
 
 const DEADLINE_MSG: &str = "mp-lb: deadline exceeded (grpc-timeout)";
-
-/// A hasher for stream ids (small integers): one multiply.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-type Ids<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
 
 type Connecting = Pin<Box<dyn Future<Output = io::Result<Io>> + Send>>;
 
