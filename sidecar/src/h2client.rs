@@ -47,8 +47,7 @@ use crate::hpack::HeaderList;
 use crate::side::{self, Control, Ids, Side};
 use crate::tls::{ClientTls, Io};
 use crate::wire::{
-    self, flag, kind, put_data, put_goaway, put_head, put_rst, put_window_update, reason,
-    ConnError, Head,
+    self, flag, kind, put_goaway, put_head, put_rst, put_window_update, reason, ConnError, Head,
 };
 
 /// How a client connects and what it advertises.
@@ -421,25 +420,9 @@ fn encode_timeout(d: Duration, buf: &mut [u8; 9]) -> &[u8] {
 }
 
 fn pump(side: &mut Side, id: u32, s: &mut Stream) {
-    let max = i64::from(side.peer.max_frame_size);
-    while !s.to_send.is_empty() {
-        let n = (s.to_send.len() as i64)
-            .min(s.window)
-            .min(side.send_window)
-            .min(max);
-        if n <= 0 {
-            break;
-        }
-        let n = n as usize;
-        let end = n == s.to_send.len();
-        put_data(&mut side.wbuf, id, &s.to_send[..n], end);
-        s.to_send.advance(n);
-        s.window -= n as i64;
-        side.send_window -= n as i64;
-        if end {
-            s.end_sent = true;
-        }
-    }
+    // The whole request is in `to_send`: its last frame ends the stream.
+    let (_, ended) = side.send_data(id, &mut s.to_send, &mut s.window, true);
+    s.end_sent |= ended;
 }
 
 impl Conn {

@@ -126,6 +126,40 @@ impl Side {
         }
     }
 
+    /// Sends what of `pending` the stream's window (`window`) and the
+    /// connection's allow, in frames of the peer's size, taking it off
+    /// `pending` and both windows. With `end`, the frame that empties
+    /// `pending` carries END_STREAM. Returns the bytes sent and whether
+    /// END_STREAM went.
+    pub fn send_data<B: bytes::Buf + std::ops::Deref<Target = [u8]>>(
+        &mut self,
+        stream: u32,
+        pending: &mut B,
+        window: &mut i64,
+        end: bool,
+    ) -> (usize, bool) {
+        let max = i64::from(self.peer.max_frame_size);
+        let (mut sent, mut ended) = (0, false);
+        while !pending.is_empty() {
+            let n = (pending.len() as i64)
+                .min(*window)
+                .min(self.send_window)
+                .min(max);
+            if n <= 0 {
+                break;
+            }
+            let n = n as usize;
+            let last = end && n == pending.len();
+            wire::put_data(&mut self.wbuf, stream, &pending[..n], last);
+            pending.advance(n);
+            *window -= n as i64;
+            self.send_window -= n as i64;
+            sent += n;
+            ended |= last;
+        }
+        (sent, ended)
+    }
+
     /// Bytes written to `wbuf` and not yet to the socket.
     pub fn pending_out(&self) -> usize {
         self.wbuf.len() - self.wpos

@@ -201,27 +201,9 @@ impl Conn {
             return;
         };
         let side = &mut up.side;
-        let max = side.peer.max_frame_size as i64;
-        let mut moved = 0usize;
-        while !s.to_up.is_empty() {
-            let n = (s.to_up.len() as i64)
-                .min(s.up_window)
-                .min(side.send_window)
-                .min(max);
-            if n <= 0 {
-                break;
-            }
-            let n = n as usize;
-            let end = s.req_end && n == s.to_up.len() && s.req_trailers.is_none();
-            put_data(&mut side.wbuf, uid, &s.to_up[..n], end);
-            s.to_up.advance(n);
-            s.up_window -= n as i64;
-            side.send_window -= n as i64;
-            moved += n;
-            if end {
-                s.up_end_sent = true;
-            }
-        }
+        let end = s.req_end && s.req_trailers.is_none();
+        let (moved, ended) = side.send_data(uid, &mut s.to_up, &mut s.up_window, end);
+        s.up_end_sent |= ended;
         if s.to_up.is_empty() && s.req_end && !s.up_end_sent {
             match s.req_trailers.take() {
                 Some(mut t) => {

@@ -310,26 +310,8 @@ impl Conn {
             return;
         };
         let side = &mut self.client;
-        let max = side.peer.max_frame_size as i64;
-        let mut moved = 0usize;
-        let mut ended = false;
-        while !s.to_client.is_empty() {
-            let n = (s.to_client.len() as i64)
-                .min(s.client_window)
-                .min(side.send_window)
-                .min(max);
-            if n <= 0 {
-                break;
-            }
-            let n = n as usize;
-            let end = s.resp_end && n == s.to_client.len() && s.resp_trailers.is_none();
-            put_data(&mut side.wbuf, id, &s.to_client[..n], end);
-            s.to_client.advance(n);
-            s.client_window -= n as i64;
-            side.send_window -= n as i64;
-            moved += n;
-            ended |= end;
-        }
+        let end = s.resp_end && s.resp_trailers.is_none();
+        let (moved, ended) = side.send_data(id, &mut s.to_client, &mut s.client_window, end);
         let mut status = None;
         if s.to_client.is_empty() && s.resp_end {
             match s.resp_trailers.take() {
