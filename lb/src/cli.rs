@@ -49,9 +49,10 @@ pub struct Args {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub admin: SocketAddr,
 
-    /// HTTP/2 connections the health checker keeps open to each backend
-    /// (they tell when a backend is up). Calls do not use them: each client
-    /// connection relays its calls over backend connections of its own.
+    /// HTTP/2 connections each client connection keeps to each backend; its
+    /// calls take them in turn. One is the cheapest per call (more calls
+    /// share each write); more spread very large messages over more sockets.
+    /// (More are opened, up to 8, when a backend's stream limit is reached.)
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub pool_size: u16,
 

@@ -41,7 +41,8 @@ pub fn pool_config(args: &Args) -> Result<PoolConfig, TlsError> {
         None => None,
     };
     Ok(PoolConfig {
-        conns_per_endpoint: usize::from(args.pool_size),
+        // The pool's own connections only carry health checks.
+        conns_per_endpoint: 1,
         connect_timeout: args.connect_timeout,
         health: HealthConfig {
             interval: (!args.health_interval.is_zero()).then_some(args.health_interval),
@@ -102,6 +103,7 @@ pub async fn run(
             server_tls,
             grace: args.grace,
             keepalive: args.keepalive,
+            conns_per_endpoint: args.pool_size,
             ..relay::RelayConfig::default()
         },
     );

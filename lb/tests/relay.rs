@@ -301,3 +301,43 @@ async fn random_frames_never_take_the_proxy_down() {
         );
     }
 }
+
+/// Established TCP connections to `port` on loopback (client ends, from
+/// /proc/net/tcp).
+fn connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let remote_port = f[2].rsplit(':').next().unwrap();
+            u16::from_str_radix(remote_port, 16).unwrap() == port && f[3] == "01"
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_size_sets_the_backend_connections_of_a_client_connection() {
+    let b = Backend::start("p");
+    let lb = Lb::start(&[&b], &["--pool-size", "3"]).await;
+    lb.wait_ready().await;
+    let c = lb.client().await;
+    let calls = futures::stream::iter(0..300)
+        .map(|_| {
+            let mut c = c.clone();
+            async move { c.say(say(b"x")).await.map(|r| r.into_inner().payload) }
+        })
+        .buffer_unordered(30)
+        .collect::<Vec<_>>()
+        .await;
+    assert!(calls.iter().all(|r| r.as_ref().is_ok_and(|p| p == b"x")));
+    // Three for the one client connection's calls, one for health checks.
+    assert_eq!(connections_to(b.addr.port()), 4);
+    // A second client connection gets its own three.
+    let mut c2 = lb.client().await;
+    for _ in 0..6 {
+        c2.say(say(b"y")).await.unwrap();
+    }
+    assert_eq!(connections_to(b.addr.port()), 7);
+}

@@ -125,7 +125,10 @@ impl Conn {
     /// else (at the limit per endpoint) the one with the shortest queue.
     pub(super) fn up_for(&mut self, ep: &Arc<Endpoint>) -> usize {
         let addr = ep.addr();
+        let pool = usize::from(self.shared.cfg.conns_per_endpoint.max(1));
         let mut count = 0;
+        let mut with_room = Vec::new();
+        let mut starting = None;
         let mut shortest: Option<(usize, usize)> = None;
         for (i, u) in self.ups.iter().enumerate() {
             let Some(u) = u else { continue };
@@ -134,16 +137,26 @@ impl Conn {
             }
             count += 1;
             if u.waiting.is_empty() && u.settled && u.has_room() {
-                return i;
-            }
-            if !u.settled && u.waiting.len() < ASSUMED_STREAMS {
-                return i;
+                with_room.push(i);
+            } else if !u.settled && u.waiting.len() < ASSUMED_STREAMS {
+                starting.get_or_insert(i);
             }
             if shortest.is_none_or(|(_, n)| u.waiting.len() < n) {
                 shortest = Some((i, u.waiting.len()));
             }
         }
-        if let (Some((i, _)), true) = (shortest, count >= MAX_UPS_PER_ENDPOINT) {
+        // Calls take the endpoint's connections in turn, opening them up to
+        // the pool size; past it, more only when all are at their limit.
+        if count >= pool || starting.is_some() {
+            if !with_room.is_empty() {
+                self.turn = self.turn.wrapping_add(1);
+                return with_room[self.turn % with_room.len()];
+            }
+            if let Some(i) = starting {
+                return i;
+            }
+        }
+        if let (Some((i, _)), true) = (shortest, count >= MAX_UPS_PER_ENDPOINT.max(pool)) {
             return i;
         }
         let cfg = &self.shared.cfg;

@@ -69,6 +69,10 @@ pub struct RelayConfig {
     /// Largest request header list we accept (RFC 9113 size); larger ones
     /// are answered RESOURCE_EXHAUSTED.
     pub max_header_list_size: u32,
+    /// Backend connections each client connection keeps per endpoint, its
+    /// calls spread over them in turn (more are opened only when all reach
+    /// the backend's stream limit).
+    pub conns_per_endpoint: u16,
     /// TCP connect (and TLS handshake) timeout to a backend.
     pub connect_timeout: Duration,
     /// TLS to the backends; `None`: h2c.
@@ -91,6 +95,7 @@ impl Default for RelayConfig {
             conn_window: 8 * 1024 * 1024,
             max_frame_size: 64 * 1024,
             max_header_list_size: 16 * 1024,
+            conns_per_endpoint: 1,
             connect_timeout: Duration::from_secs(1),
             backend_tls: None,
             server_tls: None,
@@ -298,6 +303,8 @@ struct Conn {
     _watch: Watch,
     /// Header lists to reuse.
     spare: Vec<HeaderList>,
+    /// Turns among an endpoint's backend connections.
+    turn: usize,
     /// Streams the client reset in the second since `.0`.
     resets: (Instant, u32),
 }
@@ -321,6 +328,7 @@ impl Conn {
             drain: Some(Box::pin(async move { w.signaled().await })),
             _watch: watch,
             spare: Vec::new(),
+            turn: 0,
             resets: (Instant::now(), 0),
         }
     }
