@@ -173,7 +173,7 @@ impl Client {
     pub fn new(addr: SocketAddr, authority: &str, cfg: &ClientConfig) -> Client {
         let tls = cfg.tls.clone();
         let limit = cfg.connect_timeout;
-        let connecting: Connecting = Box::pin(async move { open(addr, tls, limit).await });
+        let connecting: Connecting = Box::pin(crate::tls::dial(addr, tls, limit));
         Client::spawn(addr, authority, cfg, Err(connecting))
     }
 
@@ -184,7 +184,7 @@ impl Client {
         authority: &str,
         cfg: &ClientConfig,
     ) -> io::Result<Client> {
-        let io = open(addr, cfg.tls.clone(), cfg.connect_timeout).await?;
+        let io = crate::tls::dial(addr, cfg.tls.clone(), cfg.connect_timeout).await?;
         Ok(Client::spawn(addr, authority, cfg, Ok(io)))
     }
 
@@ -278,20 +278,6 @@ impl Client {
             inner: self.inner.clone(),
             pending: sent,
         }
-    }
-}
-
-async fn open(addr: SocketAddr, tls: Option<ClientTls>, limit: Duration) -> io::Result<Io> {
-    let tcp = tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    // Small gRPC frames must not wait for Nagle.
-    let _ = tcp.set_nodelay(true);
-    match tls {
-        None => Ok(Io::Plain(tcp)),
-        Some(t) => tokio::time::timeout(limit, t.connect(tcp))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?,
     }
 }
 

@@ -105,6 +105,25 @@ impl ClientTls {
     }
 }
 
+/// Dials `addr` (TCP_NODELAY: small gRPC frames must not wait for Nagle),
+/// then runs the TLS handshake when `tls` is given; each step within `limit`.
+pub async fn dial(
+    addr: std::net::SocketAddr,
+    tls: Option<ClientTls>,
+    limit: std::time::Duration,
+) -> io::Result<Io> {
+    let tcp = tokio::time::timeout(limit, TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    let _ = tcp.set_nodelay(true);
+    match tls {
+        None => Ok(Io::Plain(tcp)),
+        Some(t) => tokio::time::timeout(limit, t.connect(tcp))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?,
+    }
+}
+
 /// A connection: plain TCP, or TLS over TCP (either side).
 #[derive(Debug)]
 pub enum Io {

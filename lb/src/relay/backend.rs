@@ -162,20 +162,7 @@ impl Conn {
         let cfg = &self.shared.cfg;
         let tls = cfg.backend_tls.clone();
         let limit = cfg.connect_timeout;
-        let connecting: Connecting = Box::pin(async move {
-            let tcp = tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr))
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-            let _ = tcp.set_nodelay(true);
-            match tls {
-                None => Ok(Io::Plain(tcp)),
-                Some(t) => tokio::time::timeout(limit, t.connect(tcp))
-                    .await
-                    .map_err(|_| {
-                        io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
-                    })?,
-            }
-        });
+        let connecting: Connecting = Box::pin(mp_sidecar::tls::dial(addr, tls, limit));
         let mut side = Side::new(None);
         side.client_preface(cfg.stream_window, cfg.max_frame_size, cfg.conn_window);
         let up = Up {
