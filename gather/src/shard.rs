@@ -194,10 +194,20 @@ impl Shard {
                 return c.clone();
             }
         }
-        let c = Client::new(addr, self.authority.as_str(), &ClientConfig::default());
         // Closed clients go, and so do those of replicas no longer known
         // (rare: this runs only when a connection is made).
         let known = self.pool.endpoints();
+        let cfg = ClientConfig::default();
+        let c = match known.iter().find(|e| e.addr() == addr) {
+            // Counted in mp_gather_leaf_endpoint_call_connections.
+            Some(ep) => Client::new_counted(
+                addr,
+                self.authority.as_str(),
+                &cfg,
+                ep.metrics().call_connection(),
+            ),
+            None => Client::new(addr, self.authority.as_str(), &cfg),
+        };
         clients
             .retain(|(a, c)| *a != addr && !c.is_closed() && known.iter().any(|e| e.addr() == *a));
         clients.push((addr, c.clone()));

@@ -304,6 +304,13 @@ async fn hedge_to_a_second_replica_wins_and_cancels_the_loser() {
         )),
         "{metrics}"
     );
+    // One leaf-client connection to each replica called (both of shard 0's).
+    let gauges: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("mp_gather_leaf_endpoint_call_connections{"))
+        .collect();
+    assert!(gauges.len() >= 2, "{metrics}");
+    assert!(gauges.iter().all(|l| l.ends_with(" 1")), "{gauges:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,6 +41,26 @@ async fn metrics_ready_and_live() {
     ] {
         assert!(text.contains(&needle), "no {needle} in\n{text}");
     }
+    // The client connection's own connection to the backend carries the
+    // calls; it closes with the client connection.
+    let gauge = format!(r#"mp_lb_endpoint_call_connections{{endpoint="{ep}"}}"#);
+    assert!(
+        text.contains(&format!("{gauge} 1")),
+        "no {gauge} 1 in\n{text}"
+    );
+    drop(c);
+    let t = Instant::now();
+    while !admin_get(lb.admin, "/metrics")
+        .await
+        .1
+        .contains(&format!("{gauge} 0"))
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{gauge} stays above 0"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(admin_get(lb.admin, "/nothing").await.0, 404);
     lb.shutdown().await;
 }

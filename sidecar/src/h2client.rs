@@ -44,6 +44,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
 
 use crate::hpack::HeaderList;
+use crate::metrics::ConnectionGuard;
 use crate::side::{self, Control, Ids, Side};
 use crate::tls::{ClientTls, Io};
 use crate::wire::{
@@ -174,7 +175,21 @@ impl Client {
         let tls = cfg.tls.clone();
         let limit = cfg.connect_timeout;
         let connecting: Connecting = Box::pin(crate::tls::dial(addr, tls, limit));
-        Client::spawn(addr, authority, cfg, Err(connecting))
+        Client::spawn(addr, authority, cfg, Err(connecting), None)
+    }
+
+    /// [`Client::new`], counted in a gauge (e.g. an endpoint's connections
+    /// carrying calls) for as long as its connection lives.
+    pub fn new_counted(
+        addr: SocketAddr,
+        authority: &str,
+        cfg: &ClientConfig,
+        counted: ConnectionGuard,
+    ) -> Client {
+        let tls = cfg.tls.clone();
+        let limit = cfg.connect_timeout;
+        let connecting: Connecting = Box::pin(crate::tls::dial(addr, tls, limit));
+        Client::spawn(addr, authority, cfg, Err(connecting), Some(counted))
     }
 
     /// Connects to `addr` (TCP, TLS when configured) and returns a client of
@@ -185,7 +200,7 @@ impl Client {
         cfg: &ClientConfig,
     ) -> io::Result<Client> {
         let io = crate::tls::dial(addr, cfg.tls.clone(), cfg.connect_timeout).await?;
-        Ok(Client::spawn(addr, authority, cfg, Ok(io)))
+        Ok(Client::spawn(addr, authority, cfg, Ok(io), None))
     }
 
     fn spawn(
@@ -193,6 +208,7 @@ impl Client {
         authority: &str,
         cfg: &ClientConfig,
         io: Result<Io, Connecting>,
+        counted: Option<ConnectionGuard>,
     ) -> Client {
         let (tx, rx) = mpsc::unbounded_channel();
         let closed = Arc::new(AtomicBool::new(false));
@@ -227,6 +243,7 @@ impl Client {
             timer_polled: false,
             heard: false,
             ping_out: false,
+            _counted: counted,
         };
         if conn.side.io.is_some() {
             conn.arm_keepalive();
@@ -341,6 +358,8 @@ struct Stream {
 struct Conn {
     side: Side,
     addr: SocketAddr,
+    /// Counts the connection in a gauge while the task lives.
+    _counted: Option<ConnectionGuard>,
     authority: Vec<u8>,
     scheme: &'static [u8],
     stream_window: u32,

@@ -178,6 +178,7 @@ pub struct PoolMetrics {
     calls: CallMetrics,
     healthy: Family<Labels, Gauge>,
     connections: Family<Labels, Gauge>,
+    call_connections: Family<Labels, Gauge>,
 }
 
 impl PoolMetrics {
@@ -188,6 +189,7 @@ impl PoolMetrics {
             calls: CallMetrics::register(registry, "endpoint"),
             healthy: Family::default(),
             connections: Family::default(),
+            call_connections: Family::default(),
         };
         registry.register(
             "endpoint_healthy",
@@ -196,8 +198,13 @@ impl PoolMetrics {
         );
         registry.register(
             "endpoint_connections",
-            "Open HTTP/2 connections to the endpoint",
+            "Open HTTP/2 connections the pool keeps to the endpoint (they carry its health checks)",
             m.connections.clone(),
+        );
+        registry.register(
+            "endpoint_call_connections",
+            "Open HTTP/2 connections carrying calls to the endpoint (mp-lb: those of every client connection; mp-gather: its leaf client's)",
+            m.call_connections.clone(),
         );
         m
     }
@@ -214,6 +221,7 @@ impl PoolMetrics {
             calls: self.calls.handles(endpoint),
             healthy: self.healthy.get_or_create_owned(&l),
             connections: self.connections.get_or_create_owned(&l),
+            call_connections: self.call_connections.get_or_create_owned(&l),
         }
     }
 
@@ -223,6 +231,7 @@ impl PoolMetrics {
         self.calls.remove(endpoint);
         self.healthy.remove(&l);
         self.connections.remove(&l);
+        self.call_connections.remove(&l);
     }
 }
 
@@ -275,6 +284,7 @@ pub struct EndpointMetrics {
     calls: CallHandles,
     healthy: Gauge,
     connections: Gauge,
+    call_connections: Gauge,
 }
 
 impl EndpointMetrics {
@@ -299,6 +309,22 @@ impl EndpointMetrics {
     pub fn set_connections(&self, n: usize) {
         self.connections.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
+
+    /// Counts one more connection carrying calls, until the guard drops.
+    pub fn call_connection(&self) -> ConnectionGuard {
+        self.call_connections.inc();
+        ConnectionGuard(self.call_connections.clone())
+    }
+}
+
+/// One open connection in a gauge: counted while this lives.
+#[derive(Debug)]
+pub struct ConnectionGuard(Gauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 #[cfg(test)]
@@ -314,6 +340,7 @@ mod tests {
         e.response(0, Duration::from_micros(300));
         e.response(14, Duration::from_secs(20));
         e.set_healthy(true);
+        let guard = e.call_connection();
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
         assert!(
@@ -336,6 +363,17 @@ mod tests {
         );
         assert!(
             out.contains(r#"t_endpoint_healthy{endpoint="127.0.0.1:1"} 1"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"t_endpoint_call_connections{endpoint="127.0.0.1:1"} 1"#),
+            "{out}"
+        );
+        drop(guard);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        assert!(
+            out.contains(r#"t_endpoint_call_connections{endpoint="127.0.0.1:1"} 0"#),
             "{out}"
         );
         m.remove("127.0.0.1:1");

@@ -177,6 +177,7 @@ impl Conn {
             waiting: VecDeque::new(),
             heard: false,
             pinged: false,
+            _counted: None,
         };
         match self.ups.iter().position(Option::is_none) {
             Some(i) => {

@@ -291,6 +291,7 @@ impl Conn {
                         up.connecting = None;
                         up.connected = true;
                         up.side.io = Some(io);
+                        up._counted = Some(up.endpoint.metrics().call_connection());
                         busy = true;
                     }
                     Poll::Ready(Err(e)) => {

@@ -34,7 +34,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use mp_sidecar::grpc::{self, code};
 use mp_sidecar::hpack::HeaderList;
-use mp_sidecar::metrics::{CallHandles, EndpointMetrics};
+use mp_sidecar::metrics::{CallHandles, ConnectionGuard, EndpointMetrics};
 use mp_sidecar::pool::{Endpoint, Pool};
 use mp_sidecar::server::{accept_until, tls_accept};
 use mp_sidecar::shutdown::{Drain, Watch};
@@ -217,6 +217,8 @@ struct Up {
     heard: bool,
     /// A keepalive PING is out, unanswered.
     pinged: bool,
+    /// Counts the connection in the endpoint's gauge while it is open.
+    _counted: Option<ConnectionGuard>,
 }
 
 impl Up {
