@@ -104,6 +104,11 @@ pub struct Args {
     /// How long in-flight calls may take to finish after SIGTERM.
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
     pub grace: Duration,
+
+    /// Worker threads; 1 runs everything on one thread (no wakeups across
+    /// threads). Default: the CPUs this process may run on, at most 2.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: Option<u16>,
 }
 
 impl Args {

@@ -448,6 +448,19 @@ fn bad_flags_give_one_clear_line() {
     assert!(err.contains("no shards"), "{err}");
 
     let out = mp_testkit::output_within(
+        std::process::Command::new(mp_testkit::bin("mp-gather")).args([
+            "--shard",
+            "127.0.0.1:1",
+            "--threads",
+            "0",
+        ]),
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--threads"), "{err}");
+
+    let out = mp_testkit::output_within(
         std::process::Command::new(mp_testkit::bin("mp-gather")).arg("--help"),
         Duration::from_secs(10),
     );

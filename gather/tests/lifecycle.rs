@@ -123,7 +123,11 @@ async fn sigterm_finishes_calls_in_flight_then_exits_zero() {
         ..LeafSpec::default()
     })
     .await;
-    let mut g = GatherProc::start_with(&args(&["--shard", &slow.addr(), "--grace", "5s"]), true);
+    // One runtime thread (the cheapest setting) drains the same way.
+    let mut g = GatherProc::start_with(
+        &args(&["--shard", &slow.addr(), "--grace", "5s", "--threads", "1"]),
+        true,
+    );
     let mut c = g.client().await;
     let in_flight = tokio::spawn(async move { call(&mut c, json!(1)).await });
     // Let the call reach the leaf, then ask the gather to stop.
