@@ -30,22 +30,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     mp_sidecar::telemetry::init();
-    let threads = args.threads.map(usize::from).unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get().min(2))
-            .unwrap_or(1)
-    });
-    // One thread: a current-thread runtime, no cross-thread wakeups at all.
-    let runtime = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
-    };
+    let runtime = mp_sidecar::runtime::build(args.threads).map(|(rt, _)| rt);
     let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {

@@ -16,6 +16,7 @@
 //! - [`wire`], [`hpack`], [`side`]: the HTTP/2 frame format, header compression and one
 //!   end of a connection, for `mp-lb`'s frame-level relay.
 //! - [`h2client`]: a lean HTTP/2 client for unary gRPC calls on the same frame code.
+//! - [`runtime`]: the tokio runtime sized by `--threads`.
 //! - [`duration`]: `250ms`/`2s` durations for command-line flags.
 
 pub mod addr;
@@ -29,6 +30,7 @@ pub mod health;
 pub mod hpack;
 pub mod metrics;
 pub mod pool;
+pub mod runtime;
 pub mod server;
 pub mod shutdown;
 pub mod side;
