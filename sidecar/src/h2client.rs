@@ -39,13 +39,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::AsyncWrite;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
 
 use crate::hpack::HeaderList;
 use crate::metrics::ConnectionGuard;
-use crate::side::{self, Control, Ids, Side};
+use crate::side::{self, Control, Engine, Ids, Side};
 use crate::tls::{ClientTls, Io};
 use crate::wire::{
     self, flag, kind, put_goaway, put_head, put_rst, put_window_update, reason, ConnError, Head,
@@ -331,8 +330,6 @@ impl Drop for Call {
     }
 }
 
-/// Rounds of reading and writing per wakeup before yielding to other tasks.
-const ROUNDS: usize = 32;
 /// Stream ids stop here (2^31 - 1).
 const MAX_STREAM_ID: u32 = wire::MAX_WINDOW;
 
@@ -859,28 +856,30 @@ impl Conn {
     }
 }
 
+impl Engine for Conn {
+    fn round(&mut self, cx: &mut Context<'_>) -> bool {
+        Conn::round(self, cx)
+    }
+
+    fn finished(&self) -> bool {
+        Conn::finished(self)
+    }
+
+    fn main_side(&mut self) -> &mut Side {
+        &mut self.side
+    }
+}
+
 impl Future for Conn {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        for _ in 0..ROUNDS {
-            let busy = this.round(cx);
-            if this.finished() {
-                this.closed.store(true, Ordering::Relaxed);
-                if let Some(io) = this.side.io.as_mut() {
-                    // Our last bytes, then FIN (TLS: close_notify).
-                    let _ = Pin::new(io).poll_shutdown(cx);
-                }
-                return Poll::Ready(());
-            }
-            if !busy {
-                return Poll::Pending;
-            }
+        let done = side::poll_engine(this, cx);
+        if done.is_ready() {
+            this.closed.store(true, Ordering::Relaxed);
         }
-        // Plenty to do: let other connections have a turn.
-        cx.waker().wake_by_ref();
-        Poll::Pending
+        done
     }
 }
 

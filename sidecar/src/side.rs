@@ -343,6 +343,43 @@ impl Side {
     }
 }
 
+/// A connection engine driven by [`poll_engine`]: one task owning its
+/// sockets, working in rounds.
+pub trait Engine {
+    /// One round: read what is there, act on it, write what is due (every
+    /// source polled, so each registers its wakeup). Whether anything
+    /// happened.
+    fn round(&mut self, cx: &mut Context<'_>) -> bool;
+    /// True when the engine is done.
+    fn finished(&self) -> bool;
+    /// The side to shut down (FIN, TLS close_notify) when done.
+    fn main_side(&mut self) -> &mut Side;
+}
+
+/// Rounds of work per wakeup before an engine yields to other tasks.
+const ROUNDS: usize = 32;
+
+/// Polls `engine` as its task's future: rounds until nothing happens
+/// (Pending) or it is finished (Ready, its main side shut down), yielding
+/// after [`ROUNDS`] busy rounds so other connections get their turn.
+pub fn poll_engine(engine: &mut impl Engine, cx: &mut Context<'_>) -> Poll<()> {
+    for _ in 0..ROUNDS {
+        let busy = engine.round(cx);
+        if engine.finished() {
+            if let Some(io) = engine.main_side().io.as_mut() {
+                // Our last bytes, then FIN (TLS: close_notify).
+                let _ = Pin::new(io).poll_shutdown(cx);
+            }
+            return Poll::Ready(());
+        }
+        if !busy {
+            return Poll::Pending;
+        }
+    }
+    cx.waker().wake_by_ref();
+    Poll::Pending
+}
+
 /// Calls `f` on every complete frame at the start of `buf`, refusing frames
 /// over `max_frame` bytes. Returns the bytes used (complete frames handled)
 /// and the first error.

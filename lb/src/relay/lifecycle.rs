@@ -370,26 +370,24 @@ impl Conn {
     }
 }
 
+impl Engine for Conn {
+    fn round(&mut self, cx: &mut Context<'_>) -> bool {
+        Conn::round(self, cx)
+    }
+
+    fn finished(&self) -> bool {
+        Conn::finished(self)
+    }
+
+    fn main_side(&mut self) -> &mut Side {
+        &mut self.client
+    }
+}
+
 impl Future for Conn {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.get_mut();
-        for _ in 0..ROUNDS {
-            let busy = this.round(cx);
-            if this.finished() {
-                if let Some(io) = this.client.io.as_mut() {
-                    // Our last bytes, then FIN (TLS: close_notify).
-                    let _ = Pin::new(io).poll_shutdown(cx);
-                }
-                return Poll::Ready(());
-            }
-            if !busy {
-                return Poll::Pending;
-            }
-        }
-        // Plenty to do: let other connections have a turn.
-        cx.waker().wake_by_ref();
-        Poll::Pending
+        side::poll_engine(self.get_mut(), cx)
     }
 }

@@ -38,13 +38,12 @@ use mp_sidecar::metrics::{CallHandles, ConnectionGuard, EndpointMetrics};
 use mp_sidecar::pool::{Endpoint, Pool};
 use mp_sidecar::server::{accept_until, tls_accept};
 use mp_sidecar::shutdown::{Drain, Watch};
-use mp_sidecar::side::{self, Control, Ids, Side};
+use mp_sidecar::side::{self, Control, Engine, Ids, Side};
 use mp_sidecar::tls::{ClientTls, Io};
 use mp_sidecar::wire::{
     self, flag, kind, put_data, put_goaway, put_rst, put_settings, put_window_update, reason,
     setting, ConnError, Head, PREFACE,
 };
-use tokio::io::AsyncWrite;
 use tokio::net::TcpListener;
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, info, warn};
@@ -178,8 +177,6 @@ const REPLAY_LIMIT: usize = 64 * 1024;
 /// Unwritten output past which a connection stops reading the sockets that
 /// feed it.
 const WRITE_HIGH: usize = 1024 * 1024;
-/// Rounds of reading and writing per wakeup before yielding to other tasks.
-const ROUNDS: usize = 32;
 /// Calls a client may cancel per second on one connection before it is
 /// told to calm down (GOAWAY ENHANCE_YOUR_CALM).
 const MAX_RESETS_PER_SECOND: u32 = 2000;
