@@ -75,7 +75,7 @@ async fn header_blocks_larger_than_a_frame_pass_both_ways() {
     assert_eq!(head["grpc-message"].as_bytes(), msg.as_bytes(), "intact");
     assert_eq!(head["x-trailer"], "custom-trailer-value");
     // Request metadata just under the relay's 16 KiB limit passes, and the
-    // response echoes it (a response head over one frame as well).
+    // response echoes it (one frame each way: both peers take 16 KiB frames).
     let v = "v".repeat(15_000);
     let (head, trailers) = call_big_headers(lb.addr, &say(b"m"), Some(("x-echo", &v))).await;
     assert_eq!(head["x-echo"].len(), 15_000);
@@ -340,4 +340,42 @@ async fn pool_size_sets_the_backend_connections_of_a_client_connection() {
         c2.say(say(b"y")).await.unwrap();
     }
     assert_eq!(connections_to(b.addr.port()), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_in_headers_and_continuation_frames_is_relayed() {
+    let b = Backend::start("cont");
+    let lb = Lb::start(&[&b], &[]).await;
+    lb.wait_ready().await;
+    let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    // HEADERS (END_STREAM, no END_HEADERS): POST, http; CONTINUATION
+    // (END_HEADERS): :path "/".
+    out.extend_from_slice(&[0, 0, 2, 1, 1, 0, 0, 0, 1, 0x83, 0x86]);
+    out.extend_from_slice(&[0, 0, 1, 9, 4, 0, 0, 0, 1, 0x84]);
+    s.write_all(&out).await.unwrap();
+    let mut buf = Vec::new();
+    let answered = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "connection closed: {:?}", frames(&buf));
+            buf.extend_from_slice(&chunk[..n]);
+            if frames(&buf).iter().any(|f| f.0 == 1 && f.2 == 1) {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        answered.is_ok(),
+        "no response head on stream 1: {:?}",
+        frames(&buf)
+    );
+    assert_eq!(
+        b.calls(),
+        0,
+        "the backend answered the path itself (no Echo call)"
+    );
 }

@@ -439,6 +439,47 @@ mod tests {
             (0, wire::reason::FRAME_SIZE_ERROR)
         );
 
+        // A header block over HEADERS + CONTINUATION is assembled whole;
+        // anything between its frames breaks the connection.
+        let mut side = Side::new(None);
+        let mut frames = Vec::new();
+        wire::put_head(&mut frames, 2, kind::HEADERS, flag::END_STREAM, 1);
+        frames.extend_from_slice(&[0x83, 0x86]);
+        wire::put_head(&mut frames, 1, kind::CONTINUATION, flag::END_HEADERS, 1);
+        frames.push(0x84);
+        let mut done = Vec::new();
+        let (_, r) = each_frame(&frames, 16_384, |h, p| {
+            side.control(&h, p)?;
+            if let Some(b) = side.header_frame(&h, p)? {
+                done.push(b);
+            }
+            Ok(())
+        });
+        assert!(r.is_ok());
+        assert_eq!(done, [(1, true)]);
+        assert_eq!(side.block, [0x83, 0x86, 0x84]);
+        let mut side = Side::new(None);
+        let open = Head {
+            len: 1,
+            kind: kind::HEADERS,
+            flags: 0,
+            stream: 3,
+        };
+        assert_eq!(side.header_frame(&open, &[0x82]).unwrap(), None);
+        let ping = Head {
+            len: 8,
+            kind: kind::PING,
+            flags: 0,
+            stream: 0,
+        };
+        assert!(side.control(&ping, b"12345678").is_err(), "PING inside a block");
+        let other = Head {
+            kind: kind::CONTINUATION,
+            stream: 5,
+            ..open
+        };
+        assert!(side.control(&other, &[0x82]).is_err(), "another stream's CONTINUATION");
+
         // Random input through the frame loop and a side's handlers.
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         for i in 0..5_000 {
