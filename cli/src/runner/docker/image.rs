@@ -418,19 +418,7 @@ const KEEP_RECENT: std::time::Duration = std::time::Duration::from_secs(30 * 60)
 /// remove what a container still uses; those are kept, and so are images
 /// made in the last half hour (another deploy may be about to use one).
 pub async fn remove_older(docker: &Docker, repository: &str, keep: &str) {
-    let filters: std::collections::HashMap<&str, Vec<String>> = [
-        ("reference", vec![repository.to_string()]),
-        (
-            "label",
-            vec![format!("{}={}", labels::MANAGED_BY, labels::MANAGER)],
-        ),
-    ]
-    .into_iter()
-    .collect();
-    let options = bollard::query_parameters::ListImagesOptionsBuilder::default()
-        .filters(&filters)
-        .build();
-    let Ok(images) = docker.list_images(Some(options)).await else {
+    let Some(images) = managed_images(docker, ("reference", repository.to_string())).await else {
         return;
     };
     let prefix = format!("{repository}:");
@@ -452,8 +440,22 @@ pub async fn remove_older(docker: &Docker, repository: &str, keep: &str) {
     }
     // Two builds of the same content at once (two deploys) both tag it; the
     // loser is left untagged.
+    if let Some(dangling) = managed_images(docker, ("dangling", "true".to_string())).await {
+        for image in dangling.into_iter().filter(|i| settled(i.created)) {
+            let options = bollard::query_parameters::RemoveImageOptionsBuilder::default().build();
+            let _ = docker.remove_image(&image.id, Some(options), None).await;
+        }
+    }
+}
+
+/// The images mp made (by label) that also match `filter`; `None` when the
+/// engine does not answer.
+async fn managed_images(
+    docker: &Docker,
+    filter: (&'static str, String),
+) -> Option<Vec<bollard::models::ImageSummary>> {
     let filters: std::collections::HashMap<&str, Vec<String>> = [
-        ("dangling", vec!["true".to_string()]),
+        (filter.0, vec![filter.1]),
         (
             "label",
             vec![format!("{}={}", labels::MANAGED_BY, labels::MANAGER)],
@@ -464,12 +466,7 @@ pub async fn remove_older(docker: &Docker, repository: &str, keep: &str) {
     let options = bollard::query_parameters::ListImagesOptionsBuilder::default()
         .filters(&filters)
         .build();
-    if let Ok(dangling) = docker.list_images(Some(options)).await {
-        for image in dangling.into_iter().filter(|i| settled(i.created)) {
-            let options = bollard::query_parameters::RemoveImageOptionsBuilder::default().build();
-            let _ = docker.remove_image(&image.id, Some(options), None).await;
-        }
-    }
+    docker.list_images(Some(options)).await.ok()
 }
 
 #[cfg(test)]
