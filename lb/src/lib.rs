@@ -27,6 +27,7 @@ use mp_sidecar::discovery::{self, DiscoveryConfig, Source};
 use mp_sidecar::health::HealthConfig;
 use mp_sidecar::metrics::{CallMetrics, PoolMetrics};
 use mp_sidecar::pool::{Pool, PoolConfig};
+use mp_sidecar::server::ServerConfig;
 use mp_sidecar::tls::{self, ClientTls, TlsError};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -97,14 +98,16 @@ pub async fn run(
         metrics.endpoint("none"),
         methods::Methods::new(methods),
         relay::RelayConfig {
-            max_concurrent_streams: args.max_concurrent_streams,
+            server: ServerConfig {
+                max_concurrent_streams: args.max_concurrent_streams,
+                grace: args.grace,
+                tls: server_tls,
+                ..ServerConfig::default()
+            },
             connect_timeout: args.connect_timeout,
             backend_tls: pool.config().tls.clone(),
-            server_tls,
-            grace: args.grace,
             keepalive: args.keepalive,
             conns_per_endpoint: args.pool_size,
-            ..relay::RelayConfig::default()
         },
     );
 

@@ -164,7 +164,11 @@ impl Conn {
         let limit = cfg.connect_timeout;
         let connecting: Connecting = Box::pin(mp_sidecar::tls::dial(addr, tls, limit));
         let mut side = Side::new(None);
-        side.client_preface(cfg.stream_window, cfg.max_frame_size, cfg.conn_window);
+        side.client_preface(
+            cfg.server.stream_window,
+            cfg.server.max_frame_size,
+            cfg.server.conn_window,
+        );
         let up = Up {
             side,
             endpoint: ep.clone(),
@@ -232,7 +236,7 @@ impl Conn {
             return Ok(());
         };
         let buf = std::mem::take(&mut up.side.rbuf);
-        let max = self.shared.cfg.max_frame_size as usize;
+        let max = self.shared.cfg.server.max_frame_size as usize;
         let (used, r) = side::each_frame(&buf, max, |h, p| self.up_frame(ui, h, p));
         let mut buf = buf;
         buf.advance(used);
@@ -358,14 +362,14 @@ impl Conn {
         };
         let n = n as u32;
         up.side.credit += n;
-        if up.side.credit >= cfg.conn_window / 2 {
+        if up.side.credit >= cfg.server.conn_window / 2 {
             put_window_update(&mut up.side.wbuf, 0, up.side.credit);
             up.side.credit = 0;
         }
         if uid != 0 {
             if let Some(s) = up.streams.get(&uid).and_then(|id| self.streams.get_mut(id)) {
                 s.up_credit += n;
-                if !s.resp_end && s.up_credit >= cfg.stream_window / 2 {
+                if !s.resp_end && s.up_credit >= cfg.server.stream_window / 2 {
                     put_window_update(&mut up.side.wbuf, uid, s.up_credit);
                     s.up_credit = 0;
                 }

@@ -21,14 +21,20 @@ impl Conn {
             put_settings(
                 w,
                 &[
-                    (setting::MAX_CONCURRENT_STREAMS, cfg.max_concurrent_streams),
-                    (setting::INITIAL_WINDOW_SIZE, cfg.stream_window),
-                    (setting::MAX_FRAME_SIZE, cfg.max_frame_size),
-                    (setting::MAX_HEADER_LIST_SIZE, cfg.max_header_list_size),
+                    (
+                        setting::MAX_CONCURRENT_STREAMS,
+                        cfg.server.max_concurrent_streams,
+                    ),
+                    (setting::INITIAL_WINDOW_SIZE, cfg.server.stream_window),
+                    (setting::MAX_FRAME_SIZE, cfg.server.max_frame_size),
+                    (
+                        setting::MAX_HEADER_LIST_SIZE,
+                        cfg.server.max_header_list_size,
+                    ),
                 ],
             );
-            if cfg.conn_window > wire::DEFAULT_WINDOW {
-                put_window_update(w, 0, cfg.conn_window - wire::DEFAULT_WINDOW);
+            if cfg.server.conn_window > wire::DEFAULT_WINDOW {
+                put_window_update(w, 0, cfg.server.conn_window - wire::DEFAULT_WINDOW);
             }
             return Ok(true);
         }
@@ -55,7 +61,7 @@ impl Conn {
     /// Handles every complete frame the client sent.
     pub(super) fn client_input(&mut self) -> Result<(), ConnError> {
         let buf = std::mem::take(&mut self.client.rbuf);
-        let max = self.shared.cfg.max_frame_size as usize;
+        let max = self.shared.cfg.server.max_frame_size as usize;
         let (used, r) = side::each_frame(&buf, max, |h, p| self.client_frame(h, p));
         let mut buf = buf;
         buf.advance(used);
@@ -160,7 +166,7 @@ impl Conn {
             self.credit_client(0, h.len);
             return Ok(());
         }
-        if s.uncredited + data.len() > self.shared.cfg.stream_window as usize * 2 {
+        if s.uncredited + data.len() > self.shared.cfg.server.stream_window as usize * 2 {
             return Err(ConnError {
                 code: reason::FLOW_CONTROL_ERROR,
                 what: "DATA beyond the stream's window",
@@ -191,14 +197,14 @@ impl Conn {
         let cfg = &self.shared.cfg;
         let n = n as u32;
         self.client.credit += n;
-        if self.client.credit >= cfg.conn_window / 2 {
+        if self.client.credit >= cfg.server.conn_window / 2 {
             put_window_update(&mut self.client.wbuf, 0, self.client.credit);
             self.client.credit = 0;
         }
         if stream != 0 {
             if let Some(s) = self.streams.get_mut(&stream) {
                 s.client_credit += n;
-                if !s.req_end && s.client_credit >= cfg.stream_window / 2 {
+                if !s.req_end && s.client_credit >= cfg.server.stream_window / 2 {
                     put_window_update(&mut self.client.wbuf, stream, s.client_credit);
                     s.client_credit = 0;
                 }
@@ -231,7 +237,8 @@ impl Conn {
             return Ok(());
         }
         self.last_client_id = id;
-        if self.goaway_sent || self.streams.len() >= self.shared.cfg.max_concurrent_streams as usize
+        if self.goaway_sent
+            || self.streams.len() >= self.shared.cfg.server.max_concurrent_streams as usize
         {
             self.give_back(list);
             put_rst(&mut self.client.wbuf, id, reason::REFUSED_STREAM);
@@ -251,7 +258,7 @@ impl Conn {
             .get(grpc::GRPC_TIMEOUT.as_bytes())
             .and_then(grpc::parse_timeout_bytes)
             .map(|t| start + t.min(Duration::from_secs(86_400 * 365)));
-        let too_big = list.size() > self.shared.cfg.max_header_list_size as usize;
+        let too_big = list.size() > self.shared.cfg.server.max_header_list_size as usize;
         let stream = Stream {
             up: None,
             queued: None,
@@ -290,7 +297,7 @@ impl Conn {
         if too_big {
             let msg = format!(
                 "mp-lb: request header list is over the limit of {} bytes",
-                self.shared.cfg.max_header_list_size
+                self.shared.cfg.server.max_header_list_size
             );
             self.answer(id, code::RESOURCE_EXHAUSTED, &msg);
             return Ok(());

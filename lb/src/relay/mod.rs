@@ -36,7 +36,7 @@ use mp_sidecar::grpc::{self, code};
 use mp_sidecar::hpack::HeaderList;
 use mp_sidecar::metrics::{CallHandles, ConnectionGuard, EndpointMetrics};
 use mp_sidecar::pool::{Endpoint, Pool};
-use mp_sidecar::server::{accept_until, tls_accept};
+use mp_sidecar::server::{accept_until, tls_accept, ServerConfig};
 use mp_sidecar::shutdown::{Drain, Watch};
 use mp_sidecar::side::{self, Control, Engine, Ids, Side};
 use mp_sidecar::tls::{ClientTls, Io};
@@ -57,17 +57,10 @@ mod lifecycle;
 /// How the relay serves and connects.
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
-    /// Concurrent streams a client may open on one connection.
-    pub max_concurrent_streams: u32,
-    /// Flow-control window per stream we advertise to either side (bytes).
-    pub stream_window: u32,
-    /// Flow-control window per connection we advertise (bytes).
-    pub conn_window: u32,
-    /// Largest frame we accept (bytes).
-    pub max_frame_size: u32,
-    /// Largest request header list we accept (RFC 9113 size); larger ones
-    /// are answered RESOURCE_EXHAUSTED.
-    pub max_header_list_size: u32,
+    /// The client side: stream limit, windows and frame size we advertise
+    /// (to backends too), the largest request header list (larger ones are
+    /// answered RESOURCE_EXHAUSTED), TLS, and the drain's grace.
+    pub server: ServerConfig,
     /// Backend connections each client connection keeps per endpoint, its
     /// calls spread over them in turn (more are opened only when all reach
     /// the backend's stream limit).
@@ -76,10 +69,6 @@ pub struct RelayConfig {
     pub connect_timeout: Duration,
     /// TLS to the backends; `None`: h2c.
     pub backend_tls: Option<ClientTls>,
-    /// TLS for clients; `None`: h2c.
-    pub server_tls: Option<Arc<rustls::ServerConfig>>,
-    /// How long open connections may take to finish after shutdown starts.
-    pub grace: Duration,
     /// A backend connection carrying calls that stays silent this long is
     /// sent a PING; silent for as long again, it is closed and its calls end
     /// UNAVAILABLE (a backend that vanished without closing its sockets).
@@ -89,16 +78,10 @@ pub struct RelayConfig {
 impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
-            max_concurrent_streams: 1024,
-            stream_window: 2 * 1024 * 1024,
-            conn_window: 8 * 1024 * 1024,
-            max_frame_size: 64 * 1024,
-            max_header_list_size: 16 * 1024,
+            server: ServerConfig::default(),
             conns_per_endpoint: 1,
             connect_timeout: Duration::from_secs(1),
             backend_tls: None,
-            server_tls: None,
-            grace: Duration::from_secs(10),
             keepalive: Duration::from_secs(10),
         }
     }
@@ -144,7 +127,7 @@ impl Relay {
             let shared = self.inner.clone();
             let watch = drain.watch();
             tokio::spawn(async move {
-                let io = match &shared.cfg.server_tls {
+                let io = match &shared.cfg.server.tls {
                     None => Io::Plain(tcp),
                     Some(tls) => match tls_accept(tls.clone(), tcp).await {
                         Ok(io) => io,
@@ -161,8 +144,8 @@ impl Relay {
         })
         .await;
         drop(listener);
-        info!(grace = ?self.inner.cfg.grace, "stopped accepting; draining open connections");
-        match drain.drain(self.inner.cfg.grace).await {
+        info!(grace = ?self.inner.cfg.server.grace, "stopped accepting; draining open connections");
+        match drain.drain(self.inner.cfg.server.grace).await {
             Ok(()) => info!("all connections drained"),
             Err(e) => warn!("{e}; closing them"),
         }
