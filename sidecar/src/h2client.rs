@@ -719,16 +719,6 @@ impl Conn {
         let _ = s.reply.send(Ok(reply));
     }
 
-    fn finished(&self) -> bool {
-        if self.dead.is_some() {
-            return true;
-        }
-        self.streams.is_empty()
-            && self.queue.is_empty()
-            && (!self.rx_open || !self.usable())
-            && self.side.pending_out() == 0
-    }
-
     fn arm_keepalive(&mut self) {
         if let Some((interval, _)) = self.keepalive {
             self.timer = Some(Box::pin(tokio::time::sleep(interval)));
@@ -765,7 +755,9 @@ impl Conn {
             self.timer_polled = false;
         }
     }
+}
 
+impl Engine for Conn {
     /// One round: connect, take commands, read, start calls, write.
     /// Returns whether anything happened.
     fn round(&mut self, cx: &mut Context<'_>) -> bool {
@@ -854,15 +846,15 @@ impl Conn {
         }
         busy
     }
-}
-
-impl Engine for Conn {
-    fn round(&mut self, cx: &mut Context<'_>) -> bool {
-        Conn::round(self, cx)
-    }
 
     fn finished(&self) -> bool {
-        Conn::finished(self)
+        if self.dead.is_some() {
+            return true;
+        }
+        self.streams.is_empty()
+            && self.queue.is_empty()
+            && (!self.rx_open || !self.usable())
+            && self.side.pending_out() == 0
     }
 
     fn main_side(&mut self) -> &mut Side {

@@ -472,13 +472,19 @@ mod tests {
             flags: 0,
             stream: 0,
         };
-        assert!(side.control(&ping, b"12345678").is_err(), "PING inside a block");
+        assert!(
+            side.control(&ping, b"12345678").is_err(),
+            "PING inside a block"
+        );
         let other = Head {
             kind: kind::CONTINUATION,
             stream: 5,
             ..open
         };
-        assert!(side.control(&other, &[0x82]).is_err(), "another stream's CONTINUATION");
+        assert!(
+            side.control(&other, &[0x82]).is_err(),
+            "another stream's CONTINUATION"
+        );
 
         // Random input through the frame loop and a side's handlers.
         let mut seed = 0x2545_f491_4f6c_dd1du64;

@@ -165,29 +165,6 @@ impl Conn {
         }
     }
 
-    pub(super) fn finished(&self) -> bool {
-        match self.closing {
-            Some(Close::Now) => true,
-            Some(Close::AfterFlush) => self.client.pending_out() == 0,
-            None => {
-                (self.goaway_sent || self.client_goaway)
-                    && self.streams.is_empty()
-                    && self.client.pending_out() == 0
-            }
-        }
-    }
-
-    /// One round: read what is there, act on it, write what is due.
-    /// Returns whether anything happened.
-    pub(super) fn round(&mut self, cx: &mut Context<'_>) -> bool {
-        // Every part runs every round: each registers its wakeups.
-        let timers = self.poll_timers(cx);
-        let client = self.read_client(cx);
-        let backends = self.read_backends(cx);
-        let written = self.flush_all(cx);
-        timers || client || backends || written
-    }
-
     /// The drain signal, call deadlines and the keepalive tick.
     fn poll_timers(&mut self, cx: &mut Context<'_>) -> bool {
         let mut busy = false;
@@ -371,12 +348,27 @@ impl Conn {
 }
 
 impl Engine for Conn {
+    /// One round: read what is there, act on it, write what is due.
+    /// Returns whether anything happened.
     fn round(&mut self, cx: &mut Context<'_>) -> bool {
-        Conn::round(self, cx)
+        // Every part runs every round: each registers its wakeups.
+        let timers = self.poll_timers(cx);
+        let client = self.read_client(cx);
+        let backends = self.read_backends(cx);
+        let written = self.flush_all(cx);
+        timers || client || backends || written
     }
 
     fn finished(&self) -> bool {
-        Conn::finished(self)
+        match self.closing {
+            Some(Close::Now) => true,
+            Some(Close::AfterFlush) => self.client.pending_out() == 0,
+            None => {
+                (self.goaway_sent || self.client_goaway)
+                    && self.streams.is_empty()
+                    && self.client.pending_out() == 0
+            }
+        }
     }
 
     fn main_side(&mut self) -> &mut Side {
