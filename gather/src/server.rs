@@ -1,21 +1,21 @@
-//! The gather port: routes health and reflection to their services and every
-//! other path to the gather; served by the sidecar's h2c loop with a bounded
-//! graceful drain.
+//! The gather port: every path but health and reflection is a unary call to
+//! fan out, answered by the sidecar's frame-level server inside the
+//! connection's task; health and reflection go to tonic; shutdown drains
+//! within a bounded grace.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use http::uri::PathAndQuery;
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
 use mp_sidecar::grpc;
+use mp_sidecar::h2server::{
+    self, Failure, Fallback, FrontConfig, RequestBody, Unary, UnaryFuture, UnaryRequest,
+};
 use mp_sidecar::server::ServerConfig;
 use tokio::net::TcpListener;
 use tonic::body::Body;
-use tonic::{Code, Status};
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::HealthService;
 use tonic_reflection::pb::{v1, v1alpha};
@@ -57,7 +57,7 @@ impl GatherService {
     }
 
     /// Answers one HTTP/2 request.
-    pub async fn route(self, req: http::Request<Incoming>) -> http::Response<Body> {
+    pub async fn route(self, req: http::Request<RequestBody>) -> http::Response<Body> {
         let path = req.uri().path();
         let routed = if path.starts_with(HEALTH) {
             self.health.oneshot(req).await
@@ -66,191 +66,81 @@ impl GatherService {
         } else if path.starts_with(REFLECTION_V1ALPHA) {
             self.reflection_v1alpha.oneshot(req).await
         } else {
-            return self.gather(req).await;
+            return grpc::error_response(
+                grpc::code::UNIMPLEMENTED,
+                &format!("mp-gather: {path} is served by the gather front"),
+            );
         };
         routed.unwrap_or_else(|never: Infallible| match never {})
     }
+}
 
-    async fn gather(self, req: http::Request<Incoming>) -> http::Response<Body> {
-        let is_grpc = req
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc"));
-        if req.method() != http::Method::POST || !is_grpc {
-            return plain(
-                http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "mp-gather serves gRPC only: POST with content-type application/grpc\n",
-            );
-        }
-        if let Some(enc) = req.headers().get("grpc-encoding") {
-            if enc.as_bytes() != b"identity" {
-                return grpc_error(
-                    Code::Unimplemented,
-                    "mp-gather accepts uncompressed messages only (grpc-encoding identity)",
-                );
+/// The unary side of the gather port: every path but health and reflection
+/// is fanned out, inside the connection's task.
+struct Front {
+    gather: Arc<Gather>,
+}
+
+impl Unary for Front {
+    fn takes(&self, path: &[u8]) -> bool {
+        ![HEALTH, REFLECTION_V1, REFLECTION_V1ALPHA]
+            .iter()
+            .any(|p| path.starts_with(p.as_bytes()))
+    }
+
+    fn call(&self, req: UnaryRequest) -> UnaryFuture {
+        let gather = self.gather.clone();
+        Box::pin(async move {
+            let mut headers = http::HeaderMap::with_capacity(req.headers.len());
+            for (n, v) in req.headers.iter() {
+                if let (Ok(n), Ok(v)) = (
+                    http::HeaderName::from_bytes(n),
+                    http::HeaderValue::from_bytes(v),
+                ) {
+                    headers.append(n, v);
+                }
             }
-        }
-        let path = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let timeout = req
-            .headers()
-            .get(grpc::GRPC_TIMEOUT)
-            .and_then(grpc::parse_timeout);
-        let (parts, body) = req.into_parts();
-        // The whole framed request: it is forwarded to the leaves as is.
-        let framed = match read_request(body).await {
-            Ok(f) => f,
-            Err(s) => return grpc_error(s.code(), s.message()),
-        };
-        let metadata = tonic::metadata::MetadataMap::from_headers(parts.headers);
-        match self.gather.handle(&path, timeout, metadata, framed).await {
-            Ok(reply) => grpc_reply(reply),
-            Err(s) => grpc_error(s.code(), s.message()),
-        }
+            let metadata = tonic::metadata::MetadataMap::from_headers(headers);
+            gather
+                .handle(&req.path, req.timeout, metadata, req.framed)
+                .await
+                .map_err(|s| Failure {
+                    code: s.code() as u16,
+                    message: s.message().to_string(),
+                })
+        })
     }
 }
 
-/// Reads a unary request body: exactly one uncompressed gRPC frame of at most
-/// [`MAX_REQUEST`] bytes. Returns the frame, header included.
-async fn read_request(body: Incoming) -> Result<Bytes, Status> {
-    let framed = Limited::new(body, MAX_REQUEST + 5)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                Status::resource_exhausted(format!(
-                    "the request is larger than the {MAX_REQUEST}-byte limit"
-                ))
-            } else {
-                Status::cancelled(format!("reading the request failed: {e}"))
-            }
-        })?
-        .to_bytes();
-    if framed.len() < 5 {
-        return Err(Status::internal(format!(
-            "malformed request: {} bytes, less than a gRPC frame header",
-            framed.len()
-        )));
-    }
-    let declared = u32::from_be_bytes([framed[1], framed[2], framed[3], framed[4]]) as usize;
-    if framed[0] != 0 {
-        return Err(Status::internal(
-            "malformed request: a compressed frame without grpc-encoding",
-        ));
-    }
-    if declared > MAX_REQUEST {
-        return Err(Status::resource_exhausted(format!(
-            "the request message of {declared} bytes is larger than the {MAX_REQUEST}-byte limit"
-        )));
-    }
-    if framed.len() - 5 != declared {
-        return Err(Status::internal(format!(
-            "malformed request: a frame of {declared} bytes with {} bytes of data (a unary call \
-             carries exactly one message)",
-            framed.len() - 5
-        )));
-    }
-    Ok(framed)
-}
-
-/// A unary gRPC response: one message, then `grpc-status: 0`.
-fn grpc_reply(message: Bytes) -> http::Response<Body> {
-    let mut head = BytesMut::with_capacity(5);
-    head.put_u8(0);
-    head.put_u32(message.len() as u32);
-    let mut trailers = http::HeaderMap::with_capacity(1);
-    trailers.insert(grpc::GRPC_STATUS, http::HeaderValue::from_static("0"));
-    let mut r = http::Response::new(Body::new(Reply {
-        chunks: [Some(head.freeze()), Some(message)],
-        trailers: Some(trailers),
-    }));
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static(grpc::CONTENT_TYPE_GRPC),
-    );
-    r
-}
-
-/// A trailers-only gRPC error response.
-fn grpc_error(code: Code, message: &str) -> http::Response<Body> {
-    let mut r = http::Response::new(Body::empty());
-    let h = r.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static(grpc::CONTENT_TYPE_GRPC),
-    );
-    grpc::set_status(h, code as u16, message);
-    r
-}
-
-/// The body of [`grpc_reply`]: the frame header and the message as two
-/// chunks (the message is not copied), then the trailers.
-struct Reply {
-    chunks: [Option<Bytes>; 2],
-    trailers: Option<http::HeaderMap>,
-}
-
-impl http_body::Body for Reply {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
-        let this = &mut *self;
-        let next = match this.chunks.iter_mut().find_map(Option::take) {
-            Some(b) => Some(http_body::Frame::data(b)),
-            None => this.trailers.take().map(http_body::Frame::trailers),
-        };
-        std::task::Poll::Ready(next.map(Ok))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.chunks.iter().all(Option::is_none) && self.trailers.is_none()
-    }
-}
-
-fn plain(status: http::StatusCode, text: &'static str) -> http::Response<Body> {
-    let mut r = http::Response::new(Body::new(http_body_util::Full::new(Bytes::from_static(
-        text.as_bytes(),
-    ))));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
-impl hyper::service::Service<http::Request<Incoming>> for GatherService {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future =
-        std::pin::Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
-
-    fn call(&self, req: http::Request<Incoming>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(this.route(req).await) })
-    }
-}
-
-/// Serves `service` on `listener` (h2c, the sidecar's server loop) until
-/// `shutdown` resolves; then stops accepting, lets the calls in flight finish
-/// for at most `grace`, and returns.
+/// Serves `service` on `listener` until `shutdown` resolves; then stops
+/// accepting, lets the calls in flight finish for at most `grace`, and
+/// returns. Unary calls are answered by the frame-level server
+/// ([`mp_sidecar::h2server`]); health and reflection by tonic.
 pub async fn serve(
     listener: TcpListener,
     service: GatherService,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
-    let cfg = ServerConfig {
-        grace,
-        ..ServerConfig::default()
+    let cfg = FrontConfig {
+        server: ServerConfig {
+            grace,
+            ..ServerConfig::default()
+        },
+        max_request: MAX_REQUEST,
+        name: "mp-gather",
     };
-    mp_sidecar::server::serve(listener, service, cfg, shutdown).await;
+    let unary = Arc::new(Front {
+        gather: service.gather.clone(),
+    });
+    let fallback: Fallback = Arc::new(move |req| {
+        let service = service.clone();
+        Box::pin(async move {
+            service
+                .route(req)
+                .await
+                .map(|b| b.map_err(Into::into).boxed_unsync())
+        })
+    });
+    h2server::serve(listener, unary, fallback, cfg, shutdown).await;
 }

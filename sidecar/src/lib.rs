@@ -15,7 +15,8 @@
 //! - [`tls`]: rustls server/client configurations (ALPN h2) and a plain-or-TLS connection type.
 //! - [`wire`], [`hpack`], [`side`]: the HTTP/2 frame format, header compression and one
 //!   end of a connection, for `mp-lb`'s frame-level relay.
-//! - [`h2client`]: a lean HTTP/2 client for unary gRPC calls on the same frame code.
+//! - [`h2client`]: a lean HTTP/2 client for unary gRPC calls on the same frame code;
+//!   [`h2server`]: a server that answers unary gRPC calls inside the connection's task.
 //! - [`runtime`]: the tokio runtime sized by `--threads`.
 //! - [`duration`]: `250ms`/`2s` durations for command-line flags.
 
@@ -26,6 +27,7 @@ pub mod discovery;
 pub mod duration;
 pub mod grpc;
 pub mod h2client;
+pub mod h2server;
 pub mod health;
 pub mod hpack;
 pub mod metrics;

@@ -15,6 +15,7 @@ use tokio::io::AsyncWrite;
 
 use crate::grpc;
 use crate::hpack::{Decoder, Encoder};
+use crate::server::ServerConfig;
 use crate::tls::Io;
 use crate::wire::{self, flag, kind, put_head, ConnError, Head, Settings, HEAD_LEN};
 
@@ -340,6 +341,71 @@ impl Side {
             fields.push((b"grpc-message", msg.as_bytes()));
         }
         self.put_headers(stream, true, fields.into_iter());
+    }
+}
+
+/// How a server connection's input starts ([`Side::server_preface`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preface {
+    /// Too few bytes yet to tell.
+    Incomplete,
+    /// The HTTP/2 preface, consumed; our SETTINGS are queued.
+    Http2,
+    /// An HTTP/1 request: a plain 505 answer is queued; close once it is
+    /// written.
+    Http1,
+    /// Neither: close now.
+    Other,
+}
+
+impl Side {
+    /// Checks the client's connection preface at the start of `rbuf`. On
+    /// HTTP/2, consumes it and queues our SETTINGS (`cfg`'s stream limit,
+    /// windows, frame and header list sizes); an HTTP/1 request line is
+    /// answered plainly (505, naming `who`).
+    pub fn server_preface(&mut self, cfg: &ServerConfig, who: &str) -> Preface {
+        let b = &self.rbuf;
+        let n = b.len().min(wire::PREFACE.len());
+        if b[..n] == wire::PREFACE[..n] {
+            if n < wire::PREFACE.len() {
+                return Preface::Incomplete;
+            }
+            bytes::Buf::advance(&mut self.rbuf, wire::PREFACE.len());
+            wire::put_settings(
+                &mut self.wbuf,
+                &[
+                    (
+                        wire::setting::MAX_CONCURRENT_STREAMS,
+                        cfg.max_concurrent_streams,
+                    ),
+                    (wire::setting::INITIAL_WINDOW_SIZE, cfg.stream_window),
+                    (wire::setting::MAX_FRAME_SIZE, cfg.max_frame_size),
+                    (
+                        wire::setting::MAX_HEADER_LIST_SIZE,
+                        cfg.max_header_list_size,
+                    ),
+                ],
+            );
+            if cfg.conn_window > wire::DEFAULT_WINDOW {
+                wire::put_window_update(&mut self.wbuf, 0, cfg.conn_window - wire::DEFAULT_WINDOW);
+            }
+            return Preface::Http2;
+        }
+        // Not HTTP/2. An HTTP/1 request line gets a plain answer.
+        let line_end = b.windows(2).position(|w| w == b"\r\n");
+        match line_end {
+            None if b.len() < 8192 && !self.eof && b[0].is_ascii_uppercase() => Preface::Incomplete,
+            Some(i) if b[..i].ends_with(b" HTTP/1.1") || b[..i].ends_with(b" HTTP/1.0") => {
+                let body = format!("{who} speaks HTTP/2 (gRPC); this request was HTTP/1.x\n");
+                let res = format!(
+                    "HTTP/1.1 505 HTTP Version Not Supported\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                self.wbuf.extend_from_slice(res.as_bytes());
+                Preface::Http1
+            }
+            _ => Preface::Other,
+        }
     }
 }
 

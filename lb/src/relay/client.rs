@@ -8,50 +8,14 @@ impl Conn {
 
     /// Checks the connection preface; answers HTTP/1 plainly.
     pub(super) fn read_preface(&mut self) -> Result<bool, Close> {
-        let b = &self.client.rbuf;
-        let n = b.len().min(PREFACE.len());
-        if b[..n] == PREFACE[..n] {
-            if n < PREFACE.len() {
-                return Ok(false);
+        match self.client.server_preface(&self.shared.cfg.server, "mp-lb") {
+            Preface::Incomplete => Ok(false),
+            Preface::Http2 => {
+                self.preface = true;
+                Ok(true)
             }
-            self.client.rbuf.advance(PREFACE.len());
-            self.preface = true;
-            let cfg = &self.shared.cfg;
-            let w = &mut self.client.wbuf;
-            put_settings(
-                w,
-                &[
-                    (
-                        setting::MAX_CONCURRENT_STREAMS,
-                        cfg.server.max_concurrent_streams,
-                    ),
-                    (setting::INITIAL_WINDOW_SIZE, cfg.server.stream_window),
-                    (setting::MAX_FRAME_SIZE, cfg.server.max_frame_size),
-                    (
-                        setting::MAX_HEADER_LIST_SIZE,
-                        cfg.server.max_header_list_size,
-                    ),
-                ],
-            );
-            if cfg.server.conn_window > wire::DEFAULT_WINDOW {
-                put_window_update(w, 0, cfg.server.conn_window - wire::DEFAULT_WINDOW);
-            }
-            return Ok(true);
-        }
-        // Not HTTP/2. An HTTP/1 request line gets a plain answer.
-        let line_end = b.windows(2).position(|w| w == b"\r\n");
-        match line_end {
-            None if b.len() < 8192 && !self.client.eof && b[0].is_ascii_uppercase() => Ok(false),
-            Some(i) if b[..i].ends_with(b" HTTP/1.1") || b[..i].ends_with(b" HTTP/1.0") => {
-                let body = "mp-lb speaks HTTP/2 (gRPC); this request was HTTP/1.x\n";
-                let res = format!(
-                    "HTTP/1.1 505 HTTP Version Not Supported\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                self.client.wbuf.extend_from_slice(res.as_bytes());
-                Err(Close::AfterFlush)
-            }
-            _ => {
+            Preface::Http1 => Err(Close::AfterFlush),
+            Preface::Other => {
                 debug!("not an HTTP/2 client; closing");
                 Err(Close::Now)
             }

@@ -38,11 +38,10 @@ use mp_sidecar::metrics::{CallHandles, ConnectionGuard, EndpointMetrics};
 use mp_sidecar::pool::{Endpoint, Pool};
 use mp_sidecar::server::{accept_until, tls_accept, ServerConfig};
 use mp_sidecar::shutdown::{Drain, Watch};
-use mp_sidecar::side::{self, Control, Engine, Ids, Side};
+use mp_sidecar::side::{self, Control, Engine, Ids, Preface, Side};
 use mp_sidecar::tls::{ClientTls, Io};
 use mp_sidecar::wire::{
-    self, flag, kind, put_data, put_goaway, put_rst, put_settings, put_window_update, reason,
-    setting, ConnError, Head, PREFACE,
+    self, flag, kind, put_data, put_goaway, put_rst, put_window_update, reason, ConnError, Head,
 };
 use tokio::net::TcpListener;
 use tokio::time::{Instant, Sleep};

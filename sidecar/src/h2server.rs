@@ -1,0 +1,1042 @@
+//! A frame-level HTTP/2 server for gRPC, on the relay's frame code
+//! ([`wire`](crate::wire), [`hpack`](crate::hpack), [`side`](crate::side)).
+//!
+//! One task per connection. Unary calls that the [`Unary`] service takes are
+//! read whole, handed to it, and its future is polled inside that task (no
+//! task, channel or lock per call); the answer goes back as HEADERS, one DATA
+//! frame and trailers, within the client's windows. Every other stream
+//! (health checks, server reflection: streaming calls, rare and light) goes
+//! to a [`Fallback`] HTTP service (e.g. tonic's) in a task of its own, its
+//! request and response bodies carried by channels.
+//!
+//! What callers can rely on:
+//! - A unary request is exactly one uncompressed gRPC message of at most
+//!   [`FrontConfig::max_request`] bytes: anything else is answered with a
+//!   clear status (RESOURCE_EXHAUSTED, INTERNAL, UNIMPLEMENTED) before the
+//!   service sees it. A request that is not gRPC at all (not POST, no
+//!   `application/grpc` content type) gets a plain HTTP 415.
+//! - A client that resets a stream (or goes away) drops its call's future:
+//!   whatever it was waiting on is cancelled.
+//! - Protocol errors end the connection with a GOAWAY naming the error;
+//!   resetting more than 2,000 streams a second is one ("rapid reset").
+//! - On shutdown, every connection gets a GOAWAY, its calls finish, and
+//!   [`serve`] returns once all are done or the grace period is over.
+//! - The fallback's request bodies are buffered up to
+//!   [`FrontConfig::max_request`] bytes per stream beyond what it has read;
+//!   past that the stream is reset (ENHANCE_YOUR_CALM).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::future::{AbortHandle, Abortable};
+use futures::stream::{FuturesUnordered, StreamExt};
+use http::uri::PathAndQuery;
+use http_body_util::BodyExt;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::grpc::{self, code};
+use crate::hpack::HeaderList;
+use crate::server::{accept_until, tls_accept, ServerConfig};
+use crate::shutdown::{Drain, Watch};
+use crate::side::{self, Control, Engine, Ids, Preface, Side};
+use crate::tls::Io;
+use crate::wire::{self, flag, kind, put_data, put_goaway, put_rst, reason, ConnError, Head};
+
+/// A unary gRPC call as the [`Unary`] service receives it.
+#[derive(Debug)]
+pub struct UnaryRequest {
+    /// The method path, e.g. `/mp.v1.Handler/Handle`.
+    pub path: PathAndQuery,
+    /// The request's regular headers (names in lower case; no
+    /// pseudo-headers), `content-type`, `te` and `grpc-timeout` included.
+    pub headers: HeaderList,
+    /// The caller's `grpc-timeout`, parsed.
+    pub timeout: Option<Duration>,
+    /// The request message in its gRPC frame (the 5-byte prefix included):
+    /// one uncompressed message whose declared length matches.
+    pub framed: Bytes,
+}
+
+/// A gRPC status that ends a call unsuccessfully.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The gRPC status code (never 0).
+    pub code: u16,
+    /// The status message.
+    pub message: String,
+}
+
+/// What a unary call's future resolves to: the reply message (without its
+/// gRPC frame prefix), or a status.
+pub type UnaryFuture = Pin<Box<dyn Future<Output = Result<Bytes, Failure>> + Send>>;
+
+/// The service that answers unary calls inside the connection task.
+pub trait Unary: Send + Sync + 'static {
+    /// Whether calls to `path` are this service's (the rest go to the
+    /// fallback).
+    fn takes(&self, path: &[u8]) -> bool;
+    /// Answers one call. The future is polled by the connection's task and
+    /// dropped, unfinished, when the client cancels the call.
+    fn call(&self, req: UnaryRequest) -> UnaryFuture;
+}
+
+/// A response body of the fallback service.
+pub type ResponseBody =
+    http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The service for every stream the [`Unary`] service does not take: one
+/// request in (its body streamed), one response out (streamed). Runs in a
+/// task per stream.
+pub type Fallback = Arc<
+    dyn Fn(
+            http::Request<RequestBody>,
+        ) -> Pin<Box<dyn Future<Output = http::Response<ResponseBody>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// How the server serves.
+#[derive(Clone, Debug)]
+pub struct FrontConfig {
+    /// Stream limit, windows, frame and header list sizes, TLS, grace.
+    pub server: ServerConfig,
+    /// Largest unary request message (bytes, without the frame prefix).
+    pub max_request: usize,
+    /// Who answers, for messages (e.g. `mp-gather`).
+    pub name: &'static str,
+}
+
+/// Serves `listener` until `shutdown` resolves; then stops accepting, sends
+/// every client a GOAWAY and waits for their calls to finish, at most the
+/// configured grace.
+pub async fn serve(
+    listener: TcpListener,
+    unary: Arc<dyn Unary>,
+    fallback: Fallback,
+    cfg: FrontConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let shared = Arc::new(Shared {
+        unary,
+        fallback,
+        cfg,
+    });
+    let drain = Drain::new();
+    accept_until(&listener, shutdown, |tcp, peer| {
+        let shared = shared.clone();
+        let watch = drain.watch();
+        tokio::spawn(async move {
+            let io = match &shared.cfg.server.tls {
+                None => Io::Plain(tcp),
+                Some(tls) => match tls_accept(tls.clone(), tcp).await {
+                    Ok(io) => io,
+                    Err(e) => return debug!(%peer, error = %e, "TLS handshake failed"),
+                },
+            };
+            Conn::new(shared, io, watch).await;
+        });
+    })
+    .await;
+    drop(listener);
+    let grace = shared.cfg.server.grace;
+    info!(?grace, "stopped accepting; draining open connections");
+    match drain.drain(grace).await {
+        Ok(()) => info!("all connections drained"),
+        Err(e) => warn!("{e}; closing them"),
+    }
+}
+
+/// The request body the fallback reads: the DATA of its stream as it comes.
+#[derive(Debug)]
+pub struct RequestBody {
+    rx: mpsc::UnboundedReceiver<Bytes>,
+    buffered: Arc<AtomicUsize>,
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(b)) => {
+                self.buffered.fetch_sub(b.len(), Ordering::Relaxed);
+                Poll::Ready(Some(Ok(http_body::Frame::data(b))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Unwritten output past which a connection stops reading its client.
+const WRITE_HIGH: usize = 1024 * 1024;
+/// Streams a client may reset per second before the connection ends.
+const MAX_RESETS_PER_SECOND: u32 = 2000;
+
+struct Shared {
+    unary: Arc<dyn Unary>,
+    fallback: Fallback,
+    cfg: FrontConfig,
+}
+
+/// What a fallback stream's task tells the connection.
+enum Event {
+    /// The response head; true: it ends the stream.
+    Head(http::response::Parts, bool),
+    Data(Bytes),
+    Trailers(http::HeaderMap),
+    /// The body ended without trailers.
+    End,
+    /// The body failed.
+    Failed(String),
+}
+
+enum Kind {
+    /// A unary call: its head until the request is whole, the request so
+    /// far, then the call's abort handle.
+    Unary {
+        head: Option<(PathAndQuery, HeaderList, Option<Duration>)>,
+        body: BytesMut,
+        running: Option<AbortHandle>,
+    },
+    /// A fallback stream: the request body's sender (dropped at its end),
+    /// bytes sent and not yet read, the task.
+    Fallback {
+        body: Option<mpsc::UnboundedSender<Bytes>>,
+        buffered: Arc<AtomicUsize>,
+        task: AbortHandle,
+    },
+}
+
+struct Stream {
+    kind: Kind,
+    /// The client ended its side.
+    req_end: bool,
+    /// Request bytes taken, not yet given back with a stream WINDOW_UPDATE.
+    credit: u32,
+    head_sent: bool,
+    /// Our send window for this stream.
+    window: i64,
+    /// Response bytes waiting for the windows.
+    out: BytesMut,
+    /// Nothing more comes after `out` (then `trailers`, or an empty
+    /// END_STREAM DATA frame).
+    resp_end: bool,
+    trailers: Option<HeaderList>,
+}
+
+enum Close {
+    Now,
+    AfterFlush,
+}
+
+type CallFuture = Abortable<Pin<Box<dyn Future<Output = (u32, Result<Bytes, Failure>)> + Send>>>;
+
+struct Conn {
+    shared: Arc<Shared>,
+    side: Side,
+    streams: Ids<Stream>,
+    calls: FuturesUnordered<CallFuture>,
+    events: mpsc::UnboundedReceiver<(u32, Event)>,
+    events_tx: mpsc::UnboundedSender<(u32, Event)>,
+    last_id: u32,
+    preface: bool,
+    goaway_sent: bool,
+    client_goaway: bool,
+    closing: Option<Close>,
+    drain: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    _watch: Watch,
+    resets: (Instant, u32),
+}
+
+impl Conn {
+    fn new(shared: Arc<Shared>, io: Io, watch: Watch) -> Conn {
+        let w = watch.clone();
+        let (events_tx, events) = mpsc::unbounded_channel();
+        Conn {
+            shared,
+            side: Side::new(Some(io)),
+            streams: Ids::default(),
+            calls: FuturesUnordered::new(),
+            events,
+            events_tx,
+            last_id: 0,
+            preface: false,
+            goaway_sent: false,
+            client_goaway: false,
+            closing: None,
+            drain: Some(Box::pin(async move { w.signaled().await })),
+            _watch: watch,
+            resets: (Instant::now(), 0),
+        }
+    }
+
+    // ---- input ------------------------------------------------------------
+
+    fn read_preface(&mut self) -> Result<bool, Close> {
+        match self
+            .side
+            .server_preface(&self.shared.cfg.server, self.shared.cfg.name)
+        {
+            Preface::Incomplete => Ok(false),
+            Preface::Http2 => {
+                self.preface = true;
+                Ok(true)
+            }
+            Preface::Http1 => Err(Close::AfterFlush),
+            Preface::Other => {
+                debug!("not an HTTP/2 client; closing");
+                Err(Close::Now)
+            }
+        }
+    }
+
+    fn input(&mut self) -> Result<(), ConnError> {
+        let buf = std::mem::take(&mut self.side.rbuf);
+        let max = self.shared.cfg.server.max_frame_size as usize;
+        let (used, r) = side::each_frame(&buf, max, |h, p| self.frame(h, p));
+        let mut buf = buf;
+        buf.advance(used);
+        self.side.rbuf = buf;
+        r
+    }
+
+    fn frame(&mut self, h: Head, p: &[u8]) -> Result<(), ConnError> {
+        match self.side.control(&h, p)? {
+            Control::Done | Control::Settings(0) => return Ok(()),
+            Control::Settings(delta) => {
+                let ids: Vec<u32> = self.streams.keys().copied().collect();
+                for id in ids {
+                    if let Some(s) = self.streams.get_mut(&id) {
+                        s.window += delta;
+                    }
+                    self.pump(id);
+                }
+                return Ok(());
+            }
+            Control::NotMine => {}
+        }
+        match h.kind {
+            kind::DATA => self.data(h, p),
+            kind::HEADERS | kind::CONTINUATION => {
+                if h.kind == kind::HEADERS && h.stream % 2 == 0 {
+                    return Err(ConnError::protocol("HEADERS on an even stream id"));
+                }
+                match self.side.header_frame(&h, p)? {
+                    Some((id, end)) => self.headers(id, end),
+                    None => Ok(()),
+                }
+            }
+            kind::RST_STREAM => {
+                wire::rst_code(p)?;
+                if let Some(s) = self.streams.remove(&h.stream) {
+                    cancel(&s);
+                    // Opening and resetting streams costs the client nothing
+                    // and us a call each ("rapid reset"): cap it.
+                    let now = Instant::now();
+                    if now.duration_since(self.resets.0) > Duration::from_secs(1) {
+                        self.resets = (now, 0);
+                    }
+                    self.resets.1 += 1;
+                    if self.resets.1 > MAX_RESETS_PER_SECOND {
+                        return Err(ConnError {
+                            code: reason::ENHANCE_YOUR_CALM,
+                            what: "too many streams reset",
+                        });
+                    }
+                }
+                Ok(())
+            }
+            kind::GOAWAY => {
+                wire::goaway(p)?;
+                self.client_goaway = true;
+                Ok(())
+            }
+            kind::WINDOW_UPDATE => {
+                let inc = wire::window_increment(p)?;
+                if inc == 0 {
+                    return Err(ConnError::protocol("WINDOW_UPDATE of 0"));
+                }
+                if h.stream == 0 {
+                    self.side.send_window += i64::from(inc);
+                    let ids: Vec<u32> = self
+                        .streams
+                        .iter()
+                        .filter(|(_, s)| !s.out.is_empty())
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in ids {
+                        self.pump(id);
+                    }
+                } else if let Some(s) = self.streams.get_mut(&h.stream) {
+                    s.window += i64::from(inc);
+                    self.pump(h.stream);
+                }
+                Ok(())
+            }
+            kind::PUSH_PROMISE => Err(ConnError::protocol("PUSH_PROMISE from a client")),
+            // PRIORITY is advice we do not take; unknown types are ignored.
+            _ => Ok(()),
+        }
+    }
+
+    fn data(&mut self, h: Head, p: &[u8]) -> Result<(), ConnError> {
+        let r = wire::unpad(&h, p)?;
+        let data = &p[r];
+        let end = h.has(flag::END_STREAM);
+        // Every byte is taken off the socket at once (a unary request is
+        // bounded; a fallback body is bounded below): the connection's window
+        // gets it back at once.
+        self.credit(h.len);
+        let window = self.shared.cfg.server.stream_window;
+        let max = self.shared.cfg.max_request;
+        let Some(s) = self.streams.get_mut(&h.stream) else {
+            if h.stream == 0 || h.stream > self.last_id {
+                return Err(ConnError::protocol("DATA on an idle stream"));
+            }
+            // A stream we already ended: nothing to do.
+            return Ok(());
+        };
+        if s.req_end {
+            return Err(ConnError {
+                code: reason::STREAM_CLOSED,
+                what: "DATA after END_STREAM",
+            });
+        }
+        s.req_end = end;
+        let mut over = false;
+        match &mut s.kind {
+            Kind::Unary { body, .. } => {
+                if body.len() + data.len() > max + 5 {
+                    over = true;
+                } else {
+                    body.extend_from_slice(data);
+                }
+            }
+            Kind::Fallback { body, buffered, .. } => {
+                if buffered.load(Ordering::Relaxed) + data.len() > max {
+                    over = true;
+                } else if let Some(tx) = body {
+                    if !data.is_empty() {
+                        buffered.fetch_add(data.len(), Ordering::Relaxed);
+                        let _ = tx.send(Bytes::copy_from_slice(data));
+                    }
+                    if end {
+                        *body = None;
+                    }
+                }
+            }
+        }
+        if over {
+            if matches!(s.kind, Kind::Unary { .. }) {
+                let msg = format!(
+                    "{}: the request is larger than the {max}-byte limit",
+                    self.shared.cfg.name
+                );
+                self.answer(h.stream, code::RESOURCE_EXHAUSTED, &msg);
+            } else if let Some(s) = self.streams.remove(&h.stream) {
+                cancel(&s);
+                put_rst(&mut self.side.wbuf, h.stream, reason::ENHANCE_YOUR_CALM);
+            }
+            return Ok(());
+        }
+        s.credit += h.len as u32;
+        if !end && s.credit >= window / 2 {
+            wire::put_window_update(&mut self.side.wbuf, h.stream, s.credit);
+            s.credit = 0;
+        }
+        if end && matches!(s.kind, Kind::Unary { .. }) {
+            self.start_call(h.stream);
+        }
+        Ok(())
+    }
+
+    /// Gives `n` bytes back to the connection's window; the WINDOW_UPDATE
+    /// goes out once half of it is due.
+    fn credit(&mut self, n: usize) {
+        self.side.credit += n as u32;
+        if self.side.credit >= self.shared.cfg.server.conn_window / 2 {
+            wire::put_window_update(&mut self.side.wbuf, 0, self.side.credit);
+            self.side.credit = 0;
+        }
+    }
+
+    fn headers(&mut self, id: u32, end: bool) -> Result<(), ConnError> {
+        let mut list = HeaderList::new();
+        self.side.dec.decode(&self.side.block, &mut list)?;
+        if let Some(s) = self.streams.get_mut(&id) {
+            // Request trailers: they end the request (their content is not
+            // passed on; gRPC requests carry none).
+            if !end || s.req_end {
+                put_rst(&mut self.side.wbuf, id, reason::PROTOCOL_ERROR);
+                if let Some(s) = self.streams.remove(&id) {
+                    cancel(&s);
+                }
+                return Ok(());
+            }
+            s.req_end = true;
+            match &mut s.kind {
+                Kind::Unary { .. } => self.start_call(id),
+                Kind::Fallback { body, .. } => *body = None,
+            }
+            return Ok(());
+        }
+        if id <= self.last_id {
+            // A stream we ended while the client was still sending: its late
+            // trailers were decoded (HPACK state) and are dropped.
+            return Ok(());
+        }
+        self.last_id = id;
+        if self.goaway_sent
+            || self.streams.len() >= self.shared.cfg.server.max_concurrent_streams as usize
+        {
+            put_rst(&mut self.side.wbuf, id, reason::REFUSED_STREAM);
+            return Ok(());
+        }
+        let name = self.shared.cfg.name;
+        let path = list.get(b":path").unwrap_or(b"");
+        let valid = !path.is_empty()
+            && list.get(b":method").is_some_and(|m| !m.is_empty())
+            && list.get(b":scheme").is_some();
+        let unary = self.shared.unary.takes(path);
+        let mut stream = Stream {
+            kind: Kind::Unary {
+                head: None,
+                body: BytesMut::new(),
+                running: None,
+            },
+            req_end: end,
+            credit: 0,
+            head_sent: false,
+            window: i64::from(self.side.peer.initial_window_size),
+            out: BytesMut::new(),
+            resp_end: false,
+            trailers: None,
+        };
+        if !valid {
+            self.streams.insert(id, stream);
+            let msg = format!("{name}: request without :method, :scheme or :path");
+            self.answer(id, code::INTERNAL, &msg);
+            return Ok(());
+        }
+        if list.size() > self.shared.cfg.server.max_header_list_size as usize {
+            self.streams.insert(id, stream);
+            let msg = format!(
+                "{name}: request header list is over the limit of {} bytes",
+                self.shared.cfg.server.max_header_list_size
+            );
+            self.answer(id, code::RESOURCE_EXHAUSTED, &msg);
+            return Ok(());
+        }
+        if !unary {
+            stream.kind = self.start_fallback(id, &list, end);
+            self.streams.insert(id, stream);
+            return Ok(());
+        }
+        let is_grpc = list
+            .get(b"content-type")
+            .is_some_and(|v| v.starts_with(b"application/grpc"));
+        let path = PathAndQuery::try_from(path.to_vec());
+        self.streams.insert(id, stream);
+        if list.get(b":method") != Some(b"POST") || !is_grpc {
+            let text =
+                format!("{name} serves gRPC only: POST with content-type application/grpc\n");
+            self.plain(id, 415, &text);
+            return Ok(());
+        }
+        if list.get(b"grpc-encoding").is_some_and(|e| e != b"identity") {
+            let msg = format!("{name} accepts uncompressed messages only (grpc-encoding identity)");
+            self.answer(id, code::UNIMPLEMENTED, &msg);
+            return Ok(());
+        }
+        let Ok(path) = path else {
+            self.answer(id, code::INTERNAL, &format!("{name}: malformed :path"));
+            return Ok(());
+        };
+        let timeout = list
+            .get(grpc::GRPC_TIMEOUT.as_bytes())
+            .and_then(grpc::parse_timeout_bytes);
+        let mut headers = HeaderList::new();
+        for (n, v) in list.iter().filter(|(n, _)| !n.starts_with(b":")) {
+            headers.push(n, v);
+        }
+        if let Some(Stream {
+            kind: Kind::Unary { head, .. },
+            ..
+        }) = self.streams.get_mut(&id)
+        {
+            *head = Some((path, headers, timeout));
+        }
+        if end {
+            self.start_call(id);
+        }
+        Ok(())
+    }
+
+    /// The request of unary stream `id` is whole: check it and start the
+    /// call.
+    fn start_call(&mut self, id: u32) {
+        let name = self.shared.cfg.name;
+        let max = self.shared.cfg.max_request;
+        let Some(Stream {
+            kind:
+                Kind::Unary {
+                    head,
+                    body,
+                    running,
+                },
+            ..
+        }) = self.streams.get_mut(&id)
+        else {
+            return;
+        };
+        let Some((path, headers, timeout)) = head.take() else {
+            return;
+        };
+        let framed = std::mem::take(body).freeze();
+        let checked = check_request(&framed, max);
+        let (handle, reg) = AbortHandle::new_pair();
+        *running = Some(handle);
+        if let Err(msg) = checked {
+            let (c, m) = msg;
+            self.answer(id, c, &format!("{name}: {m}"));
+            return;
+        }
+        let fut = self.shared.unary.call(UnaryRequest {
+            path,
+            headers,
+            timeout,
+            framed,
+        });
+        let fut: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move { (id, fut.await) });
+        self.calls.push(Abortable::new(fut, reg));
+    }
+
+    /// Starts the fallback for stream `id` (request head `list`).
+    fn start_fallback(&mut self, id: u32, list: &HeaderList, end: bool) -> Kind {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let buffered = Arc::new(AtomicUsize::new(0));
+        let mut req = http::Request::new(RequestBody {
+            rx,
+            buffered: buffered.clone(),
+        });
+        *req.version_mut() = http::Version::HTTP_2;
+        if let Some(m) = list
+            .get(b":method")
+            .and_then(|m| http::Method::from_bytes(m).ok())
+        {
+            *req.method_mut() = m;
+        }
+        if let Ok(uri) = http::Uri::try_from(list.get(b":path").unwrap_or(b"/")) {
+            *req.uri_mut() = uri;
+        }
+        let h = req.headers_mut();
+        for (n, v) in list.iter().filter(|(n, _)| !n.starts_with(b":")) {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(n),
+                http::HeaderValue::from_bytes(v),
+            ) {
+                h.append(n, v);
+            }
+        }
+        let fallback = self.shared.fallback.clone();
+        let events = self.events_tx.clone();
+        let (task, reg) = AbortHandle::new_pair();
+        tokio::spawn(Abortable::new(
+            async move {
+                let resp = fallback(req).await;
+                respond(id, resp, &events).await;
+            },
+            reg,
+        ));
+        Kind::Fallback {
+            body: (!end).then_some(tx),
+            buffered,
+            task,
+        }
+    }
+
+    // ---- output -----------------------------------------------------------
+
+    /// Answers stream `id` with a gRPC status of our own and forgets it.
+    fn answer(&mut self, id: u32, status: u16, msg: &str) {
+        let Some(s) = self.streams.remove(&id) else {
+            return;
+        };
+        cancel(&s);
+        self.side.put_status(id, s.head_sent, status, msg);
+        self.finish(id, &s);
+    }
+
+    /// Answers stream `id` with a plain-text HTTP response and forgets it.
+    fn plain(&mut self, id: u32, status: u16, text: &str) {
+        let Some(s) = self.streams.remove(&id) else {
+            return;
+        };
+        let st = status.to_string();
+        self.side.put_headers(
+            id,
+            false,
+            [
+                (&b":status"[..], st.as_bytes()),
+                (b"content-type", b"text/plain; charset=utf-8"),
+            ]
+            .into_iter(),
+        );
+        let mut out = text.as_bytes();
+        let mut window = s.window;
+        // A short text: what the windows do not take now is dropped (never
+        // the case with HTTP/2's initial windows).
+        self.side.send_data(id, &mut out, &mut window, true);
+        if !out.is_empty() {
+            put_rst(&mut self.side.wbuf, id, reason::NO_ERROR);
+        }
+        self.finish(id, &s);
+    }
+
+    /// A stream we ended: if the client is still sending, tell it to stop.
+    fn finish(&mut self, id: u32, s: &Stream) {
+        if !s.req_end {
+            put_rst(&mut self.side.wbuf, id, reason::NO_ERROR);
+        }
+    }
+
+    /// A unary call finished.
+    fn call_done(&mut self, id: u32, result: Result<Bytes, Failure>) {
+        let reply = match result {
+            Ok(r) => r,
+            Err(f) => return self.answer(id, f.code, &f.message),
+        };
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        self.side.put_headers(
+            id,
+            false,
+            [
+                (&b":status"[..], &b"200"[..]),
+                (b"content-type", grpc::CONTENT_TYPE_GRPC.as_bytes()),
+            ]
+            .into_iter(),
+        );
+        s.head_sent = true;
+        s.out.reserve(5 + reply.len());
+        s.out.put_u8(0);
+        s.out.put_u32(reply.len() as u32);
+        s.out.extend_from_slice(&reply);
+        let mut t = HeaderList::new();
+        t.push(b"grpc-status", b"0");
+        s.trailers = Some(t);
+        s.resp_end = true;
+        self.pump(id);
+    }
+
+    /// What a fallback task reported.
+    fn event(&mut self, id: u32, ev: Event) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        match ev {
+            Event::Head(parts, end) => {
+                let st = parts.status.as_u16().to_string();
+                let fields = std::iter::once((&b":status"[..], st.as_bytes())).chain(
+                    parts
+                        .headers
+                        .iter()
+                        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+                );
+                self.side.put_headers(id, end, fields);
+                s.head_sent = true;
+                if end {
+                    if let Some(s) = self.streams.remove(&id) {
+                        self.finish(id, &s);
+                    }
+                }
+            }
+            Event::Data(b) => {
+                s.out.extend_from_slice(&b);
+                self.pump(id);
+            }
+            Event::Trailers(map) => {
+                let mut t = HeaderList::new();
+                for (n, v) in &map {
+                    t.push(n.as_str().as_bytes(), v.as_bytes());
+                }
+                s.trailers = Some(t);
+                s.resp_end = true;
+                self.pump(id);
+            }
+            Event::End => {
+                s.resp_end = true;
+                self.pump(id);
+            }
+            Event::Failed(e) => {
+                let msg = format!("{}: the response failed: {e}", self.shared.cfg.name);
+                self.answer(id, code::INTERNAL, &msg);
+            }
+        }
+    }
+
+    /// Sends what of stream `id`'s response the windows allow; ends it once
+    /// all is sent.
+    fn pump(&mut self, id: u32) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let end = s.resp_end && s.trailers.is_none();
+        let (_, ended) = self.side.send_data(id, &mut s.out, &mut s.window, end);
+        if !s.out.is_empty() || !s.resp_end {
+            return;
+        }
+        match s.trailers.take() {
+            Some(t) => self.side.put_headers(id, true, t.iter()),
+            None if !ended => put_data(&mut self.side.wbuf, id, &[], true),
+            None => {}
+        }
+        if let Some(s) = self.streams.remove(&id) {
+            self.finish(id, &s);
+        }
+    }
+
+    // ---- the connection ---------------------------------------------------
+
+    fn start_drain(&mut self) {
+        if !self.goaway_sent && self.preface {
+            put_goaway(&mut self.side.wbuf, self.last_id, reason::NO_ERROR, b"");
+        }
+        self.goaway_sent = true;
+        if !self.preface {
+            self.closing = Some(Close::Now);
+        }
+    }
+
+    fn client_error(&mut self, e: &ConnError) {
+        debug!(error = %e, "client connection error");
+        put_goaway(&mut self.side.wbuf, self.last_id, e.code, e.what.as_bytes());
+        self.goaway_sent = true;
+        self.cancel_all();
+        self.closing = Some(Close::AfterFlush);
+    }
+
+    fn cancel_all(&mut self) {
+        for (_, s) in self.streams.drain() {
+            cancel(&s);
+        }
+    }
+
+    fn read(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.closing.is_some() || self.side.eof || self.side.pending_out() > WRITE_HIGH {
+            return false;
+        }
+        match self.side.poll_read(cx) {
+            Poll::Ready(Ok(0)) => {
+                self.side.eof = true;
+                if !self.preface && !self.side.rbuf.is_empty() {
+                    if let Err(c) = self.read_preface() {
+                        self.closing = Some(c);
+                    }
+                }
+                if self.closing.is_none() {
+                    self.cancel_all();
+                    self.closing = Some(Close::Now);
+                }
+            }
+            Poll::Ready(Ok(_)) => {
+                let mut ok = true;
+                if !self.preface {
+                    match self.read_preface() {
+                        Ok(done) => ok = done,
+                        Err(c) => {
+                            self.closing = Some(c);
+                            ok = false;
+                        }
+                    }
+                }
+                if ok {
+                    if let Err(e) = self.input() {
+                        self.client_error(&e);
+                    }
+                }
+            }
+            Poll::Ready(Err(e)) => {
+                debug!(error = %e, "client connection failed");
+                self.side.eof = true;
+                self.cancel_all();
+                self.closing = Some(Close::Now);
+            }
+            Poll::Pending => return false,
+        }
+        true
+    }
+
+    /// Collects finished calls and fallback events.
+    fn collect(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut busy = false;
+        while let Poll::Ready(Some(r)) = self.calls.poll_next_unpin(cx) {
+            busy = true;
+            // An aborted call's stream is already gone.
+            if let Ok((id, result)) = r {
+                self.call_done(id, result);
+            }
+        }
+        while let Poll::Ready(Some((id, ev))) = self.events.poll_recv(cx) {
+            busy = true;
+            self.event(id, ev);
+        }
+        busy
+    }
+}
+
+/// Stops whatever works on stream `s`.
+fn cancel(s: &Stream) {
+    match &s.kind {
+        Kind::Unary {
+            running: Some(h), ..
+        } => h.abort(),
+        Kind::Unary { .. } => {}
+        Kind::Fallback { task, .. } => task.abort(),
+    }
+}
+
+/// Checks a whole unary request: exactly one uncompressed gRPC frame of at
+/// most `max` message bytes.
+fn check_request(framed: &[u8], max: usize) -> Result<(), (u16, String)> {
+    if framed.len() < 5 {
+        return Err((
+            code::INTERNAL,
+            format!(
+                "malformed request: {} bytes, less than a gRPC frame header",
+                framed.len()
+            ),
+        ));
+    }
+    let declared = u32::from_be_bytes([framed[1], framed[2], framed[3], framed[4]]) as usize;
+    if framed[0] != 0 {
+        return Err((
+            code::INTERNAL,
+            "malformed request: a compressed frame without grpc-encoding".into(),
+        ));
+    }
+    if declared > max {
+        return Err((
+            code::RESOURCE_EXHAUSTED,
+            format!("the request message of {declared} bytes is larger than the {max}-byte limit"),
+        ));
+    }
+    if framed.len() - 5 != declared {
+        return Err((
+            code::INTERNAL,
+            format!(
+                "malformed request: a frame of {declared} bytes with {} bytes of data (a unary \
+                 call carries exactly one message)",
+                framed.len() - 5
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Streams a fallback response to the connection as events.
+async fn respond(
+    id: u32,
+    resp: http::Response<ResponseBody>,
+    events: &mpsc::UnboundedSender<(u32, Event)>,
+) {
+    let (parts, mut body) = resp.into_parts();
+    let end = http_body::Body::is_end_stream(&body);
+    if events.send((id, Event::Head(parts, end))).is_err() || end {
+        return;
+    }
+    while let Some(frame) = body.frame().await {
+        let ev = match frame {
+            Ok(f) => match f.into_data() {
+                Ok(d) => Event::Data(d),
+                Err(f) => match f.into_trailers() {
+                    Ok(t) => {
+                        let _ = events.send((id, Event::Trailers(t)));
+                        return;
+                    }
+                    Err(_) => continue,
+                },
+            },
+            Err(e) => {
+                let _ = events.send((id, Event::Failed(e.to_string())));
+                return;
+            }
+        };
+        if events.send((id, ev)).is_err() {
+            return;
+        }
+    }
+    let _ = events.send((id, Event::End));
+}
+
+impl Engine for Conn {
+    fn round(&mut self, cx: &mut Context<'_>) -> bool {
+        // Every part runs every round: each registers its wakeups.
+        let mut busy = false;
+        if let Some(d) = &mut self.drain {
+            if d.as_mut().poll(cx).is_ready() {
+                self.drain = None;
+                self.start_drain();
+                busy = true;
+            }
+        }
+        busy |= self.read(cx);
+        busy |= self.collect(cx);
+        match self.side.poll_flush(cx) {
+            Ok(w) => busy |= w,
+            Err(e) => {
+                debug!(error = %e, "writing to the client failed");
+                self.cancel_all();
+                self.closing = Some(Close::Now);
+                busy = true;
+            }
+        }
+        busy
+    }
+
+    fn finished(&self) -> bool {
+        match self.closing {
+            Some(Close::Now) => true,
+            Some(Close::AfterFlush) => self.side.pending_out() == 0,
+            None => {
+                (self.goaway_sent || self.client_goaway)
+                    && self.streams.is_empty()
+                    && self.side.pending_out() == 0
+            }
+        }
+    }
+
+    fn main_side(&mut self) -> &mut Side {
+        &mut self.side
+    }
+}
+
+impl Future for Conn {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        side::poll_engine(self.get_mut(), cx)
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Fallback tasks outlive nothing of ours.
+        self.cancel_all();
+    }
+}
