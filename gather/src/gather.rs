@@ -18,8 +18,8 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use http::uri::PathAndQuery;
+use mp_sidecar::hpack::HeaderList;
 use tokio::time::{sleep, sleep_until, timeout_at, Instant};
-use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
 use crate::config::{HedgeAfter, Policy, ReducerKind};
@@ -61,14 +61,15 @@ pub struct Call<'a> {
     pub path: &'a PathAndQuery,
     /// The serialized request message.
     pub body: Bytes,
-    /// The caller's metadata that is forwarded to leaves and the merger.
-    pub metadata: MetadataMap,
+    /// The caller's metadata that is forwarded to leaves and the merger
+    /// (per-hop headers removed).
+    pub metadata: HeaderList,
     /// What every leaf call shares (the framed message, the headers).
     pub out: Outgoing,
     /// When leaves must have answered.
     pub leaf_deadline: Instant,
     /// Why `leaf_deadline` is what it is (for error messages).
-    pub deadline_note: String,
+    pub deadline_note: DeadlineNote,
     /// The caller's own deadline, if it sent one.
     pub caller_deadline: Option<Instant>,
 }
@@ -77,6 +78,31 @@ impl Call<'_> {
     /// True for `mp.v1.Handler/Handle`, whose messages mp-gather understands.
     pub fn is_handle(&self) -> bool {
         self.path.path() == mp_proto::names::HANDLE_PATH
+    }
+}
+
+/// Why a call's leaf deadline is what it is; shown in its errors.
+#[derive(Clone, Copy, Debug)]
+pub enum DeadlineNote {
+    /// `--leaf-timeout`.
+    LeafTimeout(Duration),
+    /// The caller's deadline (`total`) less the reserve for merging.
+    Caller {
+        /// What leaves get.
+        budget: Duration,
+        /// The caller's `grpc-timeout`.
+        total: Duration,
+    },
+}
+
+impl std::fmt::Display for DeadlineNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeadlineNote::LeafTimeout(d) => write!(f, "--leaf-timeout {d:?}"),
+            DeadlineNote::Caller { budget, total } => {
+                write!(f, "{budget:?} of the caller's {total:?} deadline")
+            }
+        }
     }
 }
 
@@ -116,34 +142,35 @@ impl Gather {
     }
 
     /// Serves one call of method `path` whose caller allows `caller_timeout`
-    /// (its `grpc-timeout`) and sent `metadata` and the request message in its
-    /// gRPC frame (`framed`, checked: one uncompressed frame): scatter, apply
-    /// the policy, merge. Returns the reply message.
+    /// (its `grpc-timeout`) and sent `headers` (its regular headers, names in
+    /// lower case) and the request message in its gRPC frame (`framed`,
+    /// checked: one uncompressed frame): scatter, apply the policy, merge.
+    /// Returns the reply message.
     pub async fn handle(
         &self,
         path: &PathAndQuery,
         caller_timeout: Option<Duration>,
-        metadata: MetadataMap,
+        headers: &HeaderList,
         framed: Bytes,
     ) -> Result<Bytes, Status> {
         let start = Instant::now();
-        let metadata = forwardable(metadata);
+        let metadata = forwardable(headers);
         let body = framed.slice(5..);
         // A year is "no deadline"; it also keeps the arithmetic below in range.
         let caller_timeout = caller_timeout.map(|t| t.min(Duration::from_secs(365 * 86_400)));
         let mut leaf_deadline = start + self.leaf_timeout;
-        let mut deadline_note = format!("--leaf-timeout {:?}", self.leaf_timeout);
+        let mut deadline_note = DeadlineNote::LeafTimeout(self.leaf_timeout);
         let caller_deadline = caller_timeout.map(|t| start + t);
         if let Some(t) = caller_timeout {
             let budget = t - (t / RESERVE_DIVISOR).min(MAX_RESERVE);
             if start + budget < leaf_deadline {
                 leaf_deadline = start + budget;
-                deadline_note = format!("{budget:?} of the caller's {t:?} deadline");
+                deadline_note = DeadlineNote::Caller { budget, total: t };
             }
         }
         let call = Call {
             path,
-            out: Outgoing::new(path.clone(), framed, metadata.clone().into_headers()),
+            out: Outgoing::new(path.clone(), framed, &metadata),
             body,
             metadata,
             leaf_deadline,

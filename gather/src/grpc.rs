@@ -3,6 +3,7 @@
 //! caller metadata that may be forwarded to leaves.
 
 use bytes::{Buf, BufMut, Bytes};
+use mp_sidecar::hpack::HeaderList;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::MetadataMap;
 use tonic::Status;
@@ -59,16 +60,31 @@ const HOP_HEADERS: [&str; 7] = [
     "content-length",
 ];
 
-/// The caller's custom metadata, without the per-hop headers, ready to be
-/// cloned onto each leaf call.
-pub fn forwardable(mut md: MetadataMap) -> MetadataMap {
-    if md.is_empty() {
-        return md;
+/// The caller's custom metadata (`headers`, names in lower case), without
+/// the per-hop headers, ready to be shared by every leaf call.
+pub fn forwardable(headers: &HeaderList) -> HeaderList {
+    let mut out = HeaderList::new();
+    for (n, v) in headers.iter() {
+        if !HOP_HEADERS.iter().any(|h| h.as_bytes() == n) {
+            out.push(n, v);
+        }
     }
-    for h in HOP_HEADERS {
-        md.remove(h);
+    out
+}
+
+/// `headers` as tonic metadata (for the merger call); entries that are not
+/// valid metadata are left out.
+pub fn metadata(headers: &HeaderList) -> MetadataMap {
+    let mut map = http::HeaderMap::with_capacity(headers.len());
+    for (n, v) in headers.iter() {
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(n),
+            http::HeaderValue::from_bytes(v),
+        ) {
+            map.append(n, v);
+        }
     }
-    md
+    MetadataMap::from_headers(map)
 }
 
 /// The canonical name of a status code, e.g. `DEADLINE_EXCEEDED`.
@@ -101,11 +117,14 @@ mod tests {
 
     #[test]
     fn hop_headers_are_dropped() {
-        let mut md = MetadataMap::new();
-        md.insert("grpc-timeout", "1S".parse().unwrap());
-        md.insert("x-tenant", "a".parse().unwrap());
-        let md = forwardable(md);
-        assert!(md.get("grpc-timeout").is_none());
-        assert_eq!(md.get("x-tenant").unwrap(), "a");
+        let mut h = HeaderList::new();
+        h.push(b"grpc-timeout", b"1S");
+        h.push(b"x-tenant", b"a");
+        h.push(b"content-type", b"application/grpc");
+        let fwd = forwardable(&h);
+        assert!(fwd.get(b"grpc-timeout").is_none());
+        assert!(fwd.get(b"content-type").is_none());
+        assert_eq!(fwd.get(b"x-tenant"), Some(&b"a"[..]));
+        assert_eq!(metadata(&fwd).get("x-tenant").unwrap(), "a");
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderValue, StatusCode};
 use mp_sidecar::grpc;
 use mp_sidecar::h2client::{CallError, Reply, RequestHead};
 use mp_sidecar::hpack::HeaderList;
@@ -43,19 +43,13 @@ pub struct Outgoing {
 impl Outgoing {
     /// The shared parts of calling `path` with the request message in its
     /// gRPC frame (`framed`, as the caller sent it) and the caller's
-    /// forwardable metadata as `headers`.
-    pub fn new(path: PathAndQuery, framed: Bytes, headers: HeaderMap) -> Self {
+    /// forwardable metadata as `headers` (see [`crate::grpc::forwardable`]).
+    pub fn new(path: PathAndQuery, framed: Bytes, headers: &HeaderList) -> Self {
         let mut list = HeaderList::new();
         list.push(b"content-type", grpc::CONTENT_TYPE_GRPC.as_bytes());
         list.push(b"te", b"trailers");
-        for (name, value) in &headers {
-            if name == http::header::CONTENT_TYPE
-                || name == http::header::TE
-                || name == grpc::GRPC_TIMEOUT
-            {
-                continue;
-            }
-            list.push(name.as_str().as_bytes(), value.as_bytes());
+        for (name, value) in headers.iter() {
+            list.push(name, value);
         }
         let head = Arc::new(RequestHead {
             path: path.as_str().as_bytes().to_vec(),

@@ -234,7 +234,7 @@ async fn merge_with(
         leaves,
     });
     if !call.metadata.is_empty() {
-        *req.metadata_mut() = call.metadata.clone();
+        *req.metadata_mut() = crate::grpc::metadata(&call.metadata);
     }
     req.set_timeout(deadline.saturating_duration_since(Instant::now()));
     let reply = match tokio::time::timeout_at(deadline, client.merge(req)).await {

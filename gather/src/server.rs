@@ -91,18 +91,8 @@ impl Unary for Front {
     fn call(&self, req: UnaryRequest) -> UnaryFuture {
         let gather = self.gather.clone();
         Box::pin(async move {
-            let mut headers = http::HeaderMap::with_capacity(req.headers.len());
-            for (n, v) in req.headers.iter() {
-                if let (Ok(n), Ok(v)) = (
-                    http::HeaderName::from_bytes(n),
-                    http::HeaderValue::from_bytes(v),
-                ) {
-                    headers.append(n, v);
-                }
-            }
-            let metadata = tonic::metadata::MetadataMap::from_headers(headers);
             gather
-                .handle(&req.path, req.timeout, metadata, req.framed)
+                .handle(&req.path, req.timeout, &req.headers, req.framed)
                 .await
                 .map_err(|s| Failure {
                     code: s.code() as u16,
