@@ -211,10 +211,20 @@ impl Gather {
     ) -> Result<Vec<LeafResult>, Status> {
         let start = Instant::now();
         let n = shards.len();
-        let mut pending: FuturesUnordered<_> =
-            shards.iter().map(|s| self.call_shard(s, call)).collect();
         let mut slots: Vec<Option<LeafResult>> = (0..n).map(|_| None).collect();
         let mut failed = 0;
+        if let [shard] = shards {
+            // One shard: no set of futures to keep.
+            let r = tokio::select! {
+                biased;
+                r = self.call_shard(shard, call) => r,
+                _ = sleep_until(call.leaf_deadline) => self.late(shard, call, start),
+            };
+            self.admit(&mut slots, &mut failed, r)?;
+            return Ok(slots.into_iter().flatten().collect());
+        }
+        let mut pending: FuturesUnordered<_> =
+            shards.iter().map(|s| self.call_shard(s, call)).collect();
         // One timer for the whole fan-out, not one per leaf call.
         let mut deadline = pin!(sleep_until(call.leaf_deadline));
         loop {

@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     mp_sidecar::telemetry::init();
-    let runtime = mp_sidecar::runtime::build(args.threads).map(|(rt, _)| rt);
+    let runtime = mp_sidecar::runtime::build(Some(args.threads)).map(|(rt, _)| rt);
     let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {

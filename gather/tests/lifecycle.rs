@@ -123,9 +123,9 @@ async fn sigterm_finishes_calls_in_flight_then_exits_zero() {
         ..LeafSpec::default()
     })
     .await;
-    // One runtime thread (the cheapest setting) drains the same way.
+    // Two runtime threads (the default is one) drain the same way.
     let mut g = GatherProc::start_with(
-        &args(&["--shard", &slow.addr(), "--grace", "5s", "--threads", "1"]),
+        &args(&["--shard", &slow.addr(), "--grace", "5s", "--threads", "2"]),
         true,
     );
     let mut c = g.client().await;

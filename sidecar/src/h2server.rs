@@ -243,7 +243,22 @@ enum Close {
     AfterFlush,
 }
 
-type CallFuture = Abortable<Pin<Box<dyn Future<Output = (u32, Result<Bytes, Failure>)> + Send>>>;
+type CallFuture = Abortable<Tagged>;
+
+/// A call's future with its stream id.
+struct Tagged {
+    id: u32,
+    fut: UnaryFuture,
+}
+
+impl Future for Tagged {
+    type Output = (u32, Result<Bytes, Failure>);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let id = self.id;
+        self.fut.as_mut().poll(cx).map(|r| (id, r))
+    }
+}
 
 struct Conn {
     shared: Arc<Shared>,
@@ -621,8 +636,7 @@ impl Conn {
             timeout,
             framed,
         });
-        let fut: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move { (id, fut.await) });
-        self.calls.push(Abortable::new(fut, reg));
+        self.calls.push(Abortable::new(Tagged { id, fut }, reg));
     }
 
     /// Starts the fallback for stream `id` (request head `list`).
