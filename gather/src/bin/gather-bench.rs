@@ -46,6 +46,10 @@ struct Cli {
     /// Fan-out sizes to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
     fanout: Vec<usize>,
+    /// Rounds of the fan-out table (each measures mp-lb too); the summary
+    /// gives the median and range of each ratio over the rounds.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=50))]
+    rounds: u16,
     /// The mp-gather binary (default: next to this program).
     #[arg(long)]
     gather: Option<PathBuf>,
@@ -384,6 +388,24 @@ async fn run_gather(port: u16, concurrency: usize, secs: f64) -> Run {
 
 // ---------------------------------------------------------------- table
 
+/// One round's ratios for one fan-out size.
+struct Ratios {
+    p50_unloaded: f64,
+    p50_loaded: f64,
+    cpu_direct: f64,
+    cpu_lb: f64,
+}
+
+/// `median (min-max)` of `v`.
+fn spread(mut v: Vec<f64>) -> String {
+    v.sort_by(f64::total_cmp);
+    match v.as_slice() {
+        [] => "-".into(),
+        [one] => format!("{one:.2}"),
+        _ => format!("{:.2} ({:.2}-{:.2})", v[v.len() / 2], v[0], v[v.len() - 1]),
+    }
+}
+
 async fn bench(cli: Cli) -> Result<()> {
     let bin = gather_bin(&cli)?;
     let max_n = cli.fanout.iter().copied().max().unwrap_or(1).max(20);
@@ -392,45 +414,25 @@ async fn bench(cli: Cli) -> Result<()> {
     let (_leaves, ports) = start_leaves(max_n, 0.0)?;
 
     println!(
-        "## mp-gather fan-out (loopback; unloaded = 1 caller, loaded = {} callers; {:.1} s per run)\n",
-        cli.concurrency, cli.secs
+        "## mp-gather fan-out (loopback; unloaded = 1 caller, loaded = {} callers; {:.1} s per run; {} rounds)",
+        cli.concurrency, cli.secs, cli.rounds
     );
-    println!(
-        "| N leaves | path | unloaded p50 ms | unloaded p99 ms | loaded req/s | loaded p50 ms | loaded p99 ms | CPU us per leaf call | errors |"
-    );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
-    let mut ratios = Vec::new();
-    for &n in &cli.fanout {
-        let ports = &ports[..n];
-        // The floor: direct fan-out from this process.
-        run_direct(ports, cli.concurrency, warm).await;
-        let idle = run_direct(ports, 1, cli.secs / 2.0).await;
-        let c0 = cpu_time(None);
-        let d = run_direct(ports, cli.concurrency, cli.secs).await;
-        let cpu = cpu_time(None) - c0;
-        let direct_cpu = cpu.as_secs_f64() * 1e6 / (d.requests.max(1) * n) as f64;
-        row(
-            n,
-            "direct tonic fan-out (client CPU)",
-            &idle,
-            &d,
-            direct_cpu,
+    // Per fan-out size, the ratios of every round.
+    let mut ratios: Vec<(usize, Vec<Ratios>)> =
+        cli.fanout.iter().map(|n| (*n, Vec::new())).collect();
+    let lb_bin = bin.with_file_name("mp-lb");
+    // mp-lb's p50 over a direct call's (one leaf): what one proxy hop costs.
+    let mut lb_hop: Vec<(f64, f64)> = Vec::new();
+    for round in 1..=cli.rounds {
+        println!("\n### Round {round}\n");
+        println!(
+            "| N leaves | path | unloaded p50 ms | unloaded p99 ms | loaded req/s | loaded p50 ms | loaded p99 ms | CPU us per leaf call | errors |"
         );
-        // Through mp-gather.
-        let shards: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let g = start_gather(&bin, &shards, &["--reducer", "concat"])?;
-        run_gather(g.port, cli.concurrency, warm).await;
-        let gidle = run_gather(g.port, 1, cli.secs / 2.0).await;
-        let pid = Some(g.proc.0.id());
-        let c0 = cpu_time(pid);
-        let r = run_gather(g.port, cli.concurrency, cli.secs).await;
-        let cpu = cpu_time(pid) - c0;
-        let gather_cpu = cpu.as_secs_f64() * 1e6 / (r.requests.max(1) * n) as f64;
-        row(n, "mp-gather (gather CPU)", &gidle, &r, gather_cpu);
-        // mp-lb in front of the single leaf: the CPU target's yardstick.
-        let lb_bin = bin.with_file_name("mp-lb");
-        if n == 1 && lb_bin.is_file() {
-            let lb = start_proxy(&lb_bin, "--backend", &shards, &[])?;
+        println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+        // mp-lb in front of one leaf: the CPU target's yardstick, this round.
+        let (lb_cpu, lb_p50) = if lb_bin.is_file() {
+            let one = [format!("127.0.0.1:{}", ports[0])];
+            let lb = start_proxy(&lb_bin, "--backend", &one, &[])?;
             run_gather(lb.port, cli.concurrency, warm).await;
             let lidle = run_gather(lb.port, 1, cli.secs / 2.0).await;
             let pid = Some(lb.proc.0.id());
@@ -439,27 +441,77 @@ async fn bench(cli: Cli) -> Result<()> {
             let cpu = cpu_time(pid) - c0;
             let lb_cpu = cpu.as_secs_f64() * 1e6 / l.requests.max(1) as f64;
             row(
-                n,
-                "mp-lb, for comparison (lb CPU per proxied call)",
+                1,
+                "mp-lb, the yardstick (lb CPU per proxied call)",
                 &lidle,
                 &l,
                 lb_cpu,
             );
+            (lb_cpu, (lidle.pct(50.0), l.pct(50.0)))
+        } else {
+            (f64::NAN, (f64::NAN, f64::NAN))
+        };
+        for (n, rs) in ratios.iter_mut() {
+            let n = *n;
+            let ports = &ports[..n];
+            // The floor: direct fan-out from this process.
+            run_direct(ports, cli.concurrency, warm).await;
+            let idle = run_direct(ports, 1, cli.secs / 2.0).await;
+            let c0 = cpu_time(None);
+            let d = run_direct(ports, cli.concurrency, cli.secs).await;
+            let cpu = cpu_time(None) - c0;
+            let direct_cpu = cpu.as_secs_f64() * 1e6 / (d.requests.max(1) * n) as f64;
+            row(
+                n,
+                "direct tonic fan-out (client CPU)",
+                &idle,
+                &d,
+                direct_cpu,
+            );
+            // Through mp-gather.
+            let shards: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+            let g = start_gather(&bin, &shards, &["--reducer", "concat"])?;
+            run_gather(g.port, cli.concurrency, warm).await;
+            let gidle = run_gather(g.port, 1, cli.secs / 2.0).await;
+            let pid = Some(g.proc.0.id());
+            let c0 = cpu_time(pid);
+            let r = run_gather(g.port, cli.concurrency, cli.secs).await;
+            let cpu = cpu_time(pid) - c0;
+            let gather_cpu = cpu.as_secs_f64() * 1e6 / (r.requests.max(1) * n) as f64;
+            row(n, "mp-gather (gather CPU)", &gidle, &r, gather_cpu);
+            if n == 1 {
+                lb_hop.push((lb_p50.0 / idle.pct(50.0), lb_p50.1 / d.pct(50.0)));
+            }
+            rs.push(Ratios {
+                p50_unloaded: gidle.pct(50.0) / idle.pct(50.0),
+                p50_loaded: r.pct(50.0) / d.pct(50.0),
+                cpu_direct: gather_cpu / direct_cpu,
+                cpu_lb: gather_cpu / lb_cpu,
+            });
+            drop(g);
         }
-        ratios.push((
-            n,
-            gidle.pct(50.0) / idle.pct(50.0),
-            r.pct(50.0) / d.pct(50.0),
-            gather_cpu / direct_cpu,
-        ));
-        drop(g);
     }
-    println!();
-    for (n, idle, loaded, cpu) in &ratios {
+    println!("\n### Summary: median (range) over {} rounds\n", cli.rounds);
+    println!("| N leaves | p50 / direct p50, unloaded | loaded | CPU per leaf call / mp-lb's per call | / direct client's |");
+    println!("|---:|---:|---:|---:|---:|");
+    for (n, rs) in &ratios {
+        let col = |f: fn(&Ratios) -> f64| spread(rs.iter().map(f).collect());
         println!(
-            "- N={n}: mp-gather p50 / direct p50 = {idle:.2} unloaded, {loaded:.2} loaded (target <= 1.2); CPU per leaf call gather / direct = {cpu:.2}"
+            "| {n} | {} | {} | {} | {} |",
+            col(|r| r.p50_unloaded),
+            col(|r| r.p50_loaded),
+            col(|r| r.cpu_lb),
+            col(|r| r.cpu_direct)
         );
     }
+    if !lb_hop.is_empty() {
+        println!(
+            "| 1, mp-lb instead (one proxy hop) | {} | {} | 1 | - |",
+            spread(lb_hop.iter().map(|h| h.0).collect()),
+            spread(lb_hop.iter().map(|h| h.1).collect())
+        );
+    }
+    println!("\nTargets: p50 <= 1.2x the direct fan-out's; CPU per leaf call <= mp-lb's per proxied call.");
 
     // Tail at scale: 10 shards x 2 replicas.
     println!(
