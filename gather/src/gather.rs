@@ -142,7 +142,7 @@ impl Gather {
     }
 
     /// Serves one call of method `path` whose caller allows `caller_timeout`
-    /// (its `grpc-timeout`) and sent `headers` (its regular headers, names in
+    /// (its `grpc-timeout`) and sent `headers` (its header list, names in
     /// lower case) and the request message in its gRPC frame (`framed`,
     /// checked: one uncompressed frame): scatter, apply the policy, merge.
     /// Returns the reply message.

@@ -61,11 +61,11 @@ const HOP_HEADERS: [&str; 7] = [
 ];
 
 /// The caller's custom metadata (`headers`, names in lower case), without
-/// the per-hop headers, ready to be shared by every leaf call.
+/// pseudo-headers and per-hop headers, ready to be shared by every leaf call.
 pub fn forwardable(headers: &HeaderList) -> HeaderList {
     let mut out = HeaderList::new();
     for (n, v) in headers.iter() {
-        if !HOP_HEADERS.iter().any(|h| h.as_bytes() == n) {
+        if !n.starts_with(b":") && !HOP_HEADERS.iter().any(|h| h.as_bytes() == n) {
             out.push(n, v);
         }
     }
@@ -118,11 +118,13 @@ mod tests {
     #[test]
     fn hop_headers_are_dropped() {
         let mut h = HeaderList::new();
+        h.push(b":path", b"/a.B/C");
         h.push(b"grpc-timeout", b"1S");
         h.push(b"x-tenant", b"a");
         h.push(b"content-type", b"application/grpc");
         let fwd = forwardable(&h);
         assert!(fwd.get(b"grpc-timeout").is_none());
+        assert!(fwd.get(b":path").is_none());
         assert!(fwd.get(b"content-type").is_none());
         assert_eq!(fwd.get(b"x-tenant"), Some(&b"a"[..]));
         assert_eq!(metadata(&fwd).get("x-tenant").unwrap(), "a");

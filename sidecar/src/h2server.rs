@@ -56,8 +56,9 @@ use crate::wire::{self, flag, kind, put_data, put_goaway, put_rst, reason, ConnE
 pub struct UnaryRequest {
     /// The method path, e.g. `/mp.v1.Handler/Handle`.
     pub path: PathAndQuery,
-    /// The request's regular headers (names in lower case; no
-    /// pseudo-headers), `content-type`, `te` and `grpc-timeout` included.
+    /// The request's header list as received (names in lower case;
+    /// pseudo-headers first, then `content-type`, `te`, `grpc-timeout` and
+    /// the rest).
     pub headers: HeaderList,
     /// The caller's `grpc-timeout`, parsed.
     pub timeout: Option<Duration>,
@@ -235,7 +236,14 @@ struct Stream {
     /// Nothing more comes after `out` (then `trailers`, or an empty
     /// END_STREAM DATA frame).
     resp_end: bool,
-    trailers: Option<HeaderList>,
+    trailers: Option<Trailers>,
+}
+
+/// A response's trailers.
+enum Trailers {
+    /// `grpc-status: 0`.
+    Ok,
+    List(HeaderList),
 }
 
 enum Close {
@@ -584,16 +592,12 @@ impl Conn {
         let timeout = list
             .get(grpc::GRPC_TIMEOUT.as_bytes())
             .and_then(grpc::parse_timeout_bytes);
-        let mut headers = HeaderList::new();
-        for (n, v) in list.iter().filter(|(n, _)| !n.starts_with(b":")) {
-            headers.push(n, v);
-        }
         if let Some(Stream {
             kind: Kind::Unary { head, .. },
             ..
         }) = self.streams.get_mut(&id)
         {
-            *head = Some((path, headers, timeout));
+            *head = Some((path, list, timeout));
         }
         if end {
             self.start_call(id);
@@ -747,14 +751,27 @@ impl Conn {
             .into_iter(),
         );
         s.head_sent = true;
-        s.out.reserve(5 + reply.len());
-        s.out.put_u8(0);
-        s.out.put_u32(reply.len() as u32);
-        s.out.extend_from_slice(&reply);
-        let mut t = HeaderList::new();
-        t.push(b"grpc-status", b"0");
-        s.trailers = Some(t);
+        s.trailers = Some(Trailers::Ok);
         s.resp_end = true;
+        let len = 5 + reply.len();
+        let fits = (len as i64) <= s.window.min(self.side.send_window)
+            && len <= self.side.peer.max_frame_size as usize;
+        if fits {
+            // The common case: the whole reply goes now, straight into the
+            // write buffer (no copy of it kept per stream).
+            s.window -= len as i64;
+            self.side.send_window -= len as i64;
+            let w = &mut self.side.wbuf;
+            wire::put_head(w, len, kind::DATA, 0, id);
+            w.push(0);
+            w.extend_from_slice(&(reply.len() as u32).to_be_bytes());
+            w.extend_from_slice(&reply);
+        } else {
+            s.out.reserve(len);
+            s.out.put_u8(0);
+            s.out.put_u32(reply.len() as u32);
+            s.out.extend_from_slice(&reply);
+        }
         self.pump(id);
     }
 
@@ -789,7 +806,7 @@ impl Conn {
                 for (n, v) in &map {
                     t.push(n.as_str().as_bytes(), v.as_bytes());
                 }
-                s.trailers = Some(t);
+                s.trailers = Some(Trailers::List(t));
                 s.resp_end = true;
                 self.pump(id);
             }
@@ -816,7 +833,11 @@ impl Conn {
             return;
         }
         match s.trailers.take() {
-            Some(t) => self.side.put_headers(id, true, t.iter()),
+            Some(Trailers::Ok) => {
+                self.side
+                    .put_headers(id, true, std::iter::once((&b"grpc-status"[..], &b"0"[..])))
+            }
+            Some(Trailers::List(t)) => self.side.put_headers(id, true, t.iter()),
             None if !ended => put_data(&mut self.side.wbuf, id, &[], true),
             None => {}
         }
