@@ -14,13 +14,14 @@
 //!   changes them while mp-gather runs.
 //! - [`hedge`]: the hedge budget.
 //! - [`leaf`]: one call to a leaf: a replica from the sidecar pool, the call on a lean HTTP/2 client.
-//! - [`server`]: the gather port (h2c), routing health and reflection, drain.
+//! - [`server`]: the gather port: unary calls on the sidecar's frame-level
+//!   server ([`mp_sidecar::h2server`]), health and reflection on tonic, drain.
 //! - [`reflect`]: server reflection, local for mp.v1, forwarded to a leaf for
 //!   other protos.
 //! - [`grpc`]: the bytes codec, `grpc-timeout`, forwarded metadata.
 //! - [`metrics`]: Prometheus metrics.
 //!
-//! A call flows: [`server::GatherService`] -> [`gather::Gather::handle`]
+//! A call flows: [`mp_sidecar::h2server`] -> [`gather::Gather::handle`]
 //! (deadline) -> `scatter` (one future per shard, policy as outcomes arrive) ->
 //! [`merge::Merge::merge`] -> the answer.
 

@@ -31,7 +31,9 @@ const HEALTH: &str = "/grpc.health.v1.Health/";
 const REFLECTION_V1: &str = "/grpc.reflection.v1.ServerReflection/";
 const REFLECTION_V1ALPHA: &str = "/grpc.reflection.v1alpha.ServerReflection/";
 
-/// Everything the gather port answers. Cheap to clone (one per connection).
+/// Everything the gather port answers: the gather itself (unary calls, taken
+/// by the frame-level front in [`serve`]) and, on tonic, health and
+/// reflection. Cheap to clone.
 #[derive(Clone)]
 pub struct GatherService {
     gather: Arc<Gather>,
@@ -41,8 +43,8 @@ pub struct GatherService {
 }
 
 impl GatherService {
-    /// Routes health to `health`, reflection to `reflection`, the rest to
-    /// `gather`.
+    /// Health answered by `health`, reflection by `reflection`, every other
+    /// call by `gather`.
     pub fn new(
         gather: Arc<Gather>,
         health: HealthServer<HealthService>,
@@ -56,7 +58,8 @@ impl GatherService {
         }
     }
 
-    /// Answers one HTTP/2 request.
+    /// Answers one health or reflection request (a stream the front hands
+    /// over); other paths are the front's and are UNIMPLEMENTED here.
     pub async fn route(self, req: http::Request<RequestBody>) -> http::Response<Body> {
         let path = req.uri().path();
         let routed = if path.starts_with(HEALTH) {
