@@ -650,17 +650,20 @@ impl Conn {
                 Ok(())
             }
             kind::WINDOW_UPDATE => {
-                let inc = wire::window_increment(p)?;
-                if h.stream == 0 {
-                    self.side.send_window += i64::from(inc);
-                    for (id, s) in self.streams.iter_mut() {
-                        if !s.to_send.is_empty() {
-                            pump(&mut self.side, *id, s);
+                match self.side.window_update(&h, p)? {
+                    None => {
+                        for (id, s) in self.streams.iter_mut() {
+                            if !s.to_send.is_empty() {
+                                pump(&mut self.side, *id, s);
+                            }
                         }
                     }
-                } else if let Some(s) = self.streams.get_mut(&h.stream) {
-                    s.window += i64::from(inc);
-                    pump(&mut self.side, h.stream, s);
+                    Some(inc) => {
+                        if let Some(s) = self.streams.get_mut(&h.stream) {
+                            s.window += i64::from(inc);
+                            pump(&mut self.side, h.stream, s);
+                        }
+                    }
                 }
                 Ok(())
             }

@@ -40,14 +40,13 @@ use http::uri::PathAndQuery;
 use http_body_util::BodyExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
 use crate::grpc::{self, code};
 use crate::hpack::HeaderList;
-use crate::server::{accept_until, tls_accept, ServerConfig};
-use crate::shutdown::{Drain, Watch};
-use crate::side::{self, Control, Engine, Ids, Preface, Side};
+use crate::server::{serve_connections, ServerConfig};
+use crate::shutdown::Watch;
+use crate::side::{self, Close, Control, Engine, Ids, ResetCap, Side};
 use crate::tls::Io;
 use crate::wire::{self, flag, kind, put_data, put_goaway, put_rst, reason, ConnError, Head};
 
@@ -131,29 +130,11 @@ pub async fn serve(
         fallback,
         cfg,
     });
-    let drain = Drain::new();
-    accept_until(&listener, shutdown, |tcp, peer| {
-        let shared = shared.clone();
-        let watch = drain.watch();
-        tokio::spawn(async move {
-            let io = match &shared.cfg.server.tls {
-                None => Io::Plain(tcp),
-                Some(tls) => match tls_accept(tls.clone(), tcp).await {
-                    Ok(io) => io,
-                    Err(e) => return debug!(%peer, error = %e, "TLS handshake failed"),
-                },
-            };
-            Conn::new(shared, io, watch).await;
-        });
+    let (tls, grace) = (shared.cfg.server.tls.clone(), shared.cfg.server.grace);
+    serve_connections(listener, tls, grace, shutdown, move |io, _, watch| {
+        Conn::new(shared.clone(), io, watch)
     })
     .await;
-    drop(listener);
-    let grace = shared.cfg.server.grace;
-    info!(?grace, "stopped accepting; draining open connections");
-    match drain.drain(grace).await {
-        Ok(()) => info!("all connections drained"),
-        Err(e) => warn!("{e}; closing them"),
-    }
 }
 
 /// The request body the fallback reads: the DATA of its stream as it comes.
@@ -184,8 +165,6 @@ impl http_body::Body for RequestBody {
 
 /// Unwritten output past which a connection stops reading its client.
 const WRITE_HIGH: usize = 1024 * 1024;
-/// Streams a client may reset per second before the connection ends.
-const MAX_RESETS_PER_SECOND: u32 = 2000;
 
 struct Shared {
     unary: Arc<dyn Unary>,
@@ -246,11 +225,6 @@ enum Trailers {
     List(HeaderList),
 }
 
-enum Close {
-    Now,
-    AfterFlush,
-}
-
 type CallFuture = Abortable<Tagged>;
 
 /// A call's future with its stream id.
@@ -282,7 +256,7 @@ struct Conn {
     closing: Option<Close>,
     drain: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     _watch: Watch,
-    resets: (Instant, u32),
+    resets: ResetCap,
 }
 
 impl Conn {
@@ -303,28 +277,18 @@ impl Conn {
             closing: None,
             drain: Some(Box::pin(async move { w.signaled().await })),
             _watch: watch,
-            resets: (Instant::now(), 0),
+            resets: ResetCap::default(),
         }
     }
 
     // ---- input ------------------------------------------------------------
 
     fn read_preface(&mut self) -> Result<bool, Close> {
-        match self
+        let done = self
             .side
-            .server_preface(&self.shared.cfg.server, self.shared.cfg.name)
-        {
-            Preface::Incomplete => Ok(false),
-            Preface::Http2 => {
-                self.preface = true;
-                Ok(true)
-            }
-            Preface::Http1 => Err(Close::AfterFlush),
-            Preface::Other => {
-                debug!("not an HTTP/2 client; closing");
-                Err(Close::Now)
-            }
-        }
+            .read_server_preface(&self.shared.cfg.server, self.shared.cfg.name)?;
+        self.preface = done;
+        Ok(done)
     }
 
     fn input(&mut self) -> Result<(), ConnError> {
@@ -367,19 +331,7 @@ impl Conn {
                 wire::rst_code(p)?;
                 if let Some(s) = self.streams.remove(&h.stream) {
                     cancel(&s);
-                    // Opening and resetting streams costs the client nothing
-                    // and us a call each ("rapid reset"): cap it.
-                    let now = Instant::now();
-                    if now.duration_since(self.resets.0) > Duration::from_secs(1) {
-                        self.resets = (now, 0);
-                    }
-                    self.resets.1 += 1;
-                    if self.resets.1 > MAX_RESETS_PER_SECOND {
-                        return Err(ConnError {
-                            code: reason::ENHANCE_YOUR_CALM,
-                            what: "too many streams reset",
-                        });
-                    }
+                    self.resets.note()?;
                 }
                 Ok(())
             }
@@ -389,24 +341,24 @@ impl Conn {
                 Ok(())
             }
             kind::WINDOW_UPDATE => {
-                let inc = wire::window_increment(p)?;
-                if inc == 0 {
-                    return Err(ConnError::protocol("WINDOW_UPDATE of 0"));
-                }
-                if h.stream == 0 {
-                    self.side.send_window += i64::from(inc);
-                    let ids: Vec<u32> = self
-                        .streams
-                        .iter()
-                        .filter(|(_, s)| !s.out.is_empty())
-                        .map(|(id, _)| *id)
-                        .collect();
-                    for id in ids {
-                        self.pump(id);
+                match self.side.window_update(&h, p)? {
+                    None => {
+                        let ids: Vec<u32> = self
+                            .streams
+                            .iter()
+                            .filter(|(_, s)| !s.out.is_empty())
+                            .map(|(id, _)| *id)
+                            .collect();
+                        for id in ids {
+                            self.pump(id);
+                        }
                     }
-                } else if let Some(s) = self.streams.get_mut(&h.stream) {
-                    s.window += i64::from(inc);
-                    self.pump(h.stream);
+                    Some(inc) => {
+                        if let Some(s) = self.streams.get_mut(&h.stream) {
+                            s.window += i64::from(inc);
+                            self.pump(h.stream);
+                        }
+                    }
                 }
                 Ok(())
             }

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
-use crate::shutdown::Drain;
+use crate::shutdown::{Drain, Watch};
 use crate::tls::Io;
 
 /// HTTP/2 server settings.
@@ -83,30 +83,60 @@ pub async fn serve<S, B>(
         .max_frame_size(cfg.max_frame_size)
         .max_header_list_size(cfg.max_header_list_size);
     let builder = Arc::new(builder);
+    let tls = cfg.tls.clone();
+    serve_connections(
+        listener,
+        tls,
+        cfg.grace,
+        shutdown,
+        move |io, peer, watch| {
+            let builder = builder.clone();
+            let service = service.clone();
+            async move {
+                let conn = builder.serve_connection(TokioIo::new(io), service);
+                if let Err(e) = watch.watch(conn, |c| c.graceful_shutdown()).await {
+                    debug!(%peer, error = %e, "connection ended with an error");
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// Accepts connections on `listener` until `shutdown` resolves (with the TLS
+/// handshake when `tls` is given) and runs `conn` on each, in a task of its
+/// own, with a [`Watch`] of the drain; then stops accepting, signals every
+/// watch and waits for the connections to finish, at most `grace`.
+pub async fn serve_connections<F, Fut>(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    grace: Duration,
+    shutdown: impl Future<Output = ()>,
+    conn: F,
+) where
+    F: Fn(Io, SocketAddr, Watch) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let drain = Drain::new();
-    accept_until(&listener, shutdown, |stream, peer| {
+    accept_until(&listener, shutdown, |tcp, peer| {
         let watch = drain.watch();
-        let builder = builder.clone();
-        let service = service.clone();
-        let tls = cfg.tls.clone();
+        let tls = tls.clone();
+        let conn = conn.clone();
         tokio::spawn(async move {
             let io = match tls {
-                None => Io::Plain(stream),
-                Some(tls) => match tls_accept(tls, stream).await {
-                    Ok(s) => s,
+                None => Io::Plain(tcp),
+                Some(tls) => match tls_accept(tls, tcp).await {
+                    Ok(io) => io,
                     Err(e) => return debug!(%peer, error = %e, "TLS handshake failed"),
                 },
             };
-            let conn = builder.serve_connection(TokioIo::new(io), service);
-            if let Err(e) = watch.watch(conn, |c| c.graceful_shutdown()).await {
-                debug!(%peer, error = %e, "connection ended with an error");
-            }
+            conn(io, peer, watch).await;
         });
     })
     .await;
     drop(listener);
-    info!(grace = ?cfg.grace, "stopped accepting; draining open connections");
-    match drain.drain(cfg.grace).await {
+    info!(?grace, "stopped accepting; draining open connections");
+    match drain.drain(grace).await {
         Ok(()) => info!("all connections drained"),
         Err(e) => warn!("{e}; closing them"),
     }

@@ -255,6 +255,21 @@ impl Side {
         }
     }
 
+    /// A WINDOW_UPDATE frame, checked (an increment of 0 is a protocol
+    /// error). The connection's is applied to `send_window` (`None`); a
+    /// stream's increment is returned for the engine to apply.
+    pub fn window_update(&mut self, h: &Head, p: &[u8]) -> Result<Option<u32>, ConnError> {
+        let inc = wire::window_increment(p)?;
+        if inc == 0 {
+            return Err(ConnError::protocol("WINDOW_UPDATE of 0"));
+        }
+        if h.stream == 0 {
+            self.send_window += i64::from(inc);
+            return Ok(None);
+        }
+        Ok(Some(inc))
+    }
+
     /// Handles the frames that concern the connection as a whole: SETTINGS
     /// (applied and acknowledged), PING (answered), and checks that nothing
     /// interrupts a header block.
@@ -344,6 +359,56 @@ impl Side {
     }
 }
 
+/// Why a connection engine stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Close {
+    /// At once: no more output (the peer is gone, or is not HTTP/2).
+    Now,
+    /// Once what is written is flushed (a GOAWAY, an HTTP/1 answer).
+    AfterFlush,
+}
+
+/// Streams a peer may reset per second before its connection is told to
+/// calm down.
+pub const MAX_RESETS_PER_SECOND: u32 = 2000;
+
+/// Counts the streams a peer resets: opening and resetting streams costs it
+/// nothing and us a call each ("rapid reset", CVE-2023-44487).
+#[derive(Debug)]
+pub struct ResetCap {
+    since: std::time::Instant,
+    count: u32,
+}
+
+impl Default for ResetCap {
+    fn default() -> Self {
+        ResetCap {
+            since: std::time::Instant::now(),
+            count: 0,
+        }
+    }
+}
+
+impl ResetCap {
+    /// Counts one reset; past [`MAX_RESETS_PER_SECOND`] in a second, an
+    /// ENHANCE_YOUR_CALM connection error.
+    pub fn note(&mut self) -> Result<(), ConnError> {
+        let now = std::time::Instant::now();
+        if now.duration_since(self.since) > std::time::Duration::from_secs(1) {
+            self.since = now;
+            self.count = 0;
+        }
+        self.count += 1;
+        if self.count > MAX_RESETS_PER_SECOND {
+            return Err(ConnError {
+                code: wire::reason::ENHANCE_YOUR_CALM,
+                what: "too many streams reset",
+            });
+        }
+        Ok(())
+    }
+}
+
 /// How a server connection's input starts ([`Side::server_preface`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Preface {
@@ -359,6 +424,20 @@ pub enum Preface {
 }
 
 impl Side {
+    /// [`Side::server_preface`] as an engine reads it: `Ok(true)` once the
+    /// preface is in, `Ok(false)` while incomplete, else how to close.
+    pub fn read_server_preface(&mut self, cfg: &ServerConfig, who: &str) -> Result<bool, Close> {
+        match self.server_preface(cfg, who) {
+            Preface::Incomplete => Ok(false),
+            Preface::Http2 => Ok(true),
+            Preface::Http1 => Err(Close::AfterFlush),
+            Preface::Other => {
+                tracing::debug!("not an HTTP/2 client; closing");
+                Err(Close::Now)
+            }
+        }
+    }
+
     /// Checks the client's connection preface at the start of `rbuf`. On
     /// HTTP/2, consumes it and queues our SETTINGS (`cfg`'s stream limit,
     /// windows, frame and header list sizes); an HTTP/1 request line is

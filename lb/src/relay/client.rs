@@ -8,18 +8,11 @@ impl Conn {
 
     /// Checks the connection preface; answers HTTP/1 plainly.
     pub(super) fn read_preface(&mut self) -> Result<bool, Close> {
-        match self.client.server_preface(&self.shared.cfg.server, "mp-lb") {
-            Preface::Incomplete => Ok(false),
-            Preface::Http2 => {
-                self.preface = true;
-                Ok(true)
-            }
-            Preface::Http1 => Err(Close::AfterFlush),
-            Preface::Other => {
-                debug!("not an HTTP/2 client; closing");
-                Err(Close::Now)
-            }
-        }
+        let done = self
+            .client
+            .read_server_preface(&self.shared.cfg.server, "mp-lb")?;
+        self.preface = done;
+        Ok(done)
     }
 
     /// Handles every complete frame the client sent.
@@ -64,19 +57,7 @@ impl Conn {
                 wire::rst_code(p)?;
                 if let Some(s) = self.streams.remove(&h.stream) {
                     self.end_stream(h.stream, s, code::CANCELLED, true);
-                    // Opening and resetting streams costs the client nothing
-                    // and a backend a call each ("rapid reset"): cap it.
-                    let now = Instant::now();
-                    if now.duration_since(self.resets.0) > Duration::from_secs(1) {
-                        self.resets = (now, 0);
-                    }
-                    self.resets.1 += 1;
-                    if self.resets.1 > MAX_RESETS_PER_SECOND {
-                        return Err(ConnError {
-                            code: reason::ENHANCE_YOUR_CALM,
-                            what: "too many streams reset",
-                        });
-                    }
+                    self.resets.note()?;
                 }
                 Ok(())
             }
@@ -87,24 +68,24 @@ impl Conn {
                 Ok(())
             }
             kind::WINDOW_UPDATE => {
-                let inc = wire::window_increment(p)?;
-                if inc == 0 {
-                    return Err(ConnError::protocol("WINDOW_UPDATE of 0"));
-                }
-                if h.stream == 0 {
-                    self.client.send_window += i64::from(inc);
-                    let ids: Vec<u32> = self
-                        .streams
-                        .iter()
-                        .filter(|(_, s)| !s.to_client.is_empty() || s.resp_end)
-                        .map(|(id, _)| *id)
-                        .collect();
-                    for id in ids {
-                        self.pump_to_client(id);
+                match self.client.window_update(&h, p)? {
+                    None => {
+                        let ids: Vec<u32> = self
+                            .streams
+                            .iter()
+                            .filter(|(_, s)| !s.to_client.is_empty() || s.resp_end)
+                            .map(|(id, _)| *id)
+                            .collect();
+                        for id in ids {
+                            self.pump_to_client(id);
+                        }
                     }
-                } else if let Some(s) = self.streams.get_mut(&h.stream) {
-                    s.client_window += i64::from(inc);
-                    self.pump_to_client(h.stream);
+                    Some(inc) => {
+                        if let Some(s) = self.streams.get_mut(&h.stream) {
+                            s.client_window += i64::from(inc);
+                            self.pump_to_client(h.stream);
+                        }
+                    }
                 }
                 Ok(())
             }

@@ -36,16 +36,16 @@ use mp_sidecar::grpc::{self, code};
 use mp_sidecar::hpack::HeaderList;
 use mp_sidecar::metrics::{CallHandles, ConnectionGuard, EndpointMetrics};
 use mp_sidecar::pool::{Endpoint, Pool};
-use mp_sidecar::server::{accept_until, tls_accept, ServerConfig};
-use mp_sidecar::shutdown::{Drain, Watch};
-use mp_sidecar::side::{self, Control, Engine, Ids, Preface, Side};
+use mp_sidecar::server::{serve_connections, ServerConfig};
+use mp_sidecar::shutdown::Watch;
+use mp_sidecar::side::{self, Close, Control, Engine, Ids, ResetCap, Side};
 use mp_sidecar::tls::{ClientTls, Io};
 use mp_sidecar::wire::{
     self, flag, kind, put_data, put_goaway, put_rst, put_window_update, reason, ConnError, Head,
 };
 use tokio::net::TcpListener;
 use tokio::time::{Instant, Sleep};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::methods::Methods;
 
@@ -121,33 +121,20 @@ impl Relay {
     /// most the configured grace. Returns when all are done or the grace is
     /// over.
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let drain = Drain::new();
-        accept_until(&listener, shutdown, |tcp, peer| {
-            let shared = self.inner.clone();
-            let watch = drain.watch();
-            tokio::spawn(async move {
-                let io = match &shared.cfg.server.tls {
-                    None => Io::Plain(tcp),
-                    Some(tls) => match tls_accept(tls.clone(), tcp).await {
-                        Ok(io) => io,
-                        Err(e) => return debug!(%peer, error = %e, "TLS handshake failed"),
-                    },
-                };
+        let shared = self.inner.clone();
+        let (tls, grace) = (shared.cfg.server.tls.clone(), shared.cfg.server.grace);
+        serve_connections(listener, tls, grace, shutdown, move |io, _, watch| {
+            let shared = shared.clone();
+            async move {
                 // Right after start, give discovery and the first connects a
                 // moment rather than refusing the first calls.
                 if shared.pool.starting() {
                     shared.pool.wait_available(shared.cfg.connect_timeout).await;
                 }
                 Conn::new(shared, io, watch).await;
-            });
+            }
         })
         .await;
-        drop(listener);
-        info!(grace = ?self.inner.cfg.server.grace, "stopped accepting; draining open connections");
-        match drain.drain(self.inner.cfg.server.grace).await {
-            Ok(()) => info!("all connections drained"),
-            Err(e) => warn!("{e}; closing them"),
-        }
     }
 }
 
@@ -159,9 +146,6 @@ const REPLAY_LIMIT: usize = 64 * 1024;
 /// Unwritten output past which a connection stops reading the sockets that
 /// feed it.
 const WRITE_HIGH: usize = 1024 * 1024;
-/// Calls a client may cancel per second on one connection before it is
-/// told to calm down (GOAWAY ENHANCE_YOUR_CALM).
-const MAX_RESETS_PER_SECOND: u32 = 2000;
 /// Calls queued on a backend connection before its SETTINGS say how many
 /// it takes (RFC 9113 advises a limit of no less than 100).
 const ASSUMED_STREAMS: usize = 100;
@@ -256,14 +240,6 @@ struct Stream {
     up_credit: u32,
 }
 
-/// Why a connection ends.
-enum Close {
-    /// Finished (both sides done or client gone): no more output.
-    Now,
-    /// Flush what is written, then close.
-    AfterFlush,
-}
-
 /// One client connection and its backend connections.
 struct Conn {
     shared: Arc<Shared>,
@@ -287,7 +263,7 @@ struct Conn {
     /// Turns among an endpoint's backend connections.
     turn: usize,
     /// Streams the client reset in the second since `.0`.
-    resets: (Instant, u32),
+    resets: ResetCap,
 }
 
 impl Conn {
@@ -310,7 +286,7 @@ impl Conn {
             _watch: watch,
             spare: Vec::new(),
             turn: 0,
-            resets: (Instant::now(), 0),
+            resets: ResetCap::default(),
         }
     }
 
