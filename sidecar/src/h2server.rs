@@ -815,6 +815,7 @@ impl Conn {
         put_goaway(&mut self.side.wbuf, self.last_id, e.code, e.what.as_bytes());
         self.goaway_sent = true;
         self.cancel_all();
+        self.side.linger = true;
         self.closing = Some(Close::AfterFlush);
     }
 

@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use bytes::BytesMut;
+use std::future::Future;
+
 use tokio::io::AsyncWrite;
 
 use crate::grpc;
@@ -87,6 +89,13 @@ pub struct Side {
     pub block: Vec<u8>,
     /// The read side ended (EOF or error).
     pub eof: bool,
+    /// When the engine is done, keep reading (and dropping) what the peer
+    /// still sends for a moment after our FIN, so that our last frames (a
+    /// GOAWAY naming its error, an HTTP/1 answer) are not lost to the TCP
+    /// reset that closing a socket with unread input sends.
+    pub linger: bool,
+    /// The engine is done: FIN sent; lingering, if at all.
+    closing: Option<Option<Pin<Box<tokio::time::Sleep>>>>,
 }
 
 impl Side {
@@ -106,6 +115,8 @@ impl Side {
             cont: None,
             block: Vec::new(),
             eof: false,
+            linger: false,
+            closing: None,
         }
     }
 
@@ -430,7 +441,10 @@ impl Side {
         match self.server_preface(cfg, who) {
             Preface::Incomplete => Ok(false),
             Preface::Http2 => Ok(true),
-            Preface::Http1 => Err(Close::AfterFlush),
+            Preface::Http1 => {
+                self.linger = true;
+                Err(Close::AfterFlush)
+            }
             Preface::Other => {
                 tracing::debug!("not an HTTP/2 client; closing");
                 Err(Close::Now)
@@ -504,18 +518,23 @@ pub trait Engine {
 /// Rounds of work per wakeup before an engine yields to other tasks.
 const ROUNDS: usize = 32;
 
+/// How long a side that [lingers](Side::linger) reads after its FIN.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Polls `engine` as its task's future: rounds until nothing happens
-/// (Pending) or it is finished (Ready, its main side shut down), yielding
-/// after [`ROUNDS`] busy rounds so other connections get their turn.
+/// (Pending) or it is finished (Ready, its main side shut down and, if it
+/// lingers, the peer's last bytes read), yielding after [`ROUNDS`] busy
+/// rounds so other connections get their turn.
 pub fn poll_engine(engine: &mut impl Engine, cx: &mut Context<'_>) -> Poll<()> {
+    if engine.main_side().closing.is_some() {
+        return engine.main_side().poll_close(cx);
+    }
     for _ in 0..ROUNDS {
         let busy = engine.round(cx);
         if engine.finished() {
-            if let Some(io) = engine.main_side().io.as_mut() {
-                // Our last bytes, then FIN (TLS: close_notify).
-                let _ = Pin::new(io).poll_shutdown(cx);
-            }
-            return Poll::Ready(());
+            let side = engine.main_side();
+            side.closing = Some(None);
+            return side.poll_close(cx);
         }
         if !busy {
             return Poll::Pending;
@@ -523,6 +542,38 @@ pub fn poll_engine(engine: &mut impl Engine, cx: &mut Context<'_>) -> Poll<()> {
     }
     cx.waker().wake_by_ref();
     Poll::Pending
+}
+
+impl Side {
+    /// Ends the connection: FIN (TLS: close_notify) after our last bytes,
+    /// then, when lingering, reads until the peer's EOF or [`LINGER`].
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(io) = self.io.as_mut() else {
+            return Poll::Ready(());
+        };
+        let first = matches!(self.closing, Some(None));
+        if first {
+            let _ = Pin::new(&mut *io).poll_shutdown(cx);
+            if !self.linger || self.eof {
+                return Poll::Ready(());
+            }
+            let mut t = Box::pin(tokio::time::sleep(LINGER));
+            let _ = t.as_mut().poll(cx);
+            self.closing = Some(Some(t));
+        }
+        loop {
+            self.rbuf.clear();
+            match self.poll_read(cx) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Pending => break,
+            }
+        }
+        match &mut self.closing {
+            Some(Some(t)) => t.as_mut().poll(cx),
+            _ => Poll::Ready(()),
+        }
+    }
 }
 
 /// Calls `f` on every complete frame at the start of `buf`, refusing frames

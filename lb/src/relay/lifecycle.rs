@@ -151,6 +151,7 @@ impl Conn {
         );
         self.goaway_sent = true;
         self.cancel_all();
+        self.client.linger = true;
         self.closing = Some(Close::AfterFlush);
     }
 
