@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::{AbortHandle, Abortable};
 use futures::stream::{FuturesUnordered, StreamExt};
 use http::uri::PathAndQuery;
@@ -46,7 +46,7 @@ use crate::grpc::{self, code};
 use crate::hpack::HeaderList;
 use crate::server::{serve_connections, ServerConfig};
 use crate::shutdown::Watch;
-use crate::side::{self, Close, Control, Engine, Ids, ResetCap, Side};
+use crate::side::{self, Close, Engine, Ids, ResetCap, ServerStreams, Side};
 use crate::tls::Io;
 use crate::wire::{self, flag, kind, put_data, put_goaway, put_rst, reason, ConnError, Head};
 
@@ -291,84 +291,7 @@ impl Conn {
         Ok(done)
     }
 
-    fn input(&mut self) -> Result<(), ConnError> {
-        let buf = std::mem::take(&mut self.side.rbuf);
-        let max = self.shared.cfg.server.max_frame_size as usize;
-        let (used, r) = side::each_frame(&buf, max, |h, p| self.frame(h, p));
-        let mut buf = buf;
-        buf.advance(used);
-        self.side.rbuf = buf;
-        r
-    }
-
-    fn frame(&mut self, h: Head, p: &[u8]) -> Result<(), ConnError> {
-        match self.side.control(&h, p)? {
-            Control::Done | Control::Settings(0) => return Ok(()),
-            Control::Settings(delta) => {
-                let ids: Vec<u32> = self.streams.keys().copied().collect();
-                for id in ids {
-                    if let Some(s) = self.streams.get_mut(&id) {
-                        s.window += delta;
-                    }
-                    self.pump(id);
-                }
-                return Ok(());
-            }
-            Control::NotMine => {}
-        }
-        match h.kind {
-            kind::DATA => self.data(h, p),
-            kind::HEADERS | kind::CONTINUATION => {
-                if h.kind == kind::HEADERS && h.stream % 2 == 0 {
-                    return Err(ConnError::protocol("HEADERS on an even stream id"));
-                }
-                match self.side.header_frame(&h, p)? {
-                    Some((id, end)) => self.headers(id, end),
-                    None => Ok(()),
-                }
-            }
-            kind::RST_STREAM => {
-                wire::rst_code(p)?;
-                if let Some(s) = self.streams.remove(&h.stream) {
-                    cancel(&s);
-                    self.resets.note()?;
-                }
-                Ok(())
-            }
-            kind::GOAWAY => {
-                wire::goaway(p)?;
-                self.client_goaway = true;
-                Ok(())
-            }
-            kind::WINDOW_UPDATE => {
-                match self.side.window_update(&h, p)? {
-                    None => {
-                        let ids: Vec<u32> = self
-                            .streams
-                            .iter()
-                            .filter(|(_, s)| !s.out.is_empty())
-                            .map(|(id, _)| *id)
-                            .collect();
-                        for id in ids {
-                            self.pump(id);
-                        }
-                    }
-                    Some(inc) => {
-                        if let Some(s) = self.streams.get_mut(&h.stream) {
-                            s.window += i64::from(inc);
-                            self.pump(h.stream);
-                        }
-                    }
-                }
-                Ok(())
-            }
-            kind::PUSH_PROMISE => Err(ConnError::protocol("PUSH_PROMISE from a client")),
-            // PRIORITY is advice we do not take; unknown types are ignored.
-            _ => Ok(()),
-        }
-    }
-
-    fn data(&mut self, h: Head, p: &[u8]) -> Result<(), ConnError> {
+    fn data_frame(&mut self, h: Head, p: &[u8]) -> Result<(), ConnError> {
         let r = wire::unpad(&h, p)?;
         let data = &p[r];
         let end = h.has(flag::END_STREAM);
@@ -449,7 +372,7 @@ impl Conn {
         }
     }
 
-    fn headers(&mut self, id: u32, end: bool) -> Result<(), ConnError> {
+    fn header_block(&mut self, id: u32, end: bool) -> Result<(), ConnError> {
         let mut list = HeaderList::new();
         self.side.dec.decode(&self.side.block, &mut list)?;
         if let Some(s) = self.streams.get_mut(&id) {
@@ -854,7 +777,7 @@ impl Conn {
                     }
                 }
                 if ok {
-                    if let Err(e) = self.input() {
+                    if let Err(e) = side::server_input(self) {
                         self.client_error(&e);
                     }
                 }
@@ -970,6 +893,69 @@ async fn respond(
         }
     }
     let _ = events.send((id, Event::End));
+}
+
+impl ServerStreams for Conn {
+    fn client(&mut self) -> &mut Side {
+        &mut self.side
+    }
+
+    fn max_frame(&self) -> usize {
+        self.shared.cfg.server.max_frame_size as usize
+    }
+
+    fn resets(&mut self) -> &mut ResetCap {
+        &mut self.resets
+    }
+
+    fn data(&mut self, h: Head, p: &[u8]) -> Result<(), ConnError> {
+        self.data_frame(h, p)
+    }
+
+    fn headers(&mut self, id: u32, end: bool) -> Result<(), ConnError> {
+        self.header_block(id, end)
+    }
+
+    fn reset(&mut self, id: u32) -> bool {
+        let Some(s) = self.streams.remove(&id) else {
+            return false;
+        };
+        cancel(&s);
+        true
+    }
+
+    fn goaway(&mut self) {
+        self.client_goaway = true;
+    }
+
+    fn windows_moved(&mut self, delta: i64) {
+        let ids: Vec<u32> = self.streams.keys().copied().collect();
+        for id in ids {
+            if let Some(s) = self.streams.get_mut(&id) {
+                s.window += delta;
+            }
+            self.pump(id);
+        }
+    }
+
+    fn connection_window_grew(&mut self) {
+        let ids: Vec<u32> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| !s.out.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.pump(id);
+        }
+    }
+
+    fn stream_window_grew(&mut self, id: u32, inc: u32) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.window += i64::from(inc);
+            self.pump(id);
+        }
+    }
 }
 
 impl Engine for Conn {

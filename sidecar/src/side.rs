@@ -502,6 +502,93 @@ impl Side {
     }
 }
 
+/// The stream-level work of an engine serving a client's connection
+/// (mp-lb's relay, [`h2server`](crate::h2server)); [`server_input`] does
+/// the rest: frame boundaries, connection-level frames and every protocol
+/// check a server owes its client.
+pub trait ServerStreams {
+    /// The client's side of the connection.
+    fn client(&mut self) -> &mut Side;
+    /// Largest frame we accept (what we advertised).
+    fn max_frame(&self) -> usize;
+    /// The rapid-reset cap of the connection.
+    fn resets(&mut self) -> &mut ResetCap;
+    /// DATA on stream `h.stream` (payload `p`, padding included).
+    fn data(&mut self, h: Head, p: &[u8]) -> Result<(), ConnError>;
+    /// A complete header block of stream `id` is in the client side's
+    /// `block`; `end`: it ends the client's side of the stream.
+    fn headers(&mut self, id: u32, end: bool) -> Result<(), ConnError>;
+    /// The client reset stream `id`; whether it was open (then it counts
+    /// against the rapid-reset cap).
+    fn reset(&mut self, id: u32) -> bool;
+    /// The client's GOAWAY: it opens no more streams.
+    fn goaway(&mut self);
+    /// Every stream's send window moved by `delta` (the client's new
+    /// initial window): apply it, send what it allows.
+    fn windows_moved(&mut self, delta: i64);
+    /// The connection's send window grew: send what waits for it.
+    fn connection_window_grew(&mut self);
+    /// Stream `id`'s send window grew by `inc`.
+    fn stream_window_grew(&mut self, id: u32, inc: u32);
+}
+
+/// Handles every complete frame in the client side's read buffer (leaving an
+/// incomplete one there); the first protocol error ends it.
+pub fn server_input(engine: &mut impl ServerStreams) -> Result<(), ConnError> {
+    let buf = std::mem::take(&mut engine.client().rbuf);
+    let max = engine.max_frame();
+    let (used, r) = each_frame(&buf, max, |h, p| server_frame(engine, h, p));
+    let mut buf = buf;
+    bytes::Buf::advance(&mut buf, used);
+    engine.client().rbuf = buf;
+    r
+}
+
+fn server_frame(e: &mut impl ServerStreams, h: Head, p: &[u8]) -> Result<(), ConnError> {
+    match e.client().control(&h, p)? {
+        Control::Done | Control::Settings(0) => return Ok(()),
+        Control::Settings(delta) => {
+            e.windows_moved(delta);
+            return Ok(());
+        }
+        Control::NotMine => {}
+    }
+    match h.kind {
+        kind::DATA => e.data(h, p),
+        kind::HEADERS | kind::CONTINUATION => {
+            if h.kind == kind::HEADERS && h.stream % 2 == 0 {
+                return Err(ConnError::protocol("HEADERS on an even stream id"));
+            }
+            match e.client().header_frame(&h, p)? {
+                Some((id, end)) => e.headers(id, end),
+                None => Ok(()),
+            }
+        }
+        kind::RST_STREAM => {
+            wire::rst_code(p)?;
+            if e.reset(h.stream) {
+                e.resets().note()?;
+            }
+            Ok(())
+        }
+        kind::GOAWAY => {
+            wire::goaway(p)?;
+            e.goaway();
+            Ok(())
+        }
+        kind::WINDOW_UPDATE => {
+            match e.client().window_update(&h, p)? {
+                None => e.connection_window_grew(),
+                Some(inc) => e.stream_window_grew(h.stream, inc),
+            }
+            Ok(())
+        }
+        kind::PUSH_PROMISE => Err(ConnError::protocol("PUSH_PROMISE from a client")),
+        // PRIORITY is advice we do not take; unknown types are ignored.
+        _ => Ok(()),
+    }
+}
+
 /// A connection engine driven by [`poll_engine`]: one task owning its
 /// sockets, working in rounds.
 pub trait Engine {

@@ -15,86 +15,6 @@ impl Conn {
         Ok(done)
     }
 
-    /// Handles every complete frame the client sent.
-    pub(super) fn client_input(&mut self) -> Result<(), ConnError> {
-        let buf = std::mem::take(&mut self.client.rbuf);
-        let max = self.shared.cfg.server.max_frame_size as usize;
-        let (used, r) = side::each_frame(&buf, max, |h, p| self.client_frame(h, p));
-        let mut buf = buf;
-        buf.advance(used);
-        self.client.rbuf = buf;
-        r
-    }
-
-    pub(super) fn client_frame(&mut self, h: Head, p: &[u8]) -> Result<(), ConnError> {
-        match self.client.control(&h, p)? {
-            Control::Done => return Ok(()),
-            Control::Settings(0) => return Ok(()),
-            Control::Settings(delta) => {
-                let ids: Vec<u32> = self.streams.keys().copied().collect();
-                for id in ids {
-                    if let Some(s) = self.streams.get_mut(&id) {
-                        s.client_window += delta;
-                    }
-                    self.pump_to_client(id);
-                }
-                return Ok(());
-            }
-            Control::NotMine => {}
-        }
-        match h.kind {
-            kind::DATA => self.client_data(h, p),
-            kind::HEADERS | kind::CONTINUATION => {
-                if h.kind == kind::HEADERS && h.stream % 2 == 0 {
-                    return Err(ConnError::protocol("HEADERS on an even stream id"));
-                }
-                match self.client.header_frame(&h, p)? {
-                    Some((id, end)) => self.client_headers(id, end),
-                    None => Ok(()),
-                }
-            }
-            kind::RST_STREAM => {
-                wire::rst_code(p)?;
-                if let Some(s) = self.streams.remove(&h.stream) {
-                    self.end_stream(h.stream, s, code::CANCELLED, true);
-                    self.resets.note()?;
-                }
-                Ok(())
-            }
-            kind::GOAWAY => {
-                wire::goaway(p)?;
-                // The client opens no more streams; the open ones finish.
-                self.client_goaway = true;
-                Ok(())
-            }
-            kind::WINDOW_UPDATE => {
-                match self.client.window_update(&h, p)? {
-                    None => {
-                        let ids: Vec<u32> = self
-                            .streams
-                            .iter()
-                            .filter(|(_, s)| !s.to_client.is_empty() || s.resp_end)
-                            .map(|(id, _)| *id)
-                            .collect();
-                        for id in ids {
-                            self.pump_to_client(id);
-                        }
-                    }
-                    Some(inc) => {
-                        if let Some(s) = self.streams.get_mut(&h.stream) {
-                            s.client_window += i64::from(inc);
-                            self.pump_to_client(h.stream);
-                        }
-                    }
-                }
-                Ok(())
-            }
-            kind::PUSH_PROMISE => Err(ConnError::protocol("PUSH_PROMISE from a client")),
-            // PRIORITY is advice we do not take; unknown types are ignored.
-            _ => Ok(()),
-        }
-    }
-
     pub(super) fn client_data(&mut self, h: Head, p: &[u8]) -> Result<(), ConnError> {
         let r = wire::unpad(&h, p)?;
         let data = &p[r];
@@ -293,6 +213,70 @@ impl Conn {
             if let Some(s) = self.streams.remove(&id) {
                 self.end_stream(id, s, st.unwrap_or(code::UNKNOWN), false);
             }
+        }
+    }
+}
+
+impl ServerStreams for Conn {
+    fn client(&mut self) -> &mut Side {
+        &mut self.client
+    }
+
+    fn max_frame(&self) -> usize {
+        self.shared.cfg.server.max_frame_size as usize
+    }
+
+    fn resets(&mut self) -> &mut ResetCap {
+        &mut self.resets
+    }
+
+    fn data(&mut self, h: Head, p: &[u8]) -> Result<(), ConnError> {
+        self.client_data(h, p)
+    }
+
+    fn headers(&mut self, id: u32, end: bool) -> Result<(), ConnError> {
+        self.client_headers(id, end)
+    }
+
+    fn reset(&mut self, id: u32) -> bool {
+        let Some(s) = self.streams.remove(&id) else {
+            return false;
+        };
+        self.end_stream(id, s, code::CANCELLED, true);
+        true
+    }
+
+    fn goaway(&mut self) {
+        // The client opens no more streams; the open ones finish.
+        self.client_goaway = true;
+    }
+
+    fn windows_moved(&mut self, delta: i64) {
+        let ids: Vec<u32> = self.streams.keys().copied().collect();
+        for id in ids {
+            if let Some(s) = self.streams.get_mut(&id) {
+                s.client_window += delta;
+            }
+            self.pump_to_client(id);
+        }
+    }
+
+    fn connection_window_grew(&mut self) {
+        let ids: Vec<u32> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| !s.to_client.is_empty() || s.resp_end)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.pump_to_client(id);
+        }
+    }
+
+    fn stream_window_grew(&mut self, id: u32, inc: u32) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.client_window += i64::from(inc);
+            self.pump_to_client(id);
         }
     }
 }

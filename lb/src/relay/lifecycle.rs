@@ -236,7 +236,7 @@ impl Conn {
                         }
                     }
                     if ok {
-                        if let Err(e) = self.client_input() {
+                        if let Err(e) = side::server_input(self) {
                             self.client_error(&e);
                         }
                     }

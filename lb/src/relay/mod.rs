@@ -38,7 +38,7 @@ use mp_sidecar::metrics::{CallHandles, ConnectionGuard, EndpointMetrics};
 use mp_sidecar::pool::{Endpoint, Pool};
 use mp_sidecar::server::{serve_connections, ServerConfig};
 use mp_sidecar::shutdown::Watch;
-use mp_sidecar::side::{self, Close, Control, Engine, Ids, ResetCap, Side};
+use mp_sidecar::side::{self, Close, Control, Engine, Ids, ResetCap, ServerStreams, Side};
 use mp_sidecar::tls::{ClientTls, Io};
 use mp_sidecar::wire::{
     self, flag, kind, put_data, put_goaway, put_rst, put_window_update, reason, ConnError, Head,
