@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use mp_proto::v1::{Reply, Request};
 use mp_sidecar::hpack::{Decoder, Encoder, HeaderList};
+use mp_testkit::h2::{frames, random_frames, Rng, PREFACE, SETTINGS};
 use prost::Message;
 use serde_json::json;
 use support::{call, eventually, leaf, leaves, shard_args, GatherProc, LeafSpec};
@@ -19,9 +20,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// An empty SETTINGS frame.
-const SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
 /// How long any single read from the gather may take.
 const READ_LIMIT: Duration = Duration::from_secs(10);
 const HANDLE: &str = "/mp.v1.Handler/Handle";
@@ -36,22 +34,6 @@ const WINDOW_UPDATE: u8 = 8;
 const END_STREAM: u8 = 1;
 const END_HEADERS: u8 = 4;
 const CANCEL: u32 = 8;
-
-/// The frames of `bytes`: (type, flags, stream, payload).
-fn frames(mut bytes: &[u8]) -> Vec<(u8, u8, u32, Vec<u8>)> {
-    let mut out = Vec::new();
-    while bytes.len() >= 9 {
-        let len =
-            (usize::from(bytes[0]) << 16) | (usize::from(bytes[1]) << 8) | usize::from(bytes[2]);
-        if bytes.len() < 9 + len {
-            break;
-        }
-        let stream = u32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]);
-        out.push((bytes[3], bytes[4], stream, bytes[9..9 + len].to_vec()));
-        bytes = &bytes[9 + len..];
-    }
-    out
-}
 
 /// One frame on the wire.
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -339,41 +321,18 @@ async fn protocol_errors_get_a_goaway_naming_the_error_and_the_gather_serves_on(
 async fn random_frames_never_take_the_gather_down() {
     let ls = leaves(1).await;
     let mut g = GatherProc::start(&shard_args(&ls));
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     let mut conns = Vec::new();
     for i in 0..200 {
         let mut out = Vec::new();
         if i % 10 == 9 {
             // Now and then, random bytes with no preface at all.
-            out.extend((0..next() % 300).map(|_| next() as u8));
+            out.extend((0..rng.next_u64() % 300).map(|_| rng.next_u64() as u8));
         } else {
             out.extend_from_slice(PREFACE);
             out.extend_from_slice(&SETTINGS);
         }
-        for _ in 0..(next() % 40) {
-            let r = next();
-            let len = (r % 40) as usize;
-            // Types 0-9 and an unknown one; small odd or even stream ids.
-            let kind = [0u8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0x42][(r >> 8) as usize % 11];
-            let flags = (r >> 16) as u8;
-            let stream = ((r >> 24) % 8) as u32;
-            out.extend_from_slice(&[0, 0, len as u8, kind, flags]);
-            out.extend_from_slice(&stream.to_be_bytes());
-            // Payloads that often look like header blocks of the static table.
-            out.extend((0..len).map(|k| {
-                if k % 2 == 0 {
-                    0x80 | (next() % 62) as u8
-                } else {
-                    next() as u8
-                }
-            }));
-        }
+        out.extend(random_frames(&mut rng));
         let addr = g.addr;
         conns.push(tokio::spawn(async move {
             let mut s = TcpStream::connect(addr).await.unwrap();

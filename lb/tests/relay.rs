@@ -8,6 +8,7 @@ mod support;
 use std::time::Duration;
 
 use futures::StreamExt;
+use mp_testkit::h2::{frames, random_frames, Rng, PREFACE, SETTINGS};
 use support::pb::EchoRequest;
 use support::{say, Backend, Lb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -125,22 +126,6 @@ async fn many_calls_on_one_connection_past_a_backend_stream_limit() {
     assert_eq!(per_backend, [200, 200], "round robin over both");
 }
 
-/// The frames of `bytes`: (type, flags, stream, payload).
-fn frames(mut bytes: &[u8]) -> Vec<(u8, u8, u32, Vec<u8>)> {
-    let mut out = Vec::new();
-    while bytes.len() >= 9 {
-        let len =
-            (usize::from(bytes[0]) << 16) | (usize::from(bytes[1]) << 8) | usize::from(bytes[2]);
-        if bytes.len() < 9 + len {
-            break;
-        }
-        let stream = u32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]);
-        out.push((bytes[3], bytes[4], stream, bytes[9..9 + len].to_vec()));
-        bytes = &bytes[9 + len..];
-    }
-    out
-}
-
 /// Sends a preface, an empty SETTINGS and `then`; returns the GOAWAY error
 /// code the proxy answers with (and whether it acknowledged a PING).
 async fn abuse(lb: &Lb, then: &[u8]) -> (Option<u32>, bool) {
@@ -252,35 +237,11 @@ async fn random_frames_never_take_the_proxy_down() {
     let b = Backend::start("ok");
     let lb = Lb::start(&[&b], &[]).await;
     lb.wait_ready().await;
-    let mut seed = 0x853c_49e6_748f_ea9bu64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rng = Rng::new(0x853c_49e6_748f_ea9b);
     let mut conns = Vec::new();
     for _ in 0..150 {
-        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
-        for _ in 0..(next() % 40) {
-            let r = next();
-            let len = (r % 40) as usize;
-            // Types 0-9 and an unknown one; small odd or even stream ids.
-            let kind = [0u8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0x42][(r >> 8) as usize % 11];
-            let flags = (r >> 16) as u8;
-            let stream = ((r >> 24) % 8) as u32;
-            out.extend_from_slice(&[0, 0, len as u8, kind, flags]);
-            out.extend_from_slice(&stream.to_be_bytes());
-            // Payloads that often look like header blocks of the static table.
-            out.extend((0..len).map(|k| {
-                if k % 2 == 0 {
-                    0x80 | (next() % 62) as u8
-                } else {
-                    next() as u8
-                }
-            }));
-        }
+        let mut out = [PREFACE, &SETTINGS].concat();
+        out.extend(random_frames(&mut rng));
         let addr = lb.addr;
         conns.push(tokio::spawn(async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

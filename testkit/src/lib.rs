@@ -5,6 +5,11 @@
 //! Tests use the real programs, so the test command builds them first:
 //! `cargo build --workspace --bins --examples --all-features` (scripts/test does this). A test
 //! that cannot find one panics with a message saying exactly that.
+//!
+//! [`h2`]: raw HTTP/2 bytes (a frame parser, random frames) for tests below
+//! any client library.
+
+pub mod h2;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
