@@ -45,7 +45,7 @@ impl Outgoing {
     /// gRPC frame (`framed`, as the caller sent it) and the caller's
     /// forwardable metadata as `headers` (see [`crate::grpc::forwardable`]).
     pub fn new(path: PathAndQuery, framed: Bytes, headers: &HeaderList) -> Self {
-        let mut list = HeaderList::new();
+        let mut list = HeaderList::with_capacity(headers.len() + 2, headers.bytes() + 40);
         list.push(b"content-type", grpc::CONTENT_TYPE_GRPC.as_bytes());
         list.push(b"te", b"trailers");
         for (name, value) in headers.iter() {

@@ -8,6 +8,9 @@ use mp_gather::config::Args;
 use tokio::net::TcpListener;
 use tracing::error;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,

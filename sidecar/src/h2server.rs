@@ -257,6 +257,8 @@ struct Conn {
     drain: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     _watch: Watch,
     resets: ResetCap,
+    /// Where request header blocks are decoded.
+    scratch: HeaderList,
 }
 
 impl Conn {
@@ -278,6 +280,7 @@ impl Conn {
             drain: Some(Box::pin(async move { w.signaled().await })),
             _watch: watch,
             resets: ResetCap::default(),
+            scratch: HeaderList::new(),
         }
     }
 
@@ -373,8 +376,11 @@ impl Conn {
     }
 
     fn header_block(&mut self, id: u32, end: bool) -> Result<(), ConnError> {
-        let mut list = HeaderList::new();
-        self.side.dec.decode(&self.side.block, &mut list)?;
+        // Decoded into a list that keeps its capacity, then copied at its
+        // exact size (no growing of a new list field by field).
+        self.scratch.clear();
+        self.side.dec.decode(&self.side.block, &mut self.scratch)?;
+        let list = self.scratch.clone();
         if let Some(s) = self.streams.get_mut(&id) {
             // Request trailers: they end the request (their content is not
             // passed on; gRPC requests carry none).

@@ -38,6 +38,20 @@ impl HeaderList {
         HeaderList::default()
     }
 
+    /// An empty list with room for `fields` fields of `bytes` bytes in all.
+    pub fn with_capacity(fields: usize, bytes: usize) -> HeaderList {
+        HeaderList {
+            buf: Vec::with_capacity(bytes),
+            fields: Vec::with_capacity(fields),
+            size: 0,
+        }
+    }
+
+    /// The bytes of names and values in all.
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Empties the list, keeping its buffers.
     pub fn clear(&mut self) {
         self.buf.clear();
