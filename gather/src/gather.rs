@@ -6,8 +6,10 @@
 //! the caller's task (no task per leaf): when the outcome is decided (a
 //! failure under `all`, an impossible quorum, the deadline, the `first`
 //! answer) the set is dropped, which drops every outstanding leaf call, and
-//! hyper resets those HTTP/2 streams (RST_STREAM CANCEL) so the leaves stop
-//! working on them.
+//! the leaf client resets those HTTP/2 streams (RST_STREAM CANCEL) so the
+//! leaves stop working on them. The whole call runs inside the task of the
+//! caller's connection ([`mp_sidecar::h2server`]); a caller that resets its
+//! stream drops it the same way.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
