@@ -566,3 +566,78 @@ async fn rapid_reset_ends_the_connection_with_enhance_your_calm() {
     let _ = writer.await;
     serves(&g).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_holds_a_bounded_amount_of_arriving_requests() {
+    let ls = leaves(1).await;
+    let g = GatherProc::start(&shard_args(&ls));
+    let mut raw = Raw::open(g.addr).await;
+    let mut initial: i64 = 65_535;
+    loop {
+        let f = raw.next().await.expect("the gather's SETTINGS");
+        if f.kind == SETTINGS_KIND && f.flags & 1 == 0 {
+            for s in f.payload.chunks(6) {
+                if u16::from_be_bytes([s[0], s[1]]) == 4 {
+                    initial = i64::from(u32::from_be_bytes([s[2], s[3], s[4], s[5]]));
+                }
+            }
+            break;
+        }
+    }
+    // Bodies of 4,000,000 bytes (under the 4 MiB message limit), none of
+    // them ended, one stream after the other: 16 fit in the 64 MiB a
+    // connection holds, the 17th crosses it and is refused; nothing else is.
+    let body = vec![0u8; 4_000_000];
+    let mut conn_window: i64 = 65_535;
+    let mut windows = std::collections::HashMap::new();
+    let mut refused = None;
+    let work = async {
+        for k in 0..17u32 {
+            let id = 1 + 2 * k;
+            let head = raw.head(id, HANDLE);
+            raw.send(&head).await;
+            windows.insert(id, initial);
+            let mut sent = 0;
+            while sent < body.len() && refused.is_none() {
+                let w = windows[&id].min(conn_window);
+                let n = (body.len() - sent).min(60_000);
+                if n as i64 <= w {
+                    raw.send(&frame(DATA, 0, id, &body[sent..sent + n])).await;
+                    sent += n;
+                    *windows.get_mut(&id).unwrap() -= n as i64;
+                    conn_window -= n as i64;
+                    continue;
+                }
+                let f = raw.next().await.expect("the connection ended");
+                match (f.kind, f.stream) {
+                    (WINDOW_UPDATE, 0) => conn_window += i64::from(f.u32_at(0)),
+                    (WINDOW_UPDATE, s) => *windows.entry(s).or_insert(0) += i64::from(f.u32_at(0)),
+                    (HEADERS, s) => refused = Some((s, f)),
+                    (GOAWAY, _) | (RST_STREAM, _) => panic!("{f:?}"),
+                    _ => {}
+                }
+            }
+            if refused.is_some() {
+                break;
+            }
+        }
+        // The 17th stream's last bytes may not have needed a read: wait for
+        // its answer.
+        while refused.is_none() {
+            let f = raw.next().await.expect("the connection ended");
+            if f.kind == HEADERS {
+                refused = Some((f.stream, f));
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), work)
+        .await
+        .expect("within 60 s");
+    let (stream, answer) = refused.unwrap();
+    assert_eq!(stream, 33, "the 17th stream is the one refused");
+    assert_eq!(answer.header("grpc-status").as_deref(), Some("8"));
+    let message = answer.header("grpc-message").unwrap_or_default();
+    assert!(message.contains("holds"), "{message}");
+    // A new connection is served as ever.
+    serves(&g).await;
+}

@@ -21,9 +21,11 @@
 //!   resetting more than 2,000 streams a second is one ("rapid reset").
 //! - On shutdown, every connection gets a GOAWAY, its calls finish, and
 //!   [`serve`] returns once all are done or the grace period is over.
-//! - The fallback's request bodies are buffered up to
-//!   [`FrontConfig::max_request`] bytes per stream beyond what it has read;
-//!   past that the stream is reset (ENHANCE_YOUR_CALM).
+//! - What a connection holds of requests is bounded: unary request bodies
+//!   being received, [`MAX_HELD`] bytes in all (past it the call crossing
+//!   it is answered RESOURCE_EXHAUSTED); the fallback's request bodies
+//!   [`MAX_FALLBACK_HELD`] bytes not yet read (past it the stream is reset,
+//!   ENHANCE_YOUR_CALM).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -163,6 +165,22 @@ impl http_body::Body for RequestBody {
     }
 }
 
+/// Bytes of unary request bodies one connection may hold while they arrive
+/// (16 calls of the 4 MiB maximum).
+pub const MAX_HELD: usize = 64 << 20;
+/// Bytes sent to a connection's fallback streams that they have not read
+/// yet (health and reflection requests are small).
+pub const MAX_FALLBACK_HELD: usize = 4 << 20;
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        // What the service never read is no longer held for it.
+        while let Ok(b) = self.rx.try_recv() {
+            self.buffered.fetch_sub(b.len(), Ordering::Relaxed);
+        }
+    }
+}
+
 /// Unwritten output past which a connection stops reading its client.
 const WRITE_HIGH: usize = 1024 * 1024;
 
@@ -193,10 +211,9 @@ enum Kind {
         running: Option<AbortHandle>,
     },
     /// A fallback stream: the request body's sender (dropped at its end),
-    /// bytes sent and not yet read, the task.
+    /// the task.
     Fallback {
         body: Option<mpsc::UnboundedSender<Bytes>>,
-        buffered: Arc<AtomicUsize>,
         task: AbortHandle,
     },
 }
@@ -259,6 +276,10 @@ struct Conn {
     resets: ResetCap,
     /// Where request header blocks are decoded.
     scratch: HeaderList,
+    /// Bytes of unary request bodies still arriving.
+    held: usize,
+    /// Bytes sent to fallback streams and not yet read by them.
+    fallback_held: Arc<AtomicUsize>,
 }
 
 impl Conn {
@@ -281,6 +302,8 @@ impl Conn {
             _watch: watch,
             resets: ResetCap::default(),
             scratch: HeaderList::new(),
+            held: 0,
+            fallback_held: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -318,28 +341,44 @@ impl Conn {
             });
         }
         s.req_end = end;
-        let mut over = false;
+        let (mut over, mut crowded) = (false, false);
         match &mut s.kind {
             Kind::Unary { body, .. } => {
                 if body.len() + data.len() > max + 5 {
                     over = true;
+                } else if self.held + data.len() > MAX_HELD {
+                    crowded = true;
                 } else {
                     body.extend_from_slice(data);
+                    self.held += data.len();
                 }
             }
-            Kind::Fallback { body, buffered, .. } => {
-                if buffered.load(Ordering::Relaxed) + data.len() > max {
+            Kind::Fallback { body, .. } => {
+                let buffered = &self.fallback_held;
+                if buffered.load(Ordering::Relaxed) + data.len() > MAX_FALLBACK_HELD {
                     over = true;
                 } else if let Some(tx) = body {
                     if !data.is_empty() {
+                        // Counted before it can be read (and uncounted).
                         buffered.fetch_add(data.len(), Ordering::Relaxed);
-                        let _ = tx.send(Bytes::copy_from_slice(data));
+                        if tx.send(Bytes::copy_from_slice(data)).is_err() {
+                            buffered.fetch_sub(data.len(), Ordering::Relaxed);
+                        }
                     }
                     if end {
                         *body = None;
                     }
                 }
             }
+        }
+        if crowded {
+            let msg = format!(
+                "{}: this connection holds {MAX_HELD} bytes of requests still arriving; send \
+                 fewer large requests at once",
+                self.shared.cfg.name
+            );
+            self.answer(h.stream, code::RESOURCE_EXHAUSTED, &msg);
+            return Ok(());
         }
         if over {
             if matches!(s.kind, Kind::Unary { .. }) {
@@ -349,7 +388,7 @@ impl Conn {
                 );
                 self.answer(h.stream, code::RESOURCE_EXHAUSTED, &msg);
             } else if let Some(s) = self.streams.remove(&h.stream) {
-                cancel(&s);
+                self.cancel(&s);
                 put_rst(&mut self.side.wbuf, h.stream, reason::ENHANCE_YOUR_CALM);
             }
             return Ok(());
@@ -387,7 +426,7 @@ impl Conn {
             if !end || s.req_end {
                 put_rst(&mut self.side.wbuf, id, reason::PROTOCOL_ERROR);
                 if let Some(s) = self.streams.remove(&id) {
-                    cancel(&s);
+                    self.cancel(&s);
                 }
                 return Ok(());
             }
@@ -507,6 +546,7 @@ impl Conn {
             return;
         };
         let framed = std::mem::take(body).freeze();
+        self.held -= framed.len();
         let checked = check_request(&framed, max);
         let (handle, reg) = AbortHandle::new_pair();
         *running = Some(handle);
@@ -527,10 +567,9 @@ impl Conn {
     /// Starts the fallback for stream `id` (request head `list`).
     fn start_fallback(&mut self, id: u32, list: &HeaderList, end: bool) -> Kind {
         let (tx, rx) = mpsc::unbounded_channel();
-        let buffered = Arc::new(AtomicUsize::new(0));
         let mut req = http::Request::new(RequestBody {
             rx,
-            buffered: buffered.clone(),
+            buffered: self.fallback_held.clone(),
         });
         *req.version_mut() = http::Version::HTTP_2;
         if let Some(m) = list
@@ -563,7 +602,6 @@ impl Conn {
         ));
         Kind::Fallback {
             body: (!end).then_some(tx),
-            buffered,
             task,
         }
     }
@@ -575,7 +613,7 @@ impl Conn {
         let Some(s) = self.streams.remove(&id) else {
             return;
         };
-        cancel(&s);
+        self.cancel(&s);
         self.side.put_status(id, s.head_sent, status, msg);
         self.finish(id, &s);
     }
@@ -749,8 +787,23 @@ impl Conn {
     }
 
     fn cancel_all(&mut self) {
-        for (_, s) in self.streams.drain() {
-            cancel(&s);
+        let streams = std::mem::take(&mut self.streams);
+        for s in streams.values() {
+            self.cancel(s);
+        }
+    }
+
+    /// Stops whatever works on stream `s` (removed), and forgets what it
+    /// held.
+    fn cancel(&mut self, s: &Stream) {
+        match &s.kind {
+            Kind::Unary { body, running, .. } => {
+                self.held -= body.len();
+                if let Some(h) = running {
+                    h.abort();
+                }
+            }
+            Kind::Fallback { task, .. } => task.abort(),
         }
     }
 
@@ -814,17 +867,6 @@ impl Conn {
             self.event(id, ev);
         }
         busy
-    }
-}
-
-/// Stops whatever works on stream `s`.
-fn cancel(s: &Stream) {
-    match &s.kind {
-        Kind::Unary {
-            running: Some(h), ..
-        } => h.abort(),
-        Kind::Unary { .. } => {}
-        Kind::Fallback { task, .. } => task.abort(),
     }
 }
 
@@ -926,7 +968,7 @@ impl ServerStreams for Conn {
         let Some(s) = self.streams.remove(&id) else {
             return false;
         };
-        cancel(&s);
+        self.cancel(&s);
         true
     }
 
