@@ -1,4 +1,5 @@
-//! gather-bench: measures mp-gather and prints one table.
+//! gather-bench: measures mp-gather and prints its tables: each round's, a
+//! summary of the ratios over the rounds, and the tail.
 //!
 //! - Fan-out scaling: N = 1, 10, 100 leaves; requests/s, p50, p99 and CPU
 //!   microseconds per leaf call, for mp-gather (a separate process, its CPU
