@@ -48,9 +48,9 @@ use crate::grpc::{self, code};
 use crate::hpack::HeaderList;
 use crate::server::{serve_connections, ServerConfig};
 use crate::shutdown::Watch;
-use crate::side::{self, Close, Engine, Ids, ResetCap, ServerStreams, Side};
+use crate::side::{self, Close, Engine, Ids, ServerConn, ServerStreams, Side};
 use crate::tls::Io;
-use crate::wire::{self, flag, kind, put_data, put_goaway, put_rst, reason, ConnError, Head};
+use crate::wire::{self, flag, kind, put_data, put_rst, reason, ConnError, Head};
 
 /// A unary gRPC call as the [`Unary`] service receives it.
 #[derive(Debug)]
@@ -266,14 +266,9 @@ struct Conn {
     calls: FuturesUnordered<CallFuture>,
     events: mpsc::UnboundedReceiver<(u32, Event)>,
     events_tx: mpsc::UnboundedSender<(u32, Event)>,
-    last_id: u32,
-    preface: bool,
-    goaway_sent: bool,
-    client_goaway: bool,
-    closing: Option<Close>,
+    state: ServerConn,
     drain: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     _watch: Watch,
-    resets: ResetCap,
     /// Where request header blocks are decoded.
     scratch: HeaderList,
     /// Bytes of unary request bodies still arriving.
@@ -293,14 +288,9 @@ impl Conn {
             calls: FuturesUnordered::new(),
             events,
             events_tx,
-            last_id: 0,
-            preface: false,
-            goaway_sent: false,
-            client_goaway: false,
-            closing: None,
+            state: ServerConn::default(),
             drain: Some(Box::pin(async move { w.signaled().await })),
             _watch: watch,
-            resets: ResetCap::default(),
             scratch: HeaderList::new(),
             held: 0,
             fallback_held: Arc::new(AtomicUsize::new(0)),
@@ -308,14 +298,6 @@ impl Conn {
     }
 
     // ---- input ------------------------------------------------------------
-
-    fn read_preface(&mut self) -> Result<bool, Close> {
-        let done = self
-            .side
-            .read_server_preface(&self.shared.cfg.server, self.shared.cfg.name)?;
-        self.preface = done;
-        Ok(done)
-    }
 
     fn data_frame(&mut self, h: Head, p: &[u8]) -> Result<(), ConnError> {
         let r = wire::unpad(&h, p)?;
@@ -328,7 +310,7 @@ impl Conn {
         let window = self.shared.cfg.server.stream_window;
         let max = self.shared.cfg.max_request;
         let Some(s) = self.streams.get_mut(&h.stream) else {
-            if h.stream == 0 || h.stream > self.last_id {
+            if h.stream == 0 || h.stream > self.state.last_id {
                 return Err(ConnError::protocol("DATA on an idle stream"));
             }
             // A stream we already ended: nothing to do.
@@ -437,13 +419,13 @@ impl Conn {
             }
             return Ok(());
         }
-        if id <= self.last_id {
+        if id <= self.state.last_id {
             // A stream we ended while the client was still sending: its late
             // trailers were decoded (HPACK state) and are dropped.
             return Ok(());
         }
-        self.last_id = id;
-        if self.goaway_sent
+        self.state.last_id = id;
+        if self.state.goaway_sent
             || self.streams.len() >= self.shared.cfg.server.max_concurrent_streams as usize
         {
             put_rst(&mut self.side.wbuf, id, reason::REFUSED_STREAM);
@@ -767,32 +749,6 @@ impl Conn {
 
     // ---- the connection ---------------------------------------------------
 
-    fn start_drain(&mut self) {
-        if !self.goaway_sent && self.preface {
-            put_goaway(&mut self.side.wbuf, self.last_id, reason::NO_ERROR, b"");
-        }
-        self.goaway_sent = true;
-        if !self.preface {
-            self.closing = Some(Close::Now);
-        }
-    }
-
-    fn client_error(&mut self, e: &ConnError) {
-        debug!(error = %e, "client connection error");
-        put_goaway(&mut self.side.wbuf, self.last_id, e.code, e.what.as_bytes());
-        self.goaway_sent = true;
-        self.cancel_all();
-        self.side.linger = true;
-        self.closing = Some(Close::AfterFlush);
-    }
-
-    fn cancel_all(&mut self) {
-        let streams = std::mem::take(&mut self.streams);
-        for s in streams.values() {
-            self.cancel(s);
-        }
-    }
-
     /// Stops whatever works on stream `s` (removed), and forgets what it
     /// held.
     fn cancel(&mut self, s: &Stream) {
@@ -805,51 +761,6 @@ impl Conn {
             }
             Kind::Fallback { task, .. } => task.abort(),
         }
-    }
-
-    fn read(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.closing.is_some() || self.side.eof || self.side.pending_out() > WRITE_HIGH {
-            return false;
-        }
-        match self.side.poll_read(cx) {
-            Poll::Ready(Ok(0)) => {
-                self.side.eof = true;
-                if !self.preface && !self.side.rbuf.is_empty() {
-                    if let Err(c) = self.read_preface() {
-                        self.closing = Some(c);
-                    }
-                }
-                if self.closing.is_none() {
-                    self.cancel_all();
-                    self.closing = Some(Close::Now);
-                }
-            }
-            Poll::Ready(Ok(_)) => {
-                let mut ok = true;
-                if !self.preface {
-                    match self.read_preface() {
-                        Ok(done) => ok = done,
-                        Err(c) => {
-                            self.closing = Some(c);
-                            ok = false;
-                        }
-                    }
-                }
-                if ok {
-                    if let Err(e) = side::server_input(self) {
-                        self.client_error(&e);
-                    }
-                }
-            }
-            Poll::Ready(Err(e)) => {
-                debug!(error = %e, "client connection failed");
-                self.side.eof = true;
-                self.cancel_all();
-                self.closing = Some(Close::Now);
-            }
-            Poll::Pending => return false,
-        }
-        true
     }
 
     /// Collects finished calls and fallback events.
@@ -948,12 +859,23 @@ impl ServerStreams for Conn {
         &mut self.side
     }
 
-    fn max_frame(&self) -> usize {
-        self.shared.cfg.server.max_frame_size as usize
+    fn state(&mut self) -> &mut ServerConn {
+        &mut self.state
     }
 
-    fn resets(&mut self) -> &mut ResetCap {
-        &mut self.resets
+    fn config(&self) -> &ServerConfig {
+        &self.shared.cfg.server
+    }
+
+    fn name(&self) -> &'static str {
+        self.shared.cfg.name
+    }
+
+    fn cancel_all(&mut self) {
+        let streams = std::mem::take(&mut self.streams);
+        for s in streams.values() {
+            self.cancel(s);
+        }
     }
 
     fn data(&mut self, h: Head, p: &[u8]) -> Result<(), ConnError> {
@@ -970,10 +892,6 @@ impl ServerStreams for Conn {
         };
         self.cancel(&s);
         true
-    }
-
-    fn goaway(&mut self) {
-        self.client_goaway = true;
     }
 
     fn windows_moved(&mut self, delta: i64) {
@@ -1013,18 +931,19 @@ impl Engine for Conn {
         if let Some(d) = &mut self.drain {
             if d.as_mut().poll(cx).is_ready() {
                 self.drain = None;
-                self.start_drain();
+                side::start_drain(self);
                 busy = true;
             }
         }
-        busy |= self.read(cx);
+        let backed_up = self.side.pending_out() > WRITE_HIGH;
+        busy |= side::read_client(self, cx, backed_up);
         busy |= self.collect(cx);
         match self.side.poll_flush(cx) {
             Ok(w) => busy |= w,
             Err(e) => {
                 debug!(error = %e, "writing to the client failed");
                 self.cancel_all();
-                self.closing = Some(Close::Now);
+                self.state.closing = Some(Close::Now);
                 busy = true;
             }
         }
@@ -1032,15 +951,7 @@ impl Engine for Conn {
     }
 
     fn finished(&self) -> bool {
-        match self.closing {
-            Some(Close::Now) => true,
-            Some(Close::AfterFlush) => self.side.pending_out() == 0,
-            None => {
-                (self.goaway_sent || self.client_goaway)
-                    && self.streams.is_empty()
-                    && self.side.pending_out() == 0
-            }
-        }
+        self.state.finished(&self.side, self.streams.is_empty())
     }
 
     fn main_side(&mut self) -> &mut Side {

@@ -420,6 +420,36 @@ impl ResetCap {
     }
 }
 
+/// What a server engine keeps of its client's connection besides the
+/// streams.
+#[derive(Debug, Default)]
+pub struct ServerConn {
+    /// The client's connection preface arrived (and our SETTINGS went).
+    pub preface: bool,
+    /// The highest stream id the client opened.
+    pub last_id: u32,
+    /// We sent a GOAWAY: new streams are refused.
+    pub goaway_sent: bool,
+    /// The client sent a GOAWAY: it opens no more streams.
+    pub client_goaway: bool,
+    /// How the connection ends, once it must.
+    pub closing: Option<Close>,
+    /// The rapid-reset cap.
+    pub resets: ResetCap,
+}
+
+impl ServerConn {
+    /// Whether the engine is done with `client` (whose streams are all
+    /// done when `idle`).
+    pub fn finished(&self, client: &Side, idle: bool) -> bool {
+        match self.closing {
+            Some(Close::Now) => true,
+            Some(Close::AfterFlush) => client.pending_out() == 0,
+            None => (self.goaway_sent || self.client_goaway) && idle && client.pending_out() == 0,
+        }
+    }
+}
+
 /// How a server connection's input starts ([`Side::server_preface`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Preface {
@@ -509,10 +539,12 @@ impl Side {
 pub trait ServerStreams {
     /// The client's side of the connection.
     fn client(&mut self) -> &mut Side;
-    /// Largest frame we accept (what we advertised).
-    fn max_frame(&self) -> usize;
-    /// The rapid-reset cap of the connection.
-    fn resets(&mut self) -> &mut ResetCap;
+    /// The connection's state.
+    fn state(&mut self) -> &mut ServerConn;
+    /// What we advertise and enforce.
+    fn config(&self) -> &ServerConfig;
+    /// Who answers (for the HTTP/1 answer), e.g. `mp-lb`.
+    fn name(&self) -> &'static str;
     /// DATA on stream `h.stream` (payload `p`, padding included).
     fn data(&mut self, h: Head, p: &[u8]) -> Result<(), ConnError>;
     /// A complete header block of stream `id` is in the client side's
@@ -521,8 +553,6 @@ pub trait ServerStreams {
     /// The client reset stream `id`; whether it was open (then it counts
     /// against the rapid-reset cap).
     fn reset(&mut self, id: u32) -> bool;
-    /// The client's GOAWAY: it opens no more streams.
-    fn goaway(&mut self);
     /// Every stream's send window moved by `delta` (the client's new
     /// initial window): apply it, send what it allows.
     fn windows_moved(&mut self, delta: i64);
@@ -530,13 +560,98 @@ pub trait ServerStreams {
     fn connection_window_grew(&mut self);
     /// Stream `id`'s send window grew by `inc`.
     fn stream_window_grew(&mut self, id: u32, inc: u32);
+    /// The client is gone or broke the protocol: cancel every stream.
+    fn cancel_all(&mut self);
+}
+
+/// Reads what the client sent and acts on it (the preface first), unless
+/// the engine's output is `backed_up`; EOF and read errors cancel every
+/// stream, protocol errors end the connection with a GOAWAY naming them.
+/// Whether anything happened.
+pub fn read_client(e: &mut impl ServerStreams, cx: &mut Context<'_>, backed_up: bool) -> bool {
+    if e.state().closing.is_some() || e.client().eof || backed_up {
+        return false;
+    }
+    match e.client().poll_read(cx) {
+        Poll::Ready(Ok(0)) => {
+            e.client().eof = true;
+            if !e.state().preface && !e.client().rbuf.is_empty() {
+                if let Err(c) = read_preface(e) {
+                    e.state().closing = Some(c);
+                }
+            }
+            if e.state().closing.is_none() {
+                e.cancel_all();
+                e.state().closing = Some(Close::Now);
+            }
+        }
+        Poll::Ready(Ok(_)) => {
+            let ready = e.state().preface
+                || match read_preface(e) {
+                    Ok(done) => done,
+                    Err(c) => {
+                        e.state().closing = Some(c);
+                        false
+                    }
+                };
+            if ready {
+                if let Err(err) = server_input(e) {
+                    client_error(e, &err);
+                }
+            }
+        }
+        Poll::Ready(Err(err)) => {
+            tracing::debug!(error = %err, "client connection failed");
+            e.client().eof = true;
+            e.cancel_all();
+            e.state().closing = Some(Close::Now);
+        }
+        Poll::Pending => return false,
+    }
+    true
+}
+
+fn read_preface(e: &mut impl ServerStreams) -> Result<bool, Close> {
+    let (cfg, name) = (e.config().clone(), e.name());
+    let done = e.client().read_server_preface(&cfg, name)?;
+    e.state().preface = done;
+    Ok(done)
+}
+
+/// Starts a graceful end: a GOAWAY naming the last stream the client
+/// opened (they finish; newer ones are refused); a client that has not
+/// even sent its preface is closed at once.
+pub fn start_drain(e: &mut impl ServerStreams) {
+    let (preface, sent, last) = {
+        let st = e.state();
+        (st.preface, st.goaway_sent, st.last_id)
+    };
+    if !sent && preface {
+        wire::put_goaway(&mut e.client().wbuf, last, wire::reason::NO_ERROR, b"");
+    }
+    e.state().goaway_sent = true;
+    if !preface {
+        e.state().closing = Some(Close::Now);
+    }
+}
+
+/// Ends the connection on a protocol error of the client's: a GOAWAY
+/// naming it, every stream cancelled, our last bytes flushed (lingering).
+pub fn client_error(e: &mut impl ServerStreams, err: &ConnError) {
+    tracing::debug!(error = %err, "client connection error");
+    let last = e.state().last_id;
+    wire::put_goaway(&mut e.client().wbuf, last, err.code, err.what.as_bytes());
+    e.state().goaway_sent = true;
+    e.cancel_all();
+    e.client().linger = true;
+    e.state().closing = Some(Close::AfterFlush);
 }
 
 /// Handles every complete frame in the client side's read buffer (leaving an
 /// incomplete one there); the first protocol error ends it.
 pub fn server_input(engine: &mut impl ServerStreams) -> Result<(), ConnError> {
     let buf = std::mem::take(&mut engine.client().rbuf);
-    let max = engine.max_frame();
+    let max = engine.config().max_frame_size as usize;
     let (used, r) = each_frame(&buf, max, |h, p| server_frame(engine, h, p));
     let mut buf = buf;
     bytes::Buf::advance(&mut buf, used);
@@ -567,13 +682,13 @@ fn server_frame(e: &mut impl ServerStreams, h: Head, p: &[u8]) -> Result<(), Con
         kind::RST_STREAM => {
             wire::rst_code(p)?;
             if e.reset(h.stream) {
-                e.resets().note()?;
+                e.state().resets.note()?;
             }
             Ok(())
         }
         kind::GOAWAY => {
             wire::goaway(p)?;
-            e.goaway();
+            e.state().client_goaway = true;
             Ok(())
         }
         kind::WINDOW_UPDATE => {

@@ -6,21 +6,12 @@ use super::*;
 impl Conn {
     // ---- the client side --------------------------------------------------
 
-    /// Checks the connection preface; answers HTTP/1 plainly.
-    pub(super) fn read_preface(&mut self) -> Result<bool, Close> {
-        let done = self
-            .client
-            .read_server_preface(&self.shared.cfg.server, "mp-lb")?;
-        self.preface = done;
-        Ok(done)
-    }
-
     pub(super) fn client_data(&mut self, h: Head, p: &[u8]) -> Result<(), ConnError> {
         let r = wire::unpad(&h, p)?;
         let data = &p[r];
         let padding = h.len - data.len();
         let Some(s) = self.streams.get_mut(&h.stream) else {
-            if h.stream == 0 || h.stream > self.last_client_id {
+            if h.stream == 0 || h.stream > self.state.last_id {
                 return Err(ConnError::protocol("DATA on an idle stream"));
             }
             // A stream we already ended: give its bytes back at once.
@@ -95,14 +86,14 @@ impl Conn {
             self.pump_to_up(id);
             return Ok(());
         }
-        if id <= self.last_client_id {
+        if id <= self.state.last_id {
             // A stream we ended (or refused) while the client was still
             // sending: its late trailers are decoded (HPACK) and dropped.
             self.give_back(list);
             return Ok(());
         }
-        self.last_client_id = id;
-        if self.goaway_sent
+        self.state.last_id = id;
+        if self.state.goaway_sent
             || self.streams.len() >= self.shared.cfg.server.max_concurrent_streams as usize
         {
             self.give_back(list);
@@ -222,12 +213,27 @@ impl ServerStreams for Conn {
         &mut self.client
     }
 
-    fn max_frame(&self) -> usize {
-        self.shared.cfg.server.max_frame_size as usize
+    fn state(&mut self) -> &mut ServerConn {
+        &mut self.state
     }
 
-    fn resets(&mut self) -> &mut ResetCap {
-        &mut self.resets
+    fn config(&self) -> &ServerConfig {
+        &self.shared.cfg.server
+    }
+
+    fn name(&self) -> &'static str {
+        "mp-lb"
+    }
+
+    /// The client is gone: every call is cancelled.
+    fn cancel_all(&mut self) {
+        let ids: Vec<u32> = self.streams.keys().copied().collect();
+        for id in ids {
+            if let Some(mut s) = self.streams.remove(&id) {
+                s.req_end = true;
+                self.end_stream(id, s, code::CANCELLED, true);
+            }
+        }
     }
 
     fn data(&mut self, h: Head, p: &[u8]) -> Result<(), ConnError> {
@@ -244,11 +250,6 @@ impl ServerStreams for Conn {
         };
         self.end_stream(id, s, code::CANCELLED, true);
         true
-    }
-
-    fn goaway(&mut self) {
-        // The client opens no more streams; the open ones finish.
-        self.client_goaway = true;
     }
 
     fn windows_moved(&mut self, delta: i64) {

@@ -125,54 +125,13 @@ impl Conn {
         }
     }
 
-    pub(super) fn start_drain(&mut self) {
-        if !self.goaway_sent && self.preface {
-            put_goaway(
-                &mut self.client.wbuf,
-                self.last_client_id,
-                reason::NO_ERROR,
-                b"",
-            );
-        }
-        self.goaway_sent = true;
-        if !self.preface {
-            self.closing = Some(Close::Now);
-        }
-    }
-
-    /// Ends the connection on a protocol error of the client's.
-    pub(super) fn client_error(&mut self, e: &ConnError) {
-        debug!(error = %e, "client connection error");
-        put_goaway(
-            &mut self.client.wbuf,
-            self.last_client_id,
-            e.code,
-            e.what.as_bytes(),
-        );
-        self.goaway_sent = true;
-        self.cancel_all();
-        self.client.linger = true;
-        self.closing = Some(Close::AfterFlush);
-    }
-
-    /// The client is gone: every call is cancelled.
-    pub(super) fn cancel_all(&mut self) {
-        let ids: Vec<u32> = self.streams.keys().copied().collect();
-        for id in ids {
-            if let Some(mut s) = self.streams.remove(&id) {
-                s.req_end = true;
-                self.end_stream(id, s, code::CANCELLED, true);
-            }
-        }
-    }
-
     /// The drain signal, call deadlines and the keepalive tick.
     fn poll_timers(&mut self, cx: &mut Context<'_>) -> bool {
         let mut busy = false;
         if let Some(d) = &mut self.drain {
             if d.as_mut().poll(cx).is_ready() {
                 self.drain = None;
-                self.start_drain();
+                side::start_drain(self);
                 busy = true;
             }
         }
@@ -194,62 +153,6 @@ impl Conn {
             // Registers the timer with this task.
             let _ = t.as_mut().poll(cx);
             self.keepalive = Some(t);
-        }
-        busy
-    }
-
-    /// Reads what the client sent and acts on it, unless the output it would
-    /// feed is backed up.
-    fn read_client(&mut self, cx: &mut Context<'_>) -> bool {
-        let mut busy = false;
-        let backed_up = self.client.pending_out() > WRITE_HIGH
-            || self
-                .ups
-                .iter()
-                .flatten()
-                .any(|u| u.side.pending_out() > WRITE_HIGH);
-        if self.closing.is_none() && !self.client.eof && !backed_up {
-            match self.client.poll_read(cx) {
-                Poll::Ready(Ok(0)) => {
-                    self.client.eof = true;
-                    busy = true;
-                    if !self.preface && !self.client.rbuf.is_empty() {
-                        if let Err(c) = self.read_preface() {
-                            self.closing = Some(c);
-                        }
-                    }
-                    if self.closing.is_none() {
-                        self.cancel_all();
-                        self.closing = Some(Close::Now);
-                    }
-                }
-                Poll::Ready(Ok(_)) => {
-                    busy = true;
-                    let mut ok = true;
-                    if !self.preface {
-                        match self.read_preface() {
-                            Ok(done) => ok = done,
-                            Err(c) => {
-                                self.closing = Some(c);
-                                ok = false;
-                            }
-                        }
-                    }
-                    if ok {
-                        if let Err(e) = side::server_input(self) {
-                            self.client_error(&e);
-                        }
-                    }
-                }
-                Poll::Ready(Err(e)) => {
-                    debug!(error = %e, "client connection failed");
-                    self.client.eof = true;
-                    self.cancel_all();
-                    self.closing = Some(Close::Now);
-                    busy = true;
-                }
-                Poll::Pending => {}
-            }
         }
         busy
     }
@@ -340,7 +243,7 @@ impl Conn {
             Err(e) => {
                 debug!(error = %e, "writing to the client failed");
                 self.cancel_all();
-                self.closing = Some(Close::Now);
+                self.state.closing = Some(Close::Now);
                 busy = true;
             }
         }
@@ -354,22 +257,22 @@ impl Engine for Conn {
     fn round(&mut self, cx: &mut Context<'_>) -> bool {
         // Every part runs every round: each registers its wakeups.
         let timers = self.poll_timers(cx);
-        let client = self.read_client(cx);
+        // Reading the client waits while any output it would feed is
+        // backed up.
+        let backed_up = self.client.pending_out() > WRITE_HIGH
+            || self
+                .ups
+                .iter()
+                .flatten()
+                .any(|u| u.side.pending_out() > WRITE_HIGH);
+        let client = side::read_client(self, cx, backed_up);
         let backends = self.read_backends(cx);
         let written = self.flush_all(cx);
         timers || client || backends || written
     }
 
     fn finished(&self) -> bool {
-        match self.closing {
-            Some(Close::Now) => true,
-            Some(Close::AfterFlush) => self.client.pending_out() == 0,
-            None => {
-                (self.goaway_sent || self.client_goaway)
-                    && self.streams.is_empty()
-                    && self.client.pending_out() == 0
-            }
-        }
+        self.state.finished(&self.client, self.streams.is_empty())
     }
 
     fn main_side(&mut self) -> &mut Side {

@@ -38,7 +38,7 @@ use mp_sidecar::metrics::{CallHandles, ConnectionGuard, EndpointMetrics};
 use mp_sidecar::pool::{Endpoint, Pool};
 use mp_sidecar::server::{serve_connections, ServerConfig};
 use mp_sidecar::shutdown::Watch;
-use mp_sidecar::side::{self, Close, Control, Engine, Ids, ResetCap, ServerStreams, Side};
+use mp_sidecar::side::{self, Close, Control, Engine, Ids, ServerConn, ServerStreams, Side};
 use mp_sidecar::tls::{ClientTls, Io};
 use mp_sidecar::wire::{
     self, flag, kind, put_data, put_goaway, put_rst, put_window_update, reason, ConnError, Head,
@@ -246,12 +246,7 @@ struct Conn {
     client: Side,
     ups: Vec<Option<Up>>,
     streams: Ids<Stream>,
-    last_client_id: u32,
-    preface: bool,
-    goaway_sent: bool,
-    /// The client sent GOAWAY: it opens no more streams.
-    client_goaway: bool,
-    closing: Option<Close>,
+    state: ServerConn,
     deadlines: BinaryHeap<Reverse<(Instant, u32)>>,
     timer: Option<Pin<Box<Sleep>>>,
     /// Ticks while some backend connection carries calls.
@@ -262,8 +257,6 @@ struct Conn {
     spare: Vec<HeaderList>,
     /// Turns among an endpoint's backend connections.
     turn: usize,
-    /// Streams the client reset in the second since `.0`.
-    resets: ResetCap,
 }
 
 impl Conn {
@@ -274,11 +267,7 @@ impl Conn {
             client: Side::new(Some(io)),
             ups: Vec::new(),
             streams: Ids::default(),
-            last_client_id: 0,
-            preface: false,
-            goaway_sent: false,
-            client_goaway: false,
-            closing: None,
+            state: ServerConn::default(),
             deadlines: BinaryHeap::new(),
             timer: None,
             keepalive: None,
@@ -286,7 +275,6 @@ impl Conn {
             _watch: watch,
             spare: Vec::new(),
             turn: 0,
-            resets: ResetCap::default(),
         }
     }
 
