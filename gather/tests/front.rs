@@ -96,6 +96,21 @@ struct Raw {
 }
 
 impl Raw {
+    /// The initial stream window the gather's SETTINGS give (65,535 when
+    /// they do not say), read before anything else.
+    async fn initial_window(&mut self) -> i64 {
+        loop {
+            let f = self.next().await.expect("the gather's SETTINGS");
+            if f.kind == SETTINGS_KIND && f.flags & 1 == 0 {
+                let window = f.payload.chunks(6).find_map(|s| {
+                    (u16::from_be_bytes([s[0], s[1]]) == 4)
+                        .then(|| i64::from(u32::from_be_bytes([s[2], s[3], s[4], s[5]])))
+                });
+                return window.unwrap_or(65_535);
+            }
+        }
+    }
+
     /// Connects and sends the preface and an empty SETTINGS.
     async fn open(addr: SocketAddr) -> Raw {
         let s = TcpStream::connect(addr).await.expect("connect");
@@ -446,19 +461,8 @@ async fn a_request_body_over_the_limit_is_resource_exhausted() {
 
     // The windows: the stream's from the gather's SETTINGS, the
     // connection's from 65,535 and its WINDOW_UPDATEs.
-    let mut stream_window: i64 = 65_535;
+    let mut stream_window = raw.initial_window().await;
     let mut conn_window: i64 = 65_535;
-    loop {
-        let f = raw.next().await.expect("the gather's SETTINGS");
-        if f.kind == SETTINGS_KIND && f.flags & 1 == 0 {
-            for s in f.payload.chunks(6) {
-                if u16::from_be_bytes([s[0], s[1]]) == 4 {
-                    stream_window = i64::from(u32::from_be_bytes([s[2], s[3], s[4], s[5]]));
-                }
-            }
-            break;
-        }
-    }
 
     // A message of 4 MiB + 200 KiB (its frame header says so), in DATA
     // frames of at most 60,000 bytes, sent as the windows allow. The request
@@ -572,18 +576,7 @@ async fn a_connection_holds_a_bounded_amount_of_arriving_requests() {
     let ls = leaves(1).await;
     let g = GatherProc::start(&shard_args(&ls));
     let mut raw = Raw::open(g.addr).await;
-    let mut initial: i64 = 65_535;
-    loop {
-        let f = raw.next().await.expect("the gather's SETTINGS");
-        if f.kind == SETTINGS_KIND && f.flags & 1 == 0 {
-            for s in f.payload.chunks(6) {
-                if u16::from_be_bytes([s[0], s[1]]) == 4 {
-                    initial = i64::from(u32::from_be_bytes([s[2], s[3], s[4], s[5]]));
-                }
-            }
-            break;
-        }
-    }
+    let initial = raw.initial_window().await;
     // Bodies of 4,000,000 bytes (under the 4 MiB message limit), none of
     // them ended, one stream after the other: 16 fit in the 64 MiB a
     // connection holds, the 17th crosses it and is refused; nothing else is.
