@@ -107,7 +107,7 @@ pub struct Args {
 
     /// Worker threads. With one (the default), a call's front connection and
     /// its leaf connections share the thread, with no wakeups across threads
-    /// (25-35% less CPU per call than two in bench/gather); more add
+    /// (15-35% less CPU per call than two in bench/gather); more add
     /// throughput where cores are to spare.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: u16,
