@@ -75,16 +75,7 @@ pub fn forwardable(headers: &HeaderList) -> HeaderList {
 /// `headers` as tonic metadata (for the merger call); entries that are not
 /// valid metadata are left out.
 pub fn metadata(headers: &HeaderList) -> MetadataMap {
-    let mut map = http::HeaderMap::with_capacity(headers.len());
-    for (n, v) in headers.iter() {
-        if let (Ok(n), Ok(v)) = (
-            http::HeaderName::from_bytes(n),
-            http::HeaderValue::from_bytes(v),
-        ) {
-            map.append(n, v);
-        }
-    }
-    MetadataMap::from_headers(map)
+    MetadataMap::from_headers(headers.to_header_map())
 }
 
 /// The canonical name of a status code, e.g. `DEADLINE_EXCEEDED`.

@@ -563,15 +563,7 @@ impl Conn {
         if let Ok(uri) = http::Uri::try_from(list.get(b":path").unwrap_or(b"/")) {
             *req.uri_mut() = uri;
         }
-        let h = req.headers_mut();
-        for (n, v) in list.iter().filter(|(n, _)| !n.starts_with(b":")) {
-            if let (Ok(n), Ok(v)) = (
-                http::HeaderName::from_bytes(n),
-                http::HeaderValue::from_bytes(v),
-            ) {
-                h.append(n, v);
-            }
-        }
+        *req.headers_mut() = list.to_header_map();
         let fallback = self.shared.fallback.clone();
         let events = self.events_tx.clone();
         let (task, reg) = AbortHandle::new_pair();

@@ -96,6 +96,21 @@ impl HeaderList {
     pub fn is_empty(&self) -> bool {
         self.fields.is_empty()
     }
+
+    /// The regular fields as an `http::HeaderMap`, in order; pseudo-headers
+    /// and fields that are not valid HTTP names or values are left out.
+    pub fn to_header_map(&self) -> http::HeaderMap {
+        let mut map = http::HeaderMap::with_capacity(self.len());
+        for (n, v) in self.iter().filter(|(n, _)| !n.starts_with(b":")) {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(n),
+                http::HeaderValue::from_bytes(v),
+            ) {
+                map.append(n, v);
+            }
+        }
+        map
+    }
 }
 
 /// The dynamic table size we let peers use (the HTTP/2 default; we never
