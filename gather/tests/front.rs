@@ -171,16 +171,24 @@ impl Raw {
 
     /// A request head for `path` on `stream` (the request body follows).
     fn head(&mut self, stream: u32, path: &str) -> Vec<u8> {
+        self.head_of(
+            stream,
+            &[
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", path),
+                (":authority", "localhost"),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            ],
+        )
+    }
+
+    /// A request head of exactly `fields` on `stream`.
+    fn head_of(&mut self, stream: u32, fields: &[(&str, &str)]) -> Vec<u8> {
         let mut block = Vec::new();
         self.enc.begin(&mut block);
-        for (n, v) in [
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", path),
-            (":authority", "localhost"),
-            ("content-type", "application/grpc"),
-            ("te", "trailers"),
-        ] {
+        for (n, v) in fields {
             self.enc.encode(n.as_bytes(), v.as_bytes(), &mut block);
         }
         frame(HEADERS, END_HEADERS, stream, &block)
@@ -633,4 +641,62 @@ async fn a_connection_holds_a_bounded_amount_of_arriving_requests() {
     assert!(message.contains("holds"), "{message}");
     // A new connection is served as ever.
     serves(&g).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_heads_the_front_refuses_get_clear_statuses() {
+    let ls = leaves(1).await;
+    let g = GatherProc::start(&shard_args(&ls));
+    let mut raw = Raw::open(g.addr).await;
+    let base = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", HANDLE),
+        (":authority", "localhost"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ];
+    let big = "x".repeat(20_000);
+    let cases: [(Vec<(&str, &str)>, &str, &str); 3] = [
+        (
+            [&base[..], &[("grpc-encoding", "gzip")]].concat(),
+            "12",
+            "uncompressed",
+        ),
+        (
+            [&base[..], &[("x-big", big.as_str())]].concat(),
+            "8",
+            "header list",
+        ),
+        (
+            base.iter()
+                .copied()
+                .filter(|(n, _)| *n != ":scheme")
+                .collect(),
+            "13",
+            ":scheme",
+        ),
+    ];
+    for (i, (fields, want, says)) in cases.iter().enumerate() {
+        let id = 1 + 2 * i as u32;
+        let mut out = raw.head_of(id, fields);
+        out.extend(frame(DATA, END_STREAM, id, &grpc_request()));
+        raw.send(&out).await;
+        let (head, _, trailers) = tokio::time::timeout(READ_LIMIT, raw.response(id))
+            .await
+            .expect("an answer in time");
+        let t = trailers.unwrap_or(head);
+        assert_eq!(
+            t.header("grpc-status").as_deref(),
+            Some(*want),
+            "{fields:?}: {t:?}"
+        );
+        let msg = t.header("grpc-message").unwrap_or_default();
+        assert!(msg.contains(says), "{says:?} not in {msg:?}");
+    }
+    // The connection serves on.
+    let reply = tokio::time::timeout(READ_LIMIT, raw.call_ok(7))
+        .await
+        .expect("an answer in time");
+    assert!(reply.body.is_some(), "{reply:?}");
 }
