@@ -657,7 +657,7 @@ async fn request_heads_the_front_refuses_get_clear_statuses() {
         ("te", "trailers"),
     ];
     let big = "x".repeat(20_000);
-    let cases: [(Vec<(&str, &str)>, &str, &str); 3] = [
+    let cases = [
         (
             [&base[..], &[("grpc-encoding", "gzip")]].concat(),
             "12",
