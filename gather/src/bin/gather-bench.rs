@@ -319,14 +319,48 @@ where
     }
 }
 
-fn row(n: usize, path: &str, idle: &Run, loaded: &Run, cpu_us: f64) {
+/// Seconds of load before each measured pair of runs.
+const WARM_SECS: f64 = 0.3;
+
+/// One path measured: unloaded (one caller) and loaded (`--concurrency`
+/// callers) runs, and the CPU per leaf call of the process that matters
+/// during the loaded run.
+struct Measured {
+    idle: Run,
+    loaded: Run,
+    cpu_us: f64,
+}
+
+/// Warms `run` up, then measures it unloaded and loaded; the CPU is process
+/// `pid`'s (`None`: this one), per call over `fanout` leaf calls each.
+async fn measure<F, Fut>(cli: &Cli, pid: Option<u32>, fanout: usize, run: F) -> Measured
+where
+    F: Fn(usize, f64) -> Fut,
+    Fut: std::future::Future<Output = Run>,
+{
+    run(cli.concurrency, WARM_SECS).await;
+    let idle = run(1, cli.secs / 2.0).await;
+    let c0 = cpu_time(pid);
+    let loaded = run(cli.concurrency, cli.secs).await;
+    let cpu = cpu_time(pid) - c0;
+    let cpu_us = cpu.as_secs_f64() * 1e6 / (loaded.requests.max(1) * fanout) as f64;
+    Measured {
+        idle,
+        loaded,
+        cpu_us,
+    }
+}
+
+fn row(n: usize, path: &str, m: &Measured) {
+    let (idle, loaded) = (&m.idle, &m.loaded);
     println!(
-        "| {n} | {path} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {cpu_us:.1} | {} |",
+        "| {n} | {path} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1} | {} |",
         idle.pct(50.0),
         idle.pct(99.0),
         loaded.rps(),
         loaded.pct(50.0),
         loaded.pct(99.0),
+        m.cpu_us,
         idle.errors + loaded.errors
     );
 }
@@ -410,7 +444,6 @@ fn spread(mut v: Vec<f64>) -> String {
 async fn bench(cli: Cli) -> Result<()> {
     let bin = gather_bin(&cli)?;
     let max_n = cli.fanout.iter().copied().max().unwrap_or(1).max(20);
-    let warm = 0.3;
     eprintln!("starting {max_n} leaves...");
     let (_leaves, ports) = start_leaves(max_n, 0.0)?;
 
@@ -434,21 +467,13 @@ async fn bench(cli: Cli) -> Result<()> {
         let (lb_cpu, lb_p50) = if lb_bin.is_file() {
             let one = [format!("127.0.0.1:{}", ports[0])];
             let lb = start_proxy(&lb_bin, "--backend", &one, &[])?;
-            run_gather(lb.port, cli.concurrency, warm).await;
-            let lidle = run_gather(lb.port, 1, cli.secs / 2.0).await;
-            let pid = Some(lb.proc.0.id());
-            let c0 = cpu_time(pid);
-            let l = run_gather(lb.port, cli.concurrency, cli.secs).await;
-            let cpu = cpu_time(pid) - c0;
-            let lb_cpu = cpu.as_secs_f64() * 1e6 / l.requests.max(1) as f64;
-            row(
-                1,
-                "mp-lb, the yardstick (lb CPU per proxied call)",
-                &lidle,
-                &l,
-                lb_cpu,
-            );
-            (lb_cpu, (lidle.pct(50.0), l.pct(50.0)))
+            let port = lb.port;
+            let m = measure(&cli, Some(lb.proc.0.id()), 1, |c, secs| {
+                run_gather(port, c, secs)
+            })
+            .await;
+            row(1, "mp-lb, the yardstick (lb CPU per proxied call)", &m);
+            (m.cpu_us, (m.idle.pct(50.0), m.loaded.pct(50.0)))
         } else {
             (f64::NAN, (f64::NAN, f64::NAN))
         };
@@ -456,38 +481,25 @@ async fn bench(cli: Cli) -> Result<()> {
             let n = *n;
             let ports = &ports[..n];
             // The floor: direct fan-out from this process.
-            run_direct(ports, cli.concurrency, warm).await;
-            let idle = run_direct(ports, 1, cli.secs / 2.0).await;
-            let c0 = cpu_time(None);
-            let d = run_direct(ports, cli.concurrency, cli.secs).await;
-            let cpu = cpu_time(None) - c0;
-            let direct_cpu = cpu.as_secs_f64() * 1e6 / (d.requests.max(1) * n) as f64;
-            row(
-                n,
-                "direct tonic fan-out (client CPU)",
-                &idle,
-                &d,
-                direct_cpu,
-            );
+            let d = measure(&cli, None, n, |c, secs| run_direct(ports, c, secs)).await;
+            row(n, "direct tonic fan-out (client CPU)", &d);
             // Through mp-gather.
             let shards: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
             let g = start_gather(&bin, &shards, &["--reducer", "concat"])?;
-            run_gather(g.port, cli.concurrency, warm).await;
-            let gidle = run_gather(g.port, 1, cli.secs / 2.0).await;
-            let pid = Some(g.proc.0.id());
-            let c0 = cpu_time(pid);
-            let r = run_gather(g.port, cli.concurrency, cli.secs).await;
-            let cpu = cpu_time(pid) - c0;
-            let gather_cpu = cpu.as_secs_f64() * 1e6 / (r.requests.max(1) * n) as f64;
-            row(n, "mp-gather (gather CPU)", &gidle, &r, gather_cpu);
+            let port = g.port;
+            let r = measure(&cli, Some(g.proc.0.id()), n, |c, secs| {
+                run_gather(port, c, secs)
+            })
+            .await;
+            row(n, "mp-gather (gather CPU)", &r);
             if n == 1 {
-                lb_hop.push((lb_p50.0 / idle.pct(50.0), lb_p50.1 / d.pct(50.0)));
+                lb_hop.push((lb_p50.0 / d.idle.pct(50.0), lb_p50.1 / d.loaded.pct(50.0)));
             }
             rs.push(Ratios {
-                p50_unloaded: gidle.pct(50.0) / idle.pct(50.0),
-                p50_loaded: r.pct(50.0) / d.pct(50.0),
-                cpu_direct: gather_cpu / direct_cpu,
-                cpu_lb: gather_cpu / lb_cpu,
+                p50_unloaded: r.idle.pct(50.0) / d.idle.pct(50.0),
+                p50_loaded: r.loaded.pct(50.0) / d.loaded.pct(50.0),
+                cpu_direct: r.cpu_us / d.cpu_us,
+                cpu_lb: r.cpu_us / lb_cpu,
             });
             drop(g);
         }
@@ -546,7 +558,7 @@ async fn bench(cli: Cli) -> Result<()> {
         let mut args = vec!["--reducer", "concat"];
         args.extend_from_slice(flags);
         let g = start_gather(&bin, &shards(ports), &args)?;
-        run_gather(g.port, cli.concurrency, warm).await;
+        run_gather(g.port, cli.concurrency, WARM_SECS).await;
         let before = admin_metrics(g.admin);
         let r = run_gather(g.port, cli.concurrency, cli.secs).await;
         let after = admin_metrics(g.admin);
