@@ -25,7 +25,7 @@ use tokio::time::{sleep, sleep_until, timeout_at, Instant};
 use tonic::{Code, Status};
 
 use crate::config::{HedgeAfter, Policy, ReducerKind};
-use crate::grpc::{code_name, forwardable};
+use crate::grpc::code_name;
 use crate::hedge::Budget;
 use crate::leaf::{self, Outgoing};
 use crate::metrics::Metrics;
@@ -63,9 +63,6 @@ pub struct Call<'a> {
     pub path: &'a PathAndQuery,
     /// The serialized request message.
     pub body: Bytes,
-    /// The caller's metadata that is forwarded to leaves and the merger
-    /// (per-hop headers removed).
-    pub metadata: HeaderList,
     /// What every leaf call shares (the framed message, the headers).
     pub out: Outgoing,
     /// When leaves must have answered.
@@ -74,6 +71,9 @@ pub struct Call<'a> {
     pub deadline_note: DeadlineNote,
     /// The caller's own deadline, if it sent one.
     pub caller_deadline: Option<Instant>,
+    /// When the call arrived: the fan-out's start, from which every shard's
+    /// elapsed time counts.
+    pub start: Instant,
 }
 
 impl Call<'_> {
@@ -156,7 +156,6 @@ impl Gather {
         framed: Bytes,
     ) -> Result<Bytes, Status> {
         let start = Instant::now();
-        let metadata = forwardable(headers);
         let body = framed.slice(5..);
         // A year is "no deadline"; it also keeps the arithmetic below in range.
         let caller_timeout = caller_timeout.map(|t| t.min(Duration::from_secs(365 * 86_400)));
@@ -172,12 +171,12 @@ impl Gather {
         }
         let call = Call {
             path,
-            out: Outgoing::new(path.clone(), framed, &metadata),
+            out: Outgoing::new(path.clone(), framed, headers),
             body,
-            metadata,
             leaf_deadline,
             deadline_note,
             caller_deadline,
+            start,
         };
         // The one atomic load of the call: it keeps this topology to the end.
         let topology = self.topology.load_full();
@@ -211,7 +210,7 @@ impl Gather {
         shards: &[Shard],
         call: &Call<'_>,
     ) -> Result<Vec<LeafResult>, Status> {
-        let start = Instant::now();
+        let start = call.start;
         let n = shards.len();
         let mut slots: Vec<Option<LeafResult>> = (0..n).map(|_| None).collect();
         let mut failed = 0;
@@ -340,7 +339,6 @@ impl Gather {
     /// One shard's outcome: a call to one replica, maybe a hedge to another.
     /// The caller bounds it by the leaf deadline.
     async fn call_shard(&self, shard: &Shard, call: &Call<'_>) -> LeafResult {
-        let start = Instant::now();
         let delay = self.hedge_delay(shard);
         if delay.is_some() {
             self.budget.deposit();
@@ -348,63 +346,59 @@ impl Gather {
         let (out, deadline) = (&call.out, call.leaf_deadline);
         let first = leaf::pick(shard, None);
         let attempt = async {
-            let primary = leaf::call(shard, out, deadline, first.clone(), None);
+            let primary = leaf::call(shard, out, deadline, call.start, first.clone(), None);
             let Some(delay) = delay else {
-                let (r, ep) = primary.await;
-                return (r, ep, false);
+                return (primary.await, false);
             };
             let mut primary = pin!(primary);
             tokio::select! {
                 biased;
-                (r, ep) = &mut primary => return (r, ep, false),
+                a = &mut primary => return (a, false),
                 _ = sleep(delay) => {}
             }
             let other = leaf::pick(shard, first.as_ref());
             let Some(other) = other.filter(|_| self.budget.try_withdraw()) else {
                 self.metrics.hedges_denied.inc();
-                let (r, ep) = primary.await;
-                return (r, ep, false);
+                return (primary.await, false);
             };
             shard.metrics.hedges_sent.inc();
-            let mut second = pin!(leaf::call(
+            // Boxed: only a hedge needs the second call's state; every other
+            // call's future would carry (and copy) it.
+            let mut second = Box::pin(leaf::call(
                 shard,
                 out,
                 deadline,
+                Instant::now(),
                 Some(other),
-                first.as_ref()
+                first.as_ref(),
             ));
             // The first success wins and the other call is dropped
             // (cancelled: RST_STREAM); a failure waits for the other call.
             tokio::select! {
-                (r, ep) = &mut primary => match r {
-                    Ok(_) => (r, ep, false),
-                    Err(_) => {
-                        let (r, ep) = second.await;
-                        (r, ep, true)
-                    }
+                a = &mut primary => match a.result {
+                    Ok(_) => (a, false),
+                    Err(_) => (second.await, true),
                 },
-                (r, ep) = &mut second => match r {
-                    Ok(_) => (r, ep, true),
-                    Err(_) => {
-                        let (r, ep) = primary.await;
-                        (r, ep, false)
-                    }
+                a = &mut second => match a.result {
+                    Ok(_) => (a, true),
+                    Err(_) => (primary.await, false),
                 },
             }
         };
-        let (result, replica, hedged) = attempt.await;
+        let (answer, hedged) = attempt.await;
         // The leaf was told the same deadline and may give up first (tonic
         // answers CANCELLED "Timeout expired"): say what happened, not how
         // the leaf put it.
-        let result = result.map_err(|s| {
-            if Instant::now() >= call.leaf_deadline {
+        let result = answer.result.map_err(|s| {
+            if answer.at >= call.leaf_deadline {
                 late(call)
             } else {
                 explain(s)
             }
         });
+        let replica = answer.endpoint;
         let endpoint = replica.map(|ep| ep.addr());
-        let elapsed = start.elapsed();
+        let elapsed = answer.at.saturating_duration_since(call.start);
         let m = &shard.metrics;
         m.latency.observe(elapsed.as_secs_f64());
         let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);

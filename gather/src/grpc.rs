@@ -47,27 +47,31 @@ impl Decoder for BytesCodec {
     }
 }
 
-/// Headers that belong to one hop of gRPC, not to the call: the leaf calls set
-/// their own (tonic adds te, content-type and user-agent; the deadline is
-/// recomputed per leaf).
-const HOP_HEADERS: [&str; 7] = [
-    "te",
-    "content-type",
-    "grpc-timeout",
-    "grpc-encoding",
-    "grpc-accept-encoding",
-    "user-agent",
-    "content-length",
-];
+/// True for a header of the caller's that travels on to the leaves and the
+/// merger: not a pseudo-header, and not one that belongs to one hop of gRPC
+/// (the leaf calls set their own te, content-type and user-agent; the
+/// deadline is recomputed per leaf). A `match`: every header of every call
+/// asks.
+pub fn is_forwardable(name: &[u8]) -> bool {
+    !name.starts_with(b":")
+        && !matches!(
+            name,
+            b"te"
+                | b"content-type"
+                | b"grpc-timeout"
+                | b"grpc-encoding"
+                | b"grpc-accept-encoding"
+                | b"user-agent"
+                | b"content-length"
+        )
+}
 
 /// The caller's custom metadata (`headers`, names in lower case), without
 /// pseudo-headers and per-hop headers, ready to be shared by every leaf call.
 pub fn forwardable(headers: &HeaderList) -> HeaderList {
     let mut out = HeaderList::new();
-    for (n, v) in headers.iter() {
-        if !n.starts_with(b":") && !HOP_HEADERS.iter().any(|h| h.as_bytes() == n) {
-            out.push(n, v);
-        }
+    for (n, v) in headers.iter().filter(|(n, _)| is_forwardable(n)) {
+        out.push(n, v);
     }
     out
 }

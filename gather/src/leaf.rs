@@ -40,15 +40,22 @@ pub struct Outgoing {
     pub head: Arc<RequestHead>,
 }
 
+/// The fields of [`Outgoing::head`] before the caller's metadata.
+const OWN_FIELDS: usize = 2;
+
 impl Outgoing {
     /// The shared parts of calling `path` with the request message in its
-    /// gRPC frame (`framed`, as the caller sent it) and the caller's
-    /// forwardable metadata as `headers` (see [`crate::grpc::forwardable`]).
+    /// gRPC frame (`framed`, as the caller sent it) and the caller's headers
+    /// (`headers`: the forwardable ones travel on, see
+    /// [`crate::grpc::is_forwardable`]).
     pub fn new(path: PathAndQuery, framed: Bytes, headers: &HeaderList) -> Self {
-        let mut list = HeaderList::with_capacity(headers.len() + 2, headers.bytes() + 40);
+        let mut list = HeaderList::with_capacity(headers.len() + OWN_FIELDS, headers.bytes() + 40);
         list.push(b"content-type", grpc::CONTENT_TYPE_GRPC.as_bytes());
         list.push(b"te", b"trailers");
-        for (name, value) in headers.iter() {
+        for (name, value) in headers
+            .iter()
+            .filter(|(n, _)| crate::grpc::is_forwardable(n))
+        {
             list.push(name, value);
         }
         let head = Arc::new(RequestHead {
@@ -56,6 +63,16 @@ impl Outgoing {
             headers: list,
         });
         Outgoing { path, framed, head }
+    }
+
+    /// The caller's metadata that travels on (for the merger call): the
+    /// head's fields after mp-gather's own.
+    pub fn metadata(&self) -> HeaderList {
+        let mut list = HeaderList::new();
+        for (name, value) in self.head.headers.iter().skip(OWN_FIELDS) {
+            list.push(name, value);
+        }
+        list
     }
 }
 
@@ -71,24 +88,46 @@ pub fn pick(shard: &Shard, avoid: Option<&Arc<Endpoint>>) -> Option<Arc<Endpoint
         .find(|e| !Arc::ptr_eq(e, avoid))
 }
 
+/// How one leaf call ended.
+#[derive(Debug)]
+pub struct Answer {
+    /// The reply message, or why there is none.
+    pub result: Result<Bytes, Status>,
+    /// The replica that answered (none when no replica took the call).
+    pub endpoint: Option<Arc<Endpoint>>,
+    /// When the call ended: one clock read serves the replica's metrics and
+    /// the shard's.
+    pub at: Instant,
+}
+
 /// Calls one replica of `shard` (`first` if given, else the next one; never
-/// `avoid`) and reads its reply. Returns the reply message and the replica
-/// that answered. Dropping the future cancels the call (RST_STREAM CANCEL).
+/// `avoid`), started at `start`, and reads its reply. Dropping the future
+/// cancels the call (RST_STREAM CANCEL).
 pub async fn call(
     shard: &Shard,
     out: &Outgoing,
     deadline: Instant,
+    start: Instant,
     first: Option<Arc<Endpoint>>,
     avoid: Option<&Arc<Endpoint>>,
-) -> (Result<Bytes, Status>, Option<Arc<Endpoint>>) {
-    let start = Instant::now();
-    match send(shard, out, deadline, first, avoid).await {
-        Err(s) => (Err(s), None),
+) -> Answer {
+    let sent = send(shard, out, deadline, first, avoid).await;
+    let at = Instant::now();
+    match sent {
+        Err(s) => Answer {
+            result: Err(s),
+            endpoint: None,
+            at,
+        },
         Ok((ep, reply)) => {
             let code = reply.as_ref().map_or_else(|s| s.code() as u16, |_| 0);
             // Metrics and passive health (UNAVAILABLE streaks eject).
-            ep.record(code, start.elapsed());
-            (reply, Some(ep))
+            ep.record(code, at.saturating_duration_since(start));
+            Answer {
+                result: reply,
+                endpoint: Some(ep),
+                at,
+            }
         }
     }
 }
@@ -109,7 +148,9 @@ async fn send(
             // Just started: the connections may be a moment away.
             None if !waited && avoid.is_none() => {
                 waited = true;
-                shard.pool.wait_available(STARTING_WAIT).await;
+                // Boxed, as the lookup below: rare waits whose state every
+                // call's future would otherwise carry and copy.
+                Box::pin(shard.pool.wait_available(STARTING_WAIT)).await;
                 continue;
             }
             None => break,
@@ -141,7 +182,7 @@ async fn send(
     // A name that does not resolve leaves the pool empty: say so, naming it.
     let mut why = shard.pool.describe();
     if shard.pool.endpoints().is_empty() {
-        if let Some(note) = shard.unresolved().await {
+        if let Some(note) = Box::pin(shard.unresolved()).await {
             why = format!("{why}; {note}");
         }
     }

@@ -76,7 +76,16 @@ impl Merge {
     ) -> Result<Bytes, Status> {
         match self {
             Merge::Merger { client, endpoint } => {
-                merge_with(client.clone(), endpoint, call, outcomes, fallback).await
+                // Boxed: a tonic call's state is kilobytes, which every
+                // call's future would carry (and copy) for the reducers too.
+                Box::pin(merge_with(
+                    client.clone(),
+                    endpoint,
+                    call,
+                    outcomes,
+                    fallback,
+                ))
+                .await
             }
             _ => match self.reducer_for(call) {
                 Some(ReducerKind::JsonArray) => json_array(call, outcomes),
@@ -233,8 +242,9 @@ async fn merge_with(
         request: Some(request),
         leaves,
     });
-    if !call.metadata.is_empty() {
-        *req.metadata_mut() = crate::grpc::metadata(&call.metadata);
+    let metadata = call.out.metadata();
+    if !metadata.is_empty() {
+        *req.metadata_mut() = crate::grpc::metadata(&metadata);
     }
     req.set_timeout(deadline.saturating_duration_since(Instant::now()));
     let reply = match tokio::time::timeout_at(deadline, client.merge(req)).await {

@@ -271,10 +271,44 @@ struct Conn {
     _watch: Watch,
     /// Where request header blocks are decoded.
     scratch: HeaderList,
+    /// The last method path parsed: calls on one connection mostly repeat
+    /// it, and a clone is a reference count, not a parse.
+    last_path: Option<PathAndQuery>,
     /// Bytes of unary request bodies still arriving.
     held: usize,
     /// Bytes sent to fallback streams and not yet read by them.
     fallback_held: Arc<AtomicUsize>,
+}
+
+/// The request head fields the front checks, found in one pass over the
+/// list (the first of each name), not one search per field.
+#[derive(Default)]
+struct RequestFields<'a> {
+    path: Option<&'a [u8]>,
+    method: Option<&'a [u8]>,
+    scheme: Option<&'a [u8]>,
+    content_type: Option<&'a [u8]>,
+    encoding: Option<&'a [u8]>,
+    timeout: Option<&'a [u8]>,
+}
+
+impl<'a> RequestFields<'a> {
+    fn of(list: &'a HeaderList) -> Self {
+        let mut f = RequestFields::default();
+        for (name, value) in list.iter() {
+            let slot = match name {
+                b":path" => &mut f.path,
+                b":method" => &mut f.method,
+                b":scheme" => &mut f.scheme,
+                b"content-type" => &mut f.content_type,
+                b"grpc-encoding" => &mut f.encoding,
+                b"grpc-timeout" => &mut f.timeout,
+                _ => continue,
+            };
+            slot.get_or_insert(value);
+        }
+        f
+    }
 }
 
 impl Conn {
@@ -292,6 +326,7 @@ impl Conn {
             drain: Some(Box::pin(async move { w.signaled().await })),
             _watch: watch,
             scratch: HeaderList::new(),
+            last_path: None,
             held: 0,
             fallback_held: Arc::new(AtomicUsize::new(0)),
         }
@@ -432,10 +467,10 @@ impl Conn {
             return Ok(());
         }
         let name = self.shared.cfg.name;
-        let path = list.get(b":path").unwrap_or(b"");
-        let valid = !path.is_empty()
-            && list.get(b":method").is_some_and(|m| !m.is_empty())
-            && list.get(b":scheme").is_some();
+        let req = RequestFields::of(&list);
+        let path = req.path.unwrap_or(b"");
+        let valid =
+            !path.is_empty() && req.method.is_some_and(|m| !m.is_empty()) && req.scheme.is_some();
         let unary = self.shared.unary.takes(path);
         let mut stream = Stream {
             kind: Kind::Unary {
@@ -471,18 +506,21 @@ impl Conn {
             self.streams.insert(id, stream);
             return Ok(());
         }
-        let is_grpc = list
-            .get(b"content-type")
+        let is_grpc = req
+            .content_type
             .is_some_and(|v| v.starts_with(b"application/grpc"));
-        let path = PathAndQuery::try_from(path.to_vec());
+        let path = match &self.last_path {
+            Some(p) if p.as_str().as_bytes() == path => Ok(p.clone()),
+            _ => PathAndQuery::try_from(path.to_vec()),
+        };
         self.streams.insert(id, stream);
-        if list.get(b":method") != Some(b"POST") || !is_grpc {
+        if req.method != Some(b"POST") || !is_grpc {
             let text =
                 format!("{name} serves gRPC only: POST with content-type application/grpc\n");
             self.plain(id, 415, &text);
             return Ok(());
         }
-        if list.get(b"grpc-encoding").is_some_and(|e| e != b"identity") {
+        if req.encoding.is_some_and(|e| e != b"identity") {
             let msg = format!("{name} accepts uncompressed messages only (grpc-encoding identity)");
             self.answer(id, code::UNIMPLEMENTED, &msg);
             return Ok(());
@@ -491,9 +529,8 @@ impl Conn {
             self.answer(id, code::INTERNAL, &format!("{name}: malformed :path"));
             return Ok(());
         };
-        let timeout = list
-            .get(grpc::GRPC_TIMEOUT.as_bytes())
-            .and_then(grpc::parse_timeout_bytes);
+        self.last_path = Some(path.clone());
+        let timeout = req.timeout.and_then(grpc::parse_timeout_bytes);
         if let Some(Stream {
             kind: Kind::Unary { head, .. },
             ..
