@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tracing::error;
 
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: mp_alloc::MpAlloc = mp_alloc::MpAlloc;
 
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
