@@ -66,16 +66,6 @@ pub fn is_forwardable(name: &[u8]) -> bool {
         )
 }
 
-/// The caller's custom metadata (`headers`, names in lower case), without
-/// pseudo-headers and per-hop headers, ready to be shared by every leaf call.
-pub fn forwardable(headers: &HeaderList) -> HeaderList {
-    let mut out = HeaderList::new();
-    for (n, v) in headers.iter().filter(|(n, _)| is_forwardable(n)) {
-        out.push(n, v);
-    }
-    out
-}
-
 /// `headers` as tonic metadata (for the merger call); entries that are not
 /// valid metadata are left out.
 pub fn metadata(headers: &HeaderList) -> MetadataMap {
@@ -117,11 +107,25 @@ mod tests {
         h.push(b"grpc-timeout", b"1S");
         h.push(b"x-tenant", b"a");
         h.push(b"content-type", b"application/grpc");
-        let fwd = forwardable(&h);
-        assert!(fwd.get(b"grpc-timeout").is_none());
-        assert!(fwd.get(b":path").is_none());
-        assert!(fwd.get(b"content-type").is_none());
+        h.push(b"user-agent", b"grpc-go/1");
+        let out = crate::leaf::Outgoing::new(
+            http::uri::PathAndQuery::from_static("/a.B/C"),
+            bytes::Bytes::new(),
+            &h,
+        );
+        // The leaves get mp-gather's own content-type and te, then the
+        // caller's metadata; the merger gets the metadata alone.
+        let names: Vec<&[u8]> = out.head.headers.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, [&b"content-type"[..], b"te", b"x-tenant"]);
+        assert_eq!(
+            out.head.headers.get(b"content-type"),
+            Some(&b"application/grpc"[..])
+        );
+        let fwd = out.metadata();
+        assert_eq!(fwd.len(), 1);
         assert_eq!(fwd.get(b"x-tenant"), Some(&b"a"[..]));
         assert_eq!(metadata(&fwd).get("x-tenant").unwrap(), "a");
+        assert!(!is_forwardable(b":authority"));
+        assert!(is_forwardable(b"authorization"));
     }
 }
