@@ -210,7 +210,6 @@ impl Gather {
         shards: &[Shard],
         call: &Call<'_>,
     ) -> Result<Vec<LeafResult>, Status> {
-        let start = call.start;
         let n = shards.len();
         let mut slots: Vec<Option<LeafResult>> = (0..n).map(|_| None).collect();
         let mut failed = 0;
@@ -219,7 +218,7 @@ impl Gather {
             let r = tokio::select! {
                 biased;
                 r = self.call_shard(shard, call) => r,
-                _ = sleep_until(call.leaf_deadline) => self.late(shard, call, start),
+                _ = sleep_until(call.leaf_deadline) => self.late(shard, call),
             };
             self.admit(&mut slots, &mut failed, r)?;
             return Ok(slots.into_iter().flatten().collect());
@@ -240,7 +239,7 @@ impl Gather {
                     drop(pending);
                     let late: Vec<usize> = (0..n).filter(|i| slots[*i].is_none()).collect();
                     for i in late {
-                        let r = self.late(&shards[i], call, start);
+                        let r = self.late(&shards[i], call);
                         self.admit(&mut slots, &mut failed, r)?;
                     }
                     break;
@@ -289,8 +288,8 @@ impl Gather {
     }
 
     /// The outcome of a shard that did not answer by the leaf deadline.
-    fn late(&self, shard: &Shard, call: &Call<'_>, start: Instant) -> LeafResult {
-        let elapsed = start.elapsed();
+    fn late(&self, shard: &Shard, call: &Call<'_>) -> LeafResult {
+        let elapsed = call.start.elapsed();
         shard.metrics.latency.observe(elapsed.as_secs_f64());
         shard.metrics.outcomes[Code::DeadlineExceeded as usize].inc();
         LeafResult {

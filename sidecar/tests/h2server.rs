@@ -106,6 +106,16 @@ async fn unary_calls_are_answered_by_the_service() {
     // A failure is trailers-only: its status is in the head.
     assert_eq!(r.head.get(b"grpc-status"), Some(&b"9"[..]), "{r:?}");
     assert_eq!(r.head.get(b"grpc-message"), Some(&b"no /fail/B"[..]));
+    // The connection remembers the last path it parsed: each call must still
+    // reach the service with its own.
+    for path in ["/fail/C", "/fail/B", "/fail/C"] {
+        let r = c
+            .call(head(path), framed(b"x"), None, 1 << 20)
+            .await
+            .expect("a reply");
+        let want = format!("no {path}");
+        assert_eq!(r.head.get(b"grpc-message"), Some(want.as_bytes()), "{r:?}");
+    }
 }
 
 #[tokio::test]
