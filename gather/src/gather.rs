@@ -214,18 +214,18 @@ impl Gather {
         let mut slots: Vec<Option<LeafResult>> = (0..n).map(|_| None).collect();
         let mut failed = 0;
         if let [shard] = shards {
-            // One shard: no set of futures to keep.
-            let r = tokio::select! {
-                biased;
-                r = self.call_shard(shard, call) => r,
-                _ = sleep_until(call.leaf_deadline) => self.late(shard, call),
-            };
+            // One shard: no set of futures to keep, and no timer of its own:
+            // the leaf call is bounded by the leaf deadline (the leaf
+            // connection's timer ends it).
+            let r = self.call_shard(shard, call).await;
             self.admit(&mut slots, &mut failed, r)?;
             return Ok(slots.into_iter().flatten().collect());
         }
         let mut pending: FuturesUnordered<_> =
             shards.iter().map(|s| self.call_shard(s, call)).collect();
-        // One timer for the whole fan-out, not one per leaf call.
+        // Each leaf call is bounded by the leaf deadline already; one timer
+        // for the whole fan-out (not one per leaf call) decides the shards
+        // still out at the deadline at once.
         let mut deadline = pin!(sleep_until(call.leaf_deadline));
         loop {
             let r = tokio::select! {
@@ -335,8 +335,8 @@ impl Gather {
         ))
     }
 
-    /// One shard's outcome: a call to one replica, maybe a hedge to another.
-    /// The caller bounds it by the leaf deadline.
+    /// One shard's outcome: a call to one replica, maybe a hedge to another;
+    /// bounded by the leaf deadline (see [`leaf::call`]).
     async fn call_shard(&self, shard: &Shard, call: &Call<'_>) -> LeafResult {
         let delay = self.hedge_delay(shard);
         if delay.is_some() {

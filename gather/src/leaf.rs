@@ -6,6 +6,7 @@
 //! the reply comes back whole, within a size limit, its status taken from
 //! the trailers (or a trailers-only response).
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use mp_sidecar::grpc;
 use mp_sidecar::h2client::{CallError, Reply, RequestHead};
 use mp_sidecar::hpack::HeaderList;
 use mp_sidecar::pool::Endpoint;
-use tokio::time::Instant;
+use tokio::time::{timeout_at, Instant};
 use tonic::{Code, Status};
 
 use crate::shard::Shard;
@@ -43,24 +44,62 @@ pub struct Outgoing {
 /// The fields of [`Outgoing::head`] before the caller's metadata.
 const OWN_FIELDS: usize = 2;
 
+thread_local! {
+    /// The request head the last call on this thread built (per thread, so
+    /// taking it needs no lock).
+    static LAST_HEAD: RefCell<Option<Arc<RequestHead>>> = const { RefCell::new(None) };
+}
+
+/// The head mp-gather sends its leaves for a call of `path` with the
+/// caller's `headers`: mp-gather's own fields, then the forwardable ones.
+fn build_head(path: &PathAndQuery, headers: &HeaderList) -> RequestHead {
+    let mut list = HeaderList::with_capacity(headers.len() + OWN_FIELDS, headers.bytes() + 40);
+    list.push(b"content-type", grpc::CONTENT_TYPE_GRPC.as_bytes());
+    list.push(b"te", b"trailers");
+    for (name, value) in forwardable(headers) {
+        list.push(name, value);
+    }
+    RequestHead {
+        path: path.as_str().as_bytes().to_vec(),
+        headers: list,
+    }
+}
+
+/// True when [`build_head`] would build `head` again.
+fn head_is_for(head: &RequestHead, path: &PathAndQuery, headers: &HeaderList) -> bool {
+    if head.path != path.as_str().as_bytes() {
+        return false;
+    }
+    let mut mine = head.headers.iter().skip(OWN_FIELDS);
+    forwardable(headers).all(|field| mine.next() == Some(field)) && mine.next().is_none()
+}
+
+/// The caller's headers that travel on to the leaves.
+fn forwardable(headers: &HeaderList) -> impl Iterator<Item = (&[u8], &[u8])> {
+    headers
+        .iter()
+        .filter(|(n, _)| crate::grpc::is_forwardable(n))
+}
+
 impl Outgoing {
     /// The shared parts of calling `path` with the request message in its
     /// gRPC frame (`framed`, as the caller sent it) and the caller's headers
     /// (`headers`: the forwardable ones travel on, see
     /// [`crate::grpc::is_forwardable`]).
     pub fn new(path: PathAndQuery, framed: Bytes, headers: &HeaderList) -> Self {
-        let mut list = HeaderList::with_capacity(headers.len() + OWN_FIELDS, headers.bytes() + 40);
-        list.push(b"content-type", grpc::CONTENT_TYPE_GRPC.as_bytes());
-        list.push(b"te", b"trailers");
-        for (name, value) in headers
-            .iter()
-            .filter(|(n, _)| crate::grpc::is_forwardable(n))
-        {
-            list.push(name, value);
-        }
-        let head = Arc::new(RequestHead {
-            path: path.as_str().as_bytes().to_vec(),
-            headers: list,
+        // A caller's calls mostly repeat the path and the metadata of the one
+        // before: the head built for that one serves again (and the leaf
+        // connection, seeing the same head, reuses its encoded bytes too).
+        let head = LAST_HEAD.with(|last| {
+            let mut last = last.borrow_mut();
+            match &*last {
+                Some(h) if head_is_for(h, &path, headers) => h.clone(),
+                _ => {
+                    let h = Arc::new(build_head(&path, headers));
+                    *last = Some(h.clone());
+                    h
+                }
+            }
         });
         Outgoing { path, framed, head }
     }
@@ -101,8 +140,10 @@ pub struct Answer {
 }
 
 /// Calls one replica of `shard` (`first` if given, else the next one; never
-/// `avoid`), started at `start`, and reads its reply. Dropping the future
-/// cancels the call (RST_STREAM CANCEL).
+/// `avoid`), started at `start`, and reads its reply. Bounded by `deadline`:
+/// the leaf client ends the call when it passes (one timer per leaf
+/// connection, not one per call), and so does every wait before it.
+/// Dropping the future cancels the call (RST_STREAM CANCEL).
 pub async fn call(
     shard: &Shard,
     out: &Outgoing,
@@ -150,7 +191,10 @@ async fn send(
                 waited = true;
                 // Boxed, as the lookup below: rare waits whose state every
                 // call's future would otherwise carry and copy.
-                Box::pin(shard.pool.wait_available(STARTING_WAIT)).await;
+                let wait = shard.pool.wait_available(STARTING_WAIT);
+                if Box::pin(timeout_at(deadline, wait)).await.is_err() {
+                    return Err(Status::deadline_exceeded("no replica was ready in time"));
+                }
                 continue;
             }
             None => break,
@@ -177,12 +221,16 @@ async fn send(
                 return Ok((ep, Err(s)));
             }
             Err(CallError::Failed(why)) => return Ok((ep, Err(Status::unavailable(why)))),
+            Err(CallError::DeadlineExceeded) => {
+                // The caller names the deadline (it knows where it came from).
+                return Ok((ep, Err(Status::deadline_exceeded("no answer in time"))));
+            }
         }
     }
     // A name that does not resolve leaves the pool empty: say so, naming it.
     let mut why = shard.pool.describe();
     if shard.pool.endpoints().is_empty() {
-        if let Some(note) = Box::pin(shard.unresolved()).await {
+        if let Ok(Some(note)) = Box::pin(timeout_at(deadline, shard.unresolved())).await {
             why = format!("{why}; {note}");
         }
     }

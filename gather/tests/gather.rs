@@ -240,6 +240,47 @@ async fn caller_deadline_shorter_than_a_slow_leaf() {
     );
 }
 
+/// One shard has no fan-out timer: its leaf connection ends the call at the
+/// deadline (the leaf's own, then the caller's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_slow_shard_is_bounded_by_the_deadlines_too() {
+    let slow = leaf(LeafSpec {
+        shard: 0,
+        delay: Duration::from_secs(30),
+        ..LeafSpec::default()
+    })
+    .await;
+    let mut a = shard_args(std::slice::from_ref(&slow));
+    a.extend(args(&["--leaf-timeout", "300ms"]));
+    let g = GatherProc::start(&a);
+    let mut c = g.client().await;
+    let t = Instant::now();
+    let err = call(&mut c, json!(1)).await.expect_err("deadline");
+    let took = t.elapsed();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("shard 0"), "{err:?}");
+    assert!(err.message().contains("--leaf-timeout 300ms"), "{err:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "answered after {took:?}"
+    );
+    let cancelled = |n| {
+        let stats = slow.stats.clone();
+        eventually(Duration::from_secs(3), move || {
+            stats.cancelled.load(std::sync::atomic::Ordering::SeqCst) == n
+        })
+    };
+    assert!(cancelled(1).await, "the slow leaf's call was not cancelled");
+
+    // The caller's shorter deadline bounds it the same way.
+    let mut req = tonic::Request::new(mp_proto::v1::Request::json(json!(1)));
+    req.set_timeout(Duration::from_millis(200));
+    let err = c.handle(req).await.expect_err("deadline");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("caller's"), "{err:?}");
+    assert!(cancelled(2).await, "the slow leaf's call was not cancelled");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hedge_to_a_second_replica_wins_and_cancels_the_loser() {
     let slow = leaf(LeafSpec {

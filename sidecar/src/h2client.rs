@@ -8,7 +8,8 @@
 //! windows, and the whole reply (head, body up to a limit, trailers) comes
 //! back at once. The task reads and writes the socket in batches, so a busy
 //! connection costs a few system calls per round of many calls, and there are
-//! no per-call tasks, locks or timers.
+//! no per-call tasks, locks or timers: one timer per connection keeps both
+//! the keepalive and the calls' deadlines.
 //!
 //! What a caller must know:
 //! - A call the server certainly did not process (REFUSED_STREAM, a stream
@@ -17,9 +18,11 @@
 //!   safe to send elsewhere.
 //! - Dropping a call's future before it finished resets its stream
 //!   (RST_STREAM CANCEL): the server sees the cancellation.
-//! - Calls are not bounded in time by the client: bound them (e.g.
-//!   `tokio::time::timeout`); the deadline given to [`Client::call`] is only
-//!   told to the server as `grpc-timeout`.
+//! - A call given a deadline is bounded by it: the server is told it
+//!   (`grpc-timeout`), and when it passes the stream is reset (CANCEL) and the
+//!   call fails [`CallError::DeadlineExceeded`]. The connection keeps one
+//!   timer for all its calls, set to the earliest deadline, not one per call.
+//!   A call without a deadline is not bounded by the client.
 //! - After a GOAWAY, a connection failure or stream ids running out,
 //!   [`Client::is_closed`] is true and every new call is `Unprocessed`: make
 //!   a new client. Calls in flight below the GOAWAY finish.
@@ -130,6 +133,10 @@ pub enum CallError {
     /// The call failed after the request may have been processed.
     #[error("{0}")]
     Failed(String),
+    /// The call's deadline passed before its reply was whole; the stream was
+    /// reset.
+    #[error("the deadline passed before the reply")]
+    DeadlineExceeded,
 }
 
 type Answer = Result<Reply, CallError>;
@@ -238,10 +245,13 @@ impl Client {
             flushed: 0,
             scratch: HeaderList::new(),
             keepalive: cfg.keepalive.map(|k| (k, cfg.keepalive_timeout)),
+            keepalive_at: None,
+            expiry: None,
             timer: None,
             timer_polled: false,
             heard: false,
             ping_out: false,
+            kept: None,
             _counted: counted,
         };
         if conn.side.io.is_some() {
@@ -265,7 +275,9 @@ impl Client {
 
     /// Sends a POST of `body` with `head` and resolves to the whole reply.
     /// `deadline` is told to the server as `grpc-timeout` (measured when the
-    /// request is written); it does not bound the call. A reply body over
+    /// request is written) and bounds the call: once it passed, the stream is
+    /// reset and the call fails [`CallError::DeadlineExceeded`] (the
+    /// connection's timer fires at or just after it). A reply body over
     /// `max_body` bytes fails the call ([`CallError::TooLarge`]). Dropping
     /// the future before it resolves resets the stream (CANCEL).
     pub fn call(
@@ -340,6 +352,7 @@ struct Stream {
     head: Option<HeaderList>,
     body: BytesMut,
     max: usize,
+    deadline: Option<Instant>,
     /// Request bytes waiting for the windows.
     to_send: Bytes,
     /// Our send window on the stream.
@@ -381,13 +394,30 @@ struct Conn {
     scratch: HeaderList,
     /// (interval, timeout) of keepalive PINGs.
     keepalive: Option<(Duration, Duration)>,
+    /// When the keepalive looks at the connection next.
+    keepalive_at: Option<Instant>,
+    /// No call's deadline is earlier than this (a lower bound: calls that
+    /// end are not taken out; the timer's firing looks at the calls left).
+    expiry: Option<Instant>,
+    /// Fires at the earlier of `keepalive_at` and `expiry`.
     timer: Option<Pin<Box<Sleep>>>,
     /// The timer was polled since its deadline was set.
     timer_polled: bool,
     /// A frame arrived since the timer was armed.
     heard: bool,
+    /// The last request head encoded without changing the table, and its
+    /// bytes.
+    kept: Option<KeptBlock>,
     /// A PING went out and the timer waits for its answer.
     ping_out: bool,
+}
+
+/// A request head's encoded block (pseudo-headers and headers, not
+/// `grpc-timeout`), valid while the encoder's table is at `generation`.
+struct KeptBlock {
+    head: Arc<RequestHead>,
+    generation: u64,
+    block: Vec<u8>,
 }
 
 /// `d` as a `grpc-timeout` value in `buf` (what [`crate::grpc::encode_timeout`]
@@ -438,6 +468,14 @@ impl Conn {
             let _ = c.reply.send(Err(CallError::Unprocessed(why)));
             return;
         }
+        if let Some(d) = c.deadline {
+            // Calls mostly come with later deadlines than those before them:
+            // the timer moves only when this one is the earliest.
+            if self.expiry.is_none_or(|e| d < e) {
+                self.expiry = Some(d);
+                self.retime();
+            }
+        }
         self.queue.push_back(c);
     }
 
@@ -482,17 +520,41 @@ impl Conn {
             .deadline
             .map(|d| encode_timeout(d.saturating_duration_since(Instant::now()), &mut tbuf));
         let end = c.body.is_empty();
-        let pseudo: [(&[u8], &[u8]); 4] = [
-            (b":method", b"POST"),
-            (b":scheme", self.scheme),
-            (b":path", &c.head.path),
-            (b":authority", &self.authority),
-        ];
-        let fields = pseudo
-            .into_iter()
-            .chain(c.head.headers.iter())
-            .chain(timeout.map(|t| (&b"grpc-timeout"[..], t)));
-        self.side.put_headers(id, end, fields);
+        let (scheme, authority) = (self.scheme, &self.authority[..]);
+        let kept = &mut self.kept;
+        self.side.put_header_block(id, end, |enc, out| {
+            enc.begin(out);
+            // Calls sharing a head whose fields all stand in the table are
+            // encoded the same way while the table does not change: the
+            // bytes kept from the last one serve.
+            match kept {
+                Some(k) if Arc::ptr_eq(&k.head, &c.head) && enc.reusable(k.generation) => {
+                    out.extend_from_slice(&k.block);
+                }
+                _ => {
+                    let (at, generation) = (out.len(), enc.generation());
+                    let pseudo: [(&[u8], &[u8]); 4] = [
+                        (b":method", b"POST"),
+                        (b":scheme", scheme),
+                        (b":path", &c.head.path),
+                        (b":authority", authority),
+                    ];
+                    for (n, v) in pseudo.into_iter().chain(c.head.headers.iter()) {
+                        enc.encode(n, v, out);
+                    }
+                    *kept = enc.reusable(generation).then(|| KeptBlock {
+                        head: c.head.clone(),
+                        generation,
+                        block: out[at..].to_vec(),
+                    });
+                }
+            }
+            // Never indexed (its value changes from call to call): it leaves
+            // the table as it was.
+            if let Some(t) = timeout {
+                enc.encode(b"grpc-timeout", t, out);
+            }
+        });
         let mut s = Stream {
             call: c.id,
             reply: c.reply,
@@ -500,6 +562,7 @@ impl Conn {
             body: BytesMut::new(),
             max: c.max,
             to_send: c.body,
+            deadline: c.deadline,
             window: i64::from(self.side.peer.initial_window_size),
             end_sent: end,
             credit: 0,
@@ -724,14 +787,75 @@ impl Conn {
 
     fn arm_keepalive(&mut self) {
         if let Some((interval, _)) = self.keepalive {
-            self.timer = Some(Box::pin(tokio::time::sleep(interval)));
-            self.timer_polled = false;
+            self.keepalive_at = Some(Instant::now() + interval);
+            self.retime();
         }
     }
 
-    /// The keepalive timer fired: the server was heard (wait again), or is
+    /// Sets the timer to the earlier of the keepalive's next look and the
+    /// earliest deadline; drops it when there is neither.
+    fn retime(&mut self) {
+        let at = match (self.keepalive_at, self.expiry) {
+            (Some(k), Some(e)) => k.min(e),
+            (Some(t), None) | (None, Some(t)) => t,
+            (None, None) => {
+                self.timer = None;
+                return;
+            }
+        };
+        match self.timer.as_mut() {
+            Some(t) if t.deadline() == at => return,
+            Some(t) => t.as_mut().reset(at),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+        self.timer_polled = false;
+    }
+
+    /// The timer fired: keepalive and deadlines due by now are seen to.
+    fn timer_due(&mut self) {
+        let now = Instant::now();
+        if self.keepalive_at.is_some_and(|k| k <= now) {
+            self.keepalive_due(now);
+        }
+        if self.expiry.is_some_and(|e| e <= now) {
+            self.expire(now);
+        }
+        self.retime();
+    }
+
+    /// Fails the calls whose deadline passed by `now` (their streams reset)
+    /// and finds the earliest deadline left.
+    fn expire(&mut self, now: Instant) {
+        let past = |d: Option<Instant>| d.is_some_and(|d| d <= now);
+        let late: Vec<u32> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| past(s.deadline))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            if let Some(s) = self.streams.remove(&id) {
+                put_rst(&mut self.side.wbuf, id, reason::CANCEL);
+                let _ = s.reply.send(Err(CallError::DeadlineExceeded));
+            }
+        }
+        let (late, waiting): (VecDeque<NewCall>, VecDeque<NewCall>) =
+            self.queue.drain(..).partition(|c| past(c.deadline));
+        self.queue = waiting;
+        for c in late {
+            let _ = c.reply.send(Err(CallError::DeadlineExceeded));
+        }
+        self.expiry = self
+            .streams
+            .values()
+            .filter_map(|s| s.deadline)
+            .chain(self.queue.iter().filter_map(|c| c.deadline))
+            .min();
+    }
+
+    /// The keepalive's time came: the server was heard (wait again), or is
     /// asked for a PING, or did not answer one (the connection ends).
-    fn keepalive_due(&mut self) {
+    fn keepalive_due(&mut self, now: Instant) {
         let Some((interval, timeout)) = self.keepalive else {
             return;
         };
@@ -741,7 +865,7 @@ impl Conn {
         let next = if heard {
             interval
         } else if ping_out {
-            self.timer = None;
+            self.keepalive_at = None;
             self.die(format!(
                 "{} did not answer a PING within {timeout:?}",
                 self.addr
@@ -753,10 +877,7 @@ impl Conn {
             self.ping_out = true;
             timeout
         };
-        if let Some(t) = self.timer.as_mut() {
-            t.as_mut().reset(Instant::now() + next);
-            self.timer_polled = false;
-        }
+        self.keepalive_at = Some(now + next);
     }
 }
 
@@ -790,7 +911,7 @@ impl Engine for Conn {
                 self.timer_polled = true;
                 if t.as_mut().poll(cx).is_ready() {
                     busy = true;
-                    self.keepalive_due();
+                    self.timer_due();
                 }
             }
         }

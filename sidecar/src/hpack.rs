@@ -446,6 +446,9 @@ pub struct Encoder {
     max: usize,
     /// A table size update owed at the start of the next block.
     update: Option<usize>,
+    /// Counts changes to the table (and owed size updates): the same fields
+    /// encoded at the same generation give the same bytes.
+    generation: u64,
 }
 
 impl Default for Encoder {
@@ -462,7 +465,22 @@ impl Encoder {
             size: 0,
             max: TABLE_SIZE,
             update: None,
+            generation: 0,
         }
+    }
+
+    /// The table's generation: while it is unchanged, encoding the same
+    /// fields gives the same bytes (so a block may be kept and reused, see
+    /// [`Encoder::reusable`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// True when a block begun at generation `at` may be reused as it is: the
+    /// encoding changed nothing (no entry added or evicted, no size update
+    /// owed or emitted).
+    pub fn reusable(&self, at: u64) -> bool {
+        self.generation == at && self.update.is_none()
     }
 
     /// Follows the peer's SETTINGS_HEADER_TABLE_SIZE (we use at most
@@ -473,6 +491,7 @@ impl Encoder {
             self.max = max;
             self.evict(0);
             self.update = Some(max);
+            self.generation += 1;
         }
     }
 
@@ -489,6 +508,7 @@ impl Encoder {
     pub fn begin(&mut self, out: &mut Vec<u8>) {
         if let Some(max) = self.update.take() {
             put_int(out, 0x20, 5, max);
+            self.generation += 1;
         }
     }
 
@@ -527,6 +547,7 @@ impl Encoder {
             self.evict(size);
             self.entries.push_front((name.into(), value.into()));
             self.size += size;
+            self.generation += 1;
         }
     }
 }
@@ -579,6 +600,41 @@ fn put_str(out: &mut Vec<u8>, s: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_block_is_reusable_only_while_the_table_is_unchanged() {
+        let fields: [(&[u8], &[u8]); 2] = [(b"x-meta", b"a"), (b"te", b"trailers")];
+        let block = |enc: &mut Encoder| {
+            let mut out = Vec::new();
+            enc.begin(&mut out);
+            let at = enc.generation();
+            for (n, v) in fields {
+                enc.encode(n, v, &mut out);
+            }
+            (out, enc.reusable(at))
+        };
+        let mut enc = Encoder::new();
+        // First time: the fields enter the table; that block is not the next.
+        let (first, reusable) = block(&mut enc);
+        assert!(!reusable);
+        let (second, reusable) = block(&mut enc);
+        assert!(reusable && second != first);
+        assert_eq!(block(&mut enc), (second.clone(), true));
+        // A varying field leaves the table as it is.
+        let at = enc.generation();
+        enc.encode(b"grpc-timeout", b"1S", &mut Vec::new());
+        assert!(enc.reusable(at));
+        // The peer's new table size: evictions and a size update owed.
+        let at = enc.generation();
+        enc.set_peer_table_size(0);
+        assert!(!enc.reusable(at));
+        let (after, _) = block(&mut enc);
+        assert_ne!(after, second);
+        let mut dec = Decoder::new();
+        let mut list = HeaderList::new();
+        dec.decode(&after, &mut list).unwrap();
+        assert_eq!(list.get(b"x-meta"), Some(&b"a"[..]));
+    }
 
     #[test]
     fn static_index_finds_every_entry_and_only_those() {

@@ -227,6 +227,24 @@ impl Side {
         end_stream: bool,
         fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
     ) {
+        self.put_header_block(stream, end_stream, |enc, out| {
+            enc.begin(out);
+            for (n, v) in fields {
+                enc.encode(n, v, out);
+            }
+        });
+    }
+
+    /// Appends a header block that `write` encodes (it must begin it, see
+    /// [`Encoder::begin`]) as HEADERS (and CONTINUATION when it is
+    /// larger than the peer's frame size). For a caller that keeps encoded
+    /// blocks to reuse them.
+    pub fn put_header_block(
+        &mut self,
+        stream: u32,
+        end_stream: bool,
+        write: impl FnOnce(&mut Encoder, &mut Vec<u8>),
+    ) {
         let at = self.wbuf.len();
         let end = if end_stream { flag::END_STREAM } else { 0 };
         put_head(
@@ -236,10 +254,7 @@ impl Side {
             end | flag::END_HEADERS,
             stream,
         );
-        self.enc.begin(&mut self.wbuf);
-        for (n, v) in fields {
-            self.enc.encode(n, v, &mut self.wbuf);
-        }
+        write(&mut self.enc, &mut self.wbuf);
         let len = self.wbuf.len() - at - HEAD_LEN;
         let max = self.peer.max_frame_size as usize;
         if len <= max {

@@ -53,6 +53,7 @@ async fn handle(seen: Arc<Seen>, req: Request<Incoming>) -> Result<Response<Body
     let path = req.uri().path().to_string();
     let timeout = req.headers().get("grpc-timeout").cloned();
     let authority = req.uri().authority().map(|a| a.to_string());
+    let meta = req.headers().get("x-meta").cloned();
     let body = req.into_body().collect().await.unwrap().to_bytes();
     let mut resp = Response::builder()
         .status(200)
@@ -62,6 +63,9 @@ async fn handle(seen: Arc<Seen>, req: Request<Incoming>) -> Result<Response<Body
     }
     if let Some(a) = authority {
         resp = resp.header("x-authority", a);
+    }
+    if let Some(m) = meta {
+        resp = resp.header("x-meta", m);
     }
     let body = match path.as_str() {
         "/t.S/Echo" => grpc_body(vec![body], "0", None),
@@ -392,4 +396,118 @@ async fn a_server_that_answers_pings_keeps_its_connection() {
         .await
         .unwrap();
     assert_eq!(trailer(&r, "grpc-status"), Some(&b"0"[..]));
+}
+
+#[tokio::test]
+async fn deadlines_end_calls_and_reset_their_streams() {
+    let mut s = server(1024).await;
+    let c = client(s.addr).await;
+    let start = Instant::now();
+    let ms = |n| start + Duration::from_millis(n);
+    // The later call has the earlier deadline: the connection's one timer
+    // moves to it.
+    let slow_300 = tokio::spawn(c.call(head("Slow"), message(b"a"), Some(ms(300)), LIMIT));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let slow_100 = tokio::spawn(c.call(head("Slow"), message(b"b"), Some(ms(100)), LIMIT));
+    let sleep_5s = tokio::spawn(c.call(head("Sleep"), message(b"c"), Some(ms(5000)), LIMIT));
+    let unbounded = tokio::spawn(c.call(head("Sleep"), message(b"d"), None, LIMIT));
+
+    let e = slow_100.await.unwrap().unwrap_err();
+    assert_eq!(e, CallError::DeadlineExceeded);
+    let at = start.elapsed();
+    assert!(at >= Duration::from_millis(100), "ended at {at:?}");
+    let e = slow_300.await.unwrap().unwrap_err();
+    assert_eq!(e, CallError::DeadlineExceeded);
+    let at = start.elapsed();
+    assert!(at >= Duration::from_millis(300), "ended at {at:?}");
+    // Both streams were reset: the server dropped both handlers.
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(5), s.cancelled.recv())
+            .await
+            .expect("the server saw the cancellation")
+            .unwrap();
+    }
+    // Calls within their deadline, or without one, are not touched.
+    let r = sleep_5s.await.unwrap().unwrap();
+    assert_eq!(&r.body[5..], b"c");
+    let r = unbounded.await.unwrap().unwrap();
+    assert_eq!(&r.body[5..], b"d");
+    assert!(!c.is_closed());
+}
+
+#[tokio::test]
+async fn a_call_waiting_for_the_connection_ends_at_its_deadline() {
+    use tokio::io::AsyncReadExt;
+    // Accepts the TCP connection and never speaks HTTP/2: calls wait for its
+    // SETTINGS.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        while tcp.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    });
+    let c = Client::connect(addr, "x", &ClientConfig::default())
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let deadline = start + Duration::from_millis(100);
+    let e = tokio::time::timeout(
+        Duration::from_secs(5),
+        c.call(head("Echo"), message(b"x"), Some(deadline), LIMIT),
+    )
+    .await
+    .expect("the deadline ends the call")
+    .unwrap_err();
+    assert_eq!(e, CallError::DeadlineExceeded);
+    assert!(start.elapsed() >= Duration::from_millis(100));
+}
+
+/// A head for `/t.S/Echo` with metadata `x-meta: value` (and `pad`, a
+/// header as long as asked, to fill the peer's table).
+fn head_with(value: &str, pad: usize) -> Arc<RequestHead> {
+    let mut headers = HeaderList::new();
+    headers.push(b"content-type", b"application/grpc");
+    headers.push(b"te", b"trailers");
+    headers.push(b"x-meta", value.as_bytes());
+    if pad > 0 {
+        headers.push(b"x-pad", "p".repeat(pad).as_bytes());
+    }
+    Arc::new(RequestHead {
+        path: b"/t.S/Echo".to_vec(),
+        headers,
+    })
+}
+
+#[tokio::test]
+async fn reused_header_blocks_say_what_each_calls_head_says() {
+    let s = server(1024).await;
+    let c = client(s.addr).await;
+    let (a, b) = (head_with("a", 0), head_with("b", 0));
+    // The same head again (its block kept and reused), another head, back:
+    // every call's metadata arrives as its own head says.
+    let order = [&a, &a, &a, &b, &a, &b, &b, &a];
+    for (i, h) in order.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let r = c
+            .call((*h).clone(), message(b"x"), Some(deadline), LIMIT)
+            .await
+            .unwrap();
+        let want = h.headers.get(b"x-meta").unwrap();
+        assert_eq!(r.head.get(b"x-meta"), Some(want), "call {i}");
+        // grpc-timeout, not part of the kept block, is each call's own.
+        assert!(r.head.get(b"x-timeout").is_some(), "call {i}");
+    }
+    // Heads that fill the server's table evict the entries a block refers
+    // to; calls between them stay right.
+    for i in 0..20 {
+        let h = head_with(&format!("filler-{i}"), 400);
+        let r = c.call(h, message(b"x"), None, LIMIT).await.unwrap();
+        assert_eq!(
+            r.head.get(b"x-meta"),
+            Some(format!("filler-{i}").as_bytes())
+        );
+        let r = c.call(a.clone(), message(b"x"), None, LIMIT).await.unwrap();
+        assert_eq!(r.head.get(b"x-meta"), Some(&b"a"[..]), "after filler {i}");
+    }
 }
