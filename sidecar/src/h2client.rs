@@ -1,15 +1,17 @@
 //! A lean HTTP/2 client for unary gRPC calls, on the relay's frame code
 //! ([`wire`](crate::wire), [`hpack`](crate::hpack), [`side`](crate::side)).
 //!
-//! A [`Client`] is a handle to one connection, driven by one spawned task (a
-//! hand-written future, like `mp-lb`'s relay connection). A call is one
-//! message to that task (an unbounded channel) and one answer back (a
-//! oneshot): the request goes out as HEADERS and DATA within the peer's
-//! windows, and the whole reply (head, body up to a limit, trailers) comes
-//! back at once. The task reads and writes the socket in batches, so a busy
-//! connection costs a few system calls per round of many calls, and there are
-//! no per-call tasks, locks or timers: one timer per connection keeps both
-//! the keepalive and the calls' deadlines.
+//! A [`Client`] is a handle to one connection: a hand-written state machine
+//! (like `mp-lb`'s relay connection) behind a mutex, driven by a task of its
+//! own ([`Client::new`]) or by its owner's task ([`Client::new_local`] and
+//! [`Client::drive`]: no task switch per call). A call takes a slot in the
+//! connection's slab, where its answer and its future's waker wait (no
+//! channel or allocation per call); the request goes out as HEADERS and DATA
+//! within the peer's windows, and the whole reply (head, body up to a limit,
+//! trailers) comes back at once. The connection reads and writes its socket
+//! in batches, so a busy one costs a few system calls per round of many
+//! calls; one timer per connection keeps both the keepalive and the calls'
+//! deadlines.
 //!
 //! What a caller must know:
 //! - A call the server certainly did not process (REFUSED_STREAM, a stream
@@ -36,13 +38,13 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::sync::{mpsc, oneshot};
+use futures::task::AtomicWaker;
 use tokio::time::{Instant, Sleep};
 
 use crate::hpack::HeaderList;
@@ -141,33 +143,155 @@ pub enum CallError {
 
 type Answer = Result<Reply, CallError>;
 
-/// One call on its way to the connection task.
+/// One call waiting for the server's SETTINGS or a free stream slot.
 struct NewCall {
-    id: u64,
+    /// Its place in [`Conn::calls`].
+    slot: usize,
     head: Arc<RequestHead>,
     body: Bytes,
     deadline: Option<Instant>,
     max: usize,
-    reply: oneshot::Sender<Answer>,
 }
 
-enum Cmd {
-    Call(NewCall),
-    Cancel(u64),
+/// Where a call's answer waits for its future (a slab: a call is an index,
+/// not an allocation and a channel).
+#[derive(Default)]
+struct Calls {
+    slots: Vec<Slot>,
+    free: Vec<usize>,
 }
 
-#[derive(Debug)]
-struct Inner {
-    tx: mpsc::UnboundedSender<Cmd>,
+enum Slot {
+    Free,
+    /// Not answered yet: the waker of the call's future, the stream carrying
+    /// it once started.
+    Waiting {
+        waker: Option<Waker>,
+        stream: Option<u32>,
+    },
+    Answered(Answer),
+}
+
+impl Calls {
+    fn open(&mut self) -> usize {
+        let waiting = Slot::Waiting {
+            waker: None,
+            stream: None,
+        };
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = waiting;
+                i
+            }
+            None => {
+                self.slots.push(waiting);
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    /// Gives call `slot` its answer and wakes its future.
+    fn answer(&mut self, slot: usize, answer: Answer) {
+        if let Some(Slot::Waiting { waker, .. }) = self.slots.get_mut(slot) {
+            let waker = waker.take();
+            self.slots[slot] = Slot::Answered(answer);
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
+    }
+
+    fn started(&mut self, slot: usize, id: u32) {
+        if let Some(Slot::Waiting { stream, .. }) = self.slots.get_mut(slot) {
+            *stream = Some(id);
+        }
+    }
+
+    /// The answer of call `slot` (its slot freed), or its waker noted.
+    fn poll(&mut self, slot: usize, cx: &Context<'_>) -> Poll<Answer> {
+        match &mut self.slots[slot] {
+            Slot::Waiting { waker, .. } => {
+                match waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => *waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+            Slot::Answered(_) => match std::mem::replace(&mut self.slots[slot], Slot::Free) {
+                Slot::Answered(a) => {
+                    self.free.push(slot);
+                    Poll::Ready(a)
+                }
+                _ => unreachable!("matched above"),
+            },
+            Slot::Free => Poll::Ready(Err(CallError::Failed(
+                "the call was already answered".to_string(),
+            ))),
+        }
+    }
+
+    /// Frees call `slot` (its future is gone); the stream that carried it,
+    /// if it was started and not answered.
+    fn close(&mut self, slot: usize) -> Option<u32> {
+        let stream = match std::mem::replace(&mut self.slots[slot], Slot::Free) {
+            Slot::Waiting { stream, .. } => stream,
+            _ => None,
+        };
+        self.free.push(slot);
+        stream
+    }
+}
+
+/// What a connection's handles, calls and driver share.
+struct Shared {
+    conn: Mutex<Conn>,
     closed: Arc<AtomicBool>,
-    next_call: AtomicU64,
+    /// The task driving the connection, woken when a call comes or goes;
+    /// `None`: the owner drives it ([`Client::drive`]).
+    driver: Option<AtomicWaker>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Conn> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wake_driver(&self) {
+        if let Some(d) = &self.driver {
+            d.wake();
+        }
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("closed", &self.closed)
+            .field("driven_by_owner", &self.driver.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Tells the connection when the last handle is gone.
+#[derive(Debug)]
+struct Handle(Arc<Shared>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.lock().handles_gone = true;
+        self.0.wake_driver();
+    }
 }
 
 /// A handle to one HTTP/2 connection (cheap to clone). The connection ends
 /// when every handle and call is gone, or on GOAWAY or failure.
+///
+/// A client made by [`Client::new`] or [`Client::connect`] is driven by a
+/// task of its own; one made by [`Client::new_local`] is driven by its owner
+/// ([`Client::drive`]), inside the owner's task: no task switch per call.
 #[derive(Clone, Debug)]
 pub struct Client {
-    inner: Arc<Inner>,
+    inner: Arc<Handle>,
 }
 
 type Connecting = Pin<Box<dyn Future<Output = io::Result<Io>> + Send>>;
@@ -209,6 +333,44 @@ impl Client {
         Ok(Client::spawn(addr, authority, cfg, Ok(io), None))
     }
 
+    /// A client of `addr` driven by its owner, not by a task of its own: the
+    /// owner calls [`Client::drive`] from its task whenever it runs (each
+    /// call's progress, the connection's reads and writes, its timer happen
+    /// there), until it resolves. The connection opens in the background as
+    /// with [`Client::new`]; `counted` is a gauge it is counted in while
+    /// open. Must be made inside a tokio runtime.
+    pub fn new_local(
+        addr: SocketAddr,
+        authority: &str,
+        cfg: &ClientConfig,
+        counted: Option<ConnectionGuard>,
+    ) -> Client {
+        let tls = cfg.tls.clone();
+        let limit = cfg.connect_timeout;
+        let connecting: Connecting = Box::pin(crate::tls::dial(addr, tls, limit));
+        let shared = Client::shared(addr, authority, cfg, Err(connecting), counted, false);
+        Client {
+            inner: Arc::new(Handle(shared)),
+        }
+    }
+
+    /// Drives a client made by [`Client::new_local`]: rounds of reading,
+    /// writing, starting calls and timers until nothing is left to do
+    /// (Pending: `cx` is woken when there is), or the connection ended
+    /// (Ready: it takes no calls; drop it). Does nothing for a client driven
+    /// by its own task.
+    pub fn drive(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let shared = &self.inner.0;
+        if shared.driver.is_some() {
+            return Poll::Pending;
+        }
+        let done = side::poll_engine(&mut *shared.lock(), cx);
+        if done.is_ready() {
+            shared.closed.store(true, Ordering::Relaxed);
+        }
+        done
+    }
+
     fn spawn(
         addr: SocketAddr,
         authority: &str,
@@ -216,7 +378,21 @@ impl Client {
         io: Result<Io, Connecting>,
         counted: Option<ConnectionGuard>,
     ) -> Client {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Client::shared(addr, authority, cfg, io, counted, true);
+        tokio::spawn(Driver(shared.clone()));
+        Client {
+            inner: Arc::new(Handle(shared)),
+        }
+    }
+
+    fn shared(
+        addr: SocketAddr,
+        authority: &str,
+        cfg: &ClientConfig,
+        io: Result<Io, Connecting>,
+        counted: Option<ConnectionGuard>,
+        own_task: bool,
+    ) -> Arc<Shared> {
         let closed = Arc::new(AtomicBool::new(false));
         let (io, connecting) = match io {
             Ok(io) => (Some(io), None),
@@ -232,8 +408,8 @@ impl Client {
             stream_window: cfg.stream_window,
             conn_window: cfg.conn_window,
             max_frame: cfg.max_frame_size as usize,
-            rx,
-            rx_open: true,
+            calls: Calls::default(),
+            handles_gone: false,
             connecting,
             closed: closed.clone(),
             streams: Ids::default(),
@@ -257,20 +433,17 @@ impl Client {
         if conn.side.io.is_some() {
             conn.arm_keepalive();
         }
-        tokio::spawn(conn);
-        Client {
-            inner: Arc::new(Inner {
-                tx,
-                closed,
-                next_call: AtomicU64::new(0),
-            }),
-        }
+        Arc::new(Shared {
+            conn: Mutex::new(conn),
+            closed,
+            driver: own_task.then(AtomicWaker::new),
+        })
     }
 
     /// True once the connection takes no new calls (GOAWAY, failure, ids
     /// used up): make a new client.
     pub fn is_closed(&self) -> bool {
-        self.inner.closed.load(Ordering::Relaxed)
+        self.inner.0.closed.load(Ordering::Relaxed)
     }
 
     /// Sends a POST of `body` with `head` and resolves to the whole reply.
@@ -287,24 +460,24 @@ impl Client {
         deadline: Option<Instant>,
         max_body: usize,
     ) -> Call {
-        let (reply, rx) = oneshot::channel();
-        let id = self.inner.next_call.fetch_add(1, Ordering::Relaxed);
-        let cmd = Cmd::Call(NewCall {
-            id,
-            head,
-            body,
-            deadline,
-            max: max_body,
-            reply,
-        });
-        // A closed channel drops the command, and with it the sender: the
-        // call resolves `Unprocessed` (it never reached the connection).
-        let sent = self.inner.tx.send(cmd).is_ok();
+        let shared = &self.inner.0;
+        let slot = {
+            let mut conn = shared.lock();
+            let slot = conn.calls.open();
+            conn.accept(NewCall {
+                slot,
+                head,
+                body,
+                deadline,
+                max: max_body,
+            });
+            slot
+        };
+        shared.wake_driver();
         Call {
-            rx,
-            id,
-            inner: self.inner.clone(),
-            pending: sent,
+            shared: shared.clone(),
+            slot,
+            done: false,
         }
     }
 }
@@ -313,32 +486,52 @@ impl Client {
 /// the stream.
 #[must_use = "a call does nothing unless awaited, and dropping it cancels it"]
 pub struct Call {
-    rx: oneshot::Receiver<Answer>,
-    id: u64,
-    inner: Arc<Inner>,
-    /// The connection has it and has not answered.
-    pending: bool,
+    shared: Arc<Shared>,
+    slot: usize,
+    /// Its answer was taken (the slot is free).
+    done: bool,
 }
 
 impl Future for Call {
     type Output = Answer;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
-        let r = std::task::ready!(Pin::new(&mut self.rx).poll(cx));
-        self.pending = false;
-        Poll::Ready(r.unwrap_or_else(|_| {
-            Err(CallError::Unprocessed(
-                "the connection is closed".to_string(),
-            ))
-        }))
+        if self.done {
+            return Poll::Ready(Err(CallError::Failed(
+                "the call was already answered".to_string(),
+            )));
+        }
+        let answer = std::task::ready!(self.shared.lock().calls.poll(self.slot, cx));
+        self.done = true;
+        Poll::Ready(answer)
     }
 }
 
 impl Drop for Call {
     fn drop(&mut self) {
-        if self.pending {
-            let _ = self.inner.tx.send(Cmd::Cancel(self.id));
+        if !self.done {
+            self.shared.lock().abandon(self.slot);
+            self.shared.wake_driver();
         }
+    }
+}
+
+/// The task of a client that drives itself.
+struct Driver(Arc<Shared>);
+
+impl Future for Driver {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let shared = &self.0;
+        if let Some(d) = &shared.driver {
+            d.register(cx.waker());
+        }
+        let done = side::poll_engine(&mut *shared.lock(), cx);
+        if done.is_ready() {
+            shared.closed.store(true, Ordering::Relaxed);
+        }
+        done
     }
 }
 
@@ -347,8 +540,8 @@ const MAX_STREAM_ID: u32 = wire::MAX_WINDOW;
 
 /// One open stream.
 struct Stream {
-    call: u64,
-    reply: oneshot::Sender<Answer>,
+    /// The call's slot in [`Conn::calls`].
+    slot: usize,
     head: Option<HeaderList>,
     body: BytesMut,
     max: usize,
@@ -375,8 +568,10 @@ struct Conn {
     stream_window: u32,
     conn_window: u32,
     max_frame: usize,
-    rx: mpsc::UnboundedReceiver<Cmd>,
-    rx_open: bool,
+    /// The calls' answers and wakers.
+    calls: Calls,
+    /// Every [`Client`] handle was dropped: no new calls will come.
+    handles_gone: bool,
     connecting: Option<Connecting>,
     closed: Arc<AtomicBool>,
     streams: Ids<Stream>,
@@ -465,7 +660,7 @@ impl Conn {
     fn accept(&mut self, c: NewCall) {
         if !self.usable() {
             let why = self.why_closed();
-            let _ = c.reply.send(Err(CallError::Unprocessed(why)));
+            self.calls.answer(c.slot, Err(CallError::Unprocessed(why)));
             return;
         }
         if let Some(d) = c.deadline {
@@ -499,15 +694,12 @@ impl Conn {
                 self.closed.store(true, Ordering::Relaxed);
                 let why = self.why_closed();
                 for c in self.queue.drain(..) {
-                    let _ = c.reply.send(Err(CallError::Unprocessed(why.clone())));
+                    self.calls
+                        .answer(c.slot, Err(CallError::Unprocessed(why.clone())));
                 }
                 return;
             }
             let c = self.queue.pop_front().expect("not empty");
-            // A caller that already gave up.
-            if c.reply.is_closed() {
-                continue;
-            }
             self.start(c);
         }
     }
@@ -555,9 +747,9 @@ impl Conn {
                 enc.encode(b"grpc-timeout", t, out);
             }
         });
+        self.calls.started(c.slot, id);
         let mut s = Stream {
-            call: c.id,
-            reply: c.reply,
+            slot: c.slot,
             head: None,
             body: BytesMut::new(),
             max: c.max,
@@ -572,21 +764,21 @@ impl Conn {
         self.streams.insert(id, s);
     }
 
-    fn cancel(&mut self, call: u64) {
-        if let Some(i) = self.queue.iter().position(|c| c.id == call) {
-            self.queue.remove(i);
-            return;
+    /// The future of call `slot` is gone: its stream is reset (CANCEL), or,
+    /// not started yet, it leaves the queue.
+    fn abandon(&mut self, slot: usize) {
+        match self.calls.close(slot) {
+            Some(id) => {
+                if self.streams.remove(&id).is_some() {
+                    put_rst(&mut self.side.wbuf, id, reason::CANCEL);
+                }
+            }
+            None => {
+                if let Some(i) = self.queue.iter().position(|c| c.slot == slot) {
+                    self.queue.remove(i);
+                }
+            }
         }
-        let Some(id) = self
-            .streams
-            .iter()
-            .find(|(_, s)| s.call == call)
-            .map(|(id, _)| *id)
-        else {
-            return;
-        };
-        self.streams.remove(&id);
-        put_rst(&mut self.side.wbuf, id, reason::CANCEL);
     }
 
     /// Ends the connection: every call fails, unprocessed when its request
@@ -601,10 +793,11 @@ impl Conn {
             } else {
                 CallError::Failed(why.clone())
             };
-            let _ = s.reply.send(Err(e));
+            self.calls.answer(s.slot, Err(e));
         }
         for c in self.queue.drain(..) {
-            let _ = c.reply.send(Err(CallError::Unprocessed(why.clone())));
+            self.calls
+                .answer(c.slot, Err(CallError::Unprocessed(why.clone())));
         }
         self.dead = Some(why);
     }
@@ -657,7 +850,7 @@ impl Conn {
                 if s.body.len() + data.len() > s.max {
                     let s = self.streams.remove(&h.stream).expect("present");
                     put_rst(&mut self.side.wbuf, h.stream, reason::CANCEL);
-                    let _ = s.reply.send(Err(CallError::TooLarge(s.max)));
+                    self.calls.answer(s.slot, Err(CallError::TooLarge(s.max)));
                     return Ok(());
                 }
                 s.body.extend_from_slice(data);
@@ -687,7 +880,7 @@ impl Conn {
                     } else {
                         CallError::Failed(what)
                     };
-                    let _ = s.reply.send(Err(e));
+                    self.calls.answer(s.slot, Err(e));
                 }
                 Ok(())
             }
@@ -704,11 +897,13 @@ impl Conn {
                     .collect();
                 for id in refused {
                     if let Some(s) = self.streams.remove(&id) {
-                        let _ = s.reply.send(Err(CallError::Unprocessed(why.clone())));
+                        self.calls
+                            .answer(s.slot, Err(CallError::Unprocessed(why.clone())));
                     }
                 }
                 for c in self.queue.drain(..) {
-                    let _ = c.reply.send(Err(CallError::Unprocessed(why.clone())));
+                    self.calls
+                        .answer(c.slot, Err(CallError::Unprocessed(why.clone())));
                 }
                 Ok(())
             }
@@ -782,7 +977,7 @@ impl Conn {
             body: s.body.freeze(),
             trailers,
         };
-        let _ = s.reply.send(Ok(reply));
+        self.calls.answer(s.slot, Ok(reply));
     }
 
     fn arm_keepalive(&mut self) {
@@ -836,14 +1031,14 @@ impl Conn {
         for id in late {
             if let Some(s) = self.streams.remove(&id) {
                 put_rst(&mut self.side.wbuf, id, reason::CANCEL);
-                let _ = s.reply.send(Err(CallError::DeadlineExceeded));
+                self.calls.answer(s.slot, Err(CallError::DeadlineExceeded));
             }
         }
         let (late, waiting): (VecDeque<NewCall>, VecDeque<NewCall>) =
             self.queue.drain(..).partition(|c| past(c.deadline));
         self.queue = waiting;
         for c in late {
-            let _ = c.reply.send(Err(CallError::DeadlineExceeded));
+            self.calls.answer(c.slot, Err(CallError::DeadlineExceeded));
         }
         self.expiry = self
             .streams
@@ -915,23 +1110,6 @@ impl Engine for Conn {
                 }
             }
         }
-        while self.rx_open {
-            match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(Cmd::Call(c))) => {
-                    busy = true;
-                    self.accept(c);
-                }
-                Poll::Ready(Some(Cmd::Cancel(id))) => {
-                    busy = true;
-                    self.cancel(id);
-                }
-                Poll::Ready(None) => {
-                    busy = true;
-                    self.rx_open = false;
-                }
-                Poll::Pending => break,
-            }
-        }
         if self.side.io.is_some() && !self.side.eof {
             match self.side.poll_read(cx) {
                 Poll::Ready(Ok(0)) => {
@@ -978,25 +1156,12 @@ impl Engine for Conn {
         }
         self.streams.is_empty()
             && self.queue.is_empty()
-            && (!self.rx_open || !self.usable())
+            && (self.handles_gone || !self.usable())
             && self.side.pending_out() == 0
     }
 
     fn main_side(&mut self) -> &mut Side {
         &mut self.side
-    }
-}
-
-impl Future for Conn {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.get_mut();
-        let done = side::poll_engine(this, cx);
-        if done.is_ready() {
-            this.closed.store(true, Ordering::Relaxed);
-        }
-        done
     }
 }
 
