@@ -3,10 +3,8 @@
 //!
 //! A [`Client`] is a handle to one connection: a hand-written state machine
 //! (like `mp-lb`'s relay connection) behind a mutex, driven by a task of its
-//! own ([`Client::new`]) or by its owner's task ([`Client::new_local`] and
-//! [`Client::drive`]: no task switch per call). A call takes a slot in the
-//! connection's slab, where its answer and its future's waker wait (no
-//! channel or allocation per call); the request goes out as HEADERS and DATA
+//! own. A call takes a slot in the connection's slab, where its answer and
+//! its future's waker wait (no channel or allocation per call); the request goes out as HEADERS and DATA
 //! within the peer's windows, and the whole reply (head, body up to a limit,
 //! trailers) comes back at once. The connection reads and writes its socket
 //! in batches, so a busy one costs a few system calls per round of many
@@ -246,9 +244,8 @@ impl Calls {
 struct Shared {
     conn: Mutex<Conn>,
     closed: Arc<AtomicBool>,
-    /// The task driving the connection, woken when a call comes or goes;
-    /// `None`: the owner drives it ([`Client::drive`]).
-    driver: Option<AtomicWaker>,
+    /// The task driving the connection, woken when a call comes or goes.
+    driver: AtomicWaker,
 }
 
 impl Shared {
@@ -257,9 +254,7 @@ impl Shared {
     }
 
     fn wake_driver(&self) {
-        if let Some(d) = &self.driver {
-            d.wake();
-        }
+        self.driver.wake();
     }
 }
 
@@ -267,7 +262,6 @@ impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
             .field("closed", &self.closed)
-            .field("driven_by_owner", &self.driver.is_none())
             .finish_non_exhaustive()
     }
 }
@@ -283,12 +277,9 @@ impl Drop for Handle {
     }
 }
 
-/// A handle to one HTTP/2 connection (cheap to clone). The connection ends
-/// when every handle and call is gone, or on GOAWAY or failure.
-///
-/// A client made by [`Client::new`] or [`Client::connect`] is driven by a
-/// task of its own; one made by [`Client::new_local`] is driven by its owner
-/// ([`Client::drive`]), inside the owner's task: no task switch per call.
+/// A handle to one HTTP/2 connection (cheap to clone), driven by a task of
+/// its own. The connection ends when every handle and call is gone, or on
+/// GOAWAY or failure.
 #[derive(Clone, Debug)]
 pub struct Client {
     inner: Arc<Handle>,
@@ -333,44 +324,6 @@ impl Client {
         Ok(Client::spawn(addr, authority, cfg, Ok(io), None))
     }
 
-    /// A client of `addr` driven by its owner, not by a task of its own: the
-    /// owner calls [`Client::drive`] from its task whenever it runs (each
-    /// call's progress, the connection's reads and writes, its timer happen
-    /// there), until it resolves. The connection opens in the background as
-    /// with [`Client::new`]; `counted` is a gauge it is counted in while
-    /// open. Must be made inside a tokio runtime.
-    pub fn new_local(
-        addr: SocketAddr,
-        authority: &str,
-        cfg: &ClientConfig,
-        counted: Option<ConnectionGuard>,
-    ) -> Client {
-        let tls = cfg.tls.clone();
-        let limit = cfg.connect_timeout;
-        let connecting: Connecting = Box::pin(crate::tls::dial(addr, tls, limit));
-        let shared = Client::shared(addr, authority, cfg, Err(connecting), counted, false);
-        Client {
-            inner: Arc::new(Handle(shared)),
-        }
-    }
-
-    /// Drives a client made by [`Client::new_local`]: rounds of reading,
-    /// writing, starting calls and timers until nothing is left to do
-    /// (Pending: `cx` is woken when there is), or the connection ended
-    /// (Ready: it takes no calls; drop it). Does nothing for a client driven
-    /// by its own task.
-    pub fn drive(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let shared = &self.inner.0;
-        if shared.driver.is_some() {
-            return Poll::Pending;
-        }
-        let done = side::poll_engine(&mut *shared.lock(), cx);
-        if done.is_ready() {
-            shared.closed.store(true, Ordering::Relaxed);
-        }
-        done
-    }
-
     fn spawn(
         addr: SocketAddr,
         authority: &str,
@@ -378,7 +331,7 @@ impl Client {
         io: Result<Io, Connecting>,
         counted: Option<ConnectionGuard>,
     ) -> Client {
-        let shared = Client::shared(addr, authority, cfg, io, counted, true);
+        let shared = Client::shared(addr, authority, cfg, io, counted);
         tokio::spawn(Driver(shared.clone()));
         Client {
             inner: Arc::new(Handle(shared)),
@@ -391,7 +344,6 @@ impl Client {
         cfg: &ClientConfig,
         io: Result<Io, Connecting>,
         counted: Option<ConnectionGuard>,
-        own_task: bool,
     ) -> Arc<Shared> {
         let closed = Arc::new(AtomicBool::new(false));
         let (io, connecting) = match io {
@@ -436,7 +388,7 @@ impl Client {
         Arc::new(Shared {
             conn: Mutex::new(conn),
             closed,
-            driver: own_task.then(AtomicWaker::new),
+            driver: AtomicWaker::new(),
         })
     }
 
@@ -524,9 +476,7 @@ impl Future for Driver {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let shared = &self.0;
-        if let Some(d) = &shared.driver {
-            d.register(cx.waker());
-        }
+        shared.driver.register(cx.waker());
         let done = side::poll_engine(&mut *shared.lock(), cx);
         if done.is_ready() {
             shared.closed.store(true, Ordering::Relaxed);

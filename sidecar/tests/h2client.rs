@@ -511,3 +511,18 @@ async fn reused_header_blocks_say_what_each_calls_head_says() {
         assert_eq!(r.head.get(b"x-meta"), Some(&b"a"[..]), "after filler {i}");
     }
 }
+
+#[tokio::test]
+async fn a_call_outlives_its_client_handle() {
+    let s = server(1024).await;
+    let c = client(s.addr).await;
+    let call = c.call(head("Sleep"), message(b"kept"), None, LIMIT);
+    // The last handle goes while the call is in flight: the connection
+    // stays until the call is answered.
+    drop(c);
+    let r = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(&r.body[5..], b"kept");
+}
