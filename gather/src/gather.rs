@@ -14,6 +14,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -29,6 +30,7 @@ use crate::grpc::code_name;
 use crate::hedge::Budget;
 use crate::leaf::{self, Outgoing};
 use crate::metrics::Metrics;
+use crate::own::OwnLeaves;
 use crate::shard::Shard;
 use crate::topology::Topology;
 
@@ -139,7 +141,7 @@ impl Gather {
     /// flight finish on the old one) and returns the new generation (1 is
     /// the topology mp-gather started with).
     pub fn swap(&self, topology: Topology) -> u64 {
-        self.topology.store(std::sync::Arc::new(topology));
+        self.topology.store(Arc::new(topology));
         self.metrics.topology_swapped()
     }
 
@@ -147,13 +149,15 @@ impl Gather {
     /// (its `grpc-timeout`) and sent `headers` (its header list, names in
     /// lower case) and the request message in its gRPC frame (`framed`,
     /// checked: one uncompressed frame): scatter, apply the policy, merge.
-    /// Returns the reply message.
+    /// `own`: the caller connection's own leaf connections, used when it is
+    /// busy enough (see [`crate::own`]). Returns the reply message.
     pub async fn handle(
         &self,
         path: &PathAndQuery,
         caller_timeout: Option<Duration>,
         headers: &HeaderList,
         framed: Bytes,
+        own: Option<&Arc<OwnLeaves>>,
     ) -> Result<Bytes, Status> {
         let start = Instant::now();
         let body = framed.slice(5..);
@@ -169,17 +173,19 @@ impl Gather {
                 deadline_note = DeadlineNote::Caller { budget, total: t };
             }
         }
+        // The one atomic load of the call: it keeps this topology to the end.
+        let topology = self.topology.load_full();
+        let mut out = Outgoing::new(path.clone(), framed, headers);
+        out.own = own.filter(|o| o.take_call(topology.shards.len())).cloned();
         let call = Call {
             path,
-            out: Outgoing::new(path.clone(), framed, headers),
+            out,
             body,
             leaf_deadline,
             deadline_note,
             caller_deadline,
             start,
         };
-        // The one atomic load of the call: it keeps this topology to the end.
-        let topology = self.topology.load_full();
         let work = async {
             if topology.merge.reducer_for(&call) == Some(ReducerKind::First) {
                 return self.first(&topology.shards, &call).await;

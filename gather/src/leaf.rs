@@ -20,6 +20,7 @@ use mp_sidecar::pool::Endpoint;
 use tokio::time::{timeout_at, Instant};
 use tonic::{Code, Status};
 
+use crate::own::OwnLeaves;
 use crate::shard::Shard;
 
 /// Largest reply message accepted from a leaf (tonic's default too).
@@ -39,6 +40,9 @@ pub struct Outgoing {
     /// `:path`, content-type, te and the caller's forwarded metadata, encoded
     /// by each connection (`grpc-timeout` is added per call).
     pub head: Arc<RequestHead>,
+    /// The caller connection's own leaf connections, when its calls use them
+    /// (see [`crate::own`]); otherwise the shards' shared ones.
+    pub own: Option<Arc<OwnLeaves>>,
 }
 
 /// The fields of [`Outgoing::head`] before the caller's metadata.
@@ -101,7 +105,12 @@ impl Outgoing {
                 }
             }
         });
-        Outgoing { path, framed, head }
+        Outgoing {
+            path,
+            framed,
+            head,
+            own: None,
+        }
     }
 
     /// The caller's metadata that travels on (for the merger call): the
@@ -199,7 +208,10 @@ async fn send(
             }
             None => break,
         };
-        let client = shard.client(ep.addr());
+        let client = match &out.own {
+            Some(own) => own.client(shard, &ep),
+            None => shard.client(ep.addr()),
+        };
         ep.metrics().request();
         // The leaf learns its deadline (grpc-timeout), so it can give up too.
         let call = client.call(

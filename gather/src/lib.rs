@@ -14,6 +14,8 @@
 //!   changes them while mp-gather runs.
 //! - [`hedge`]: the hedge budget.
 //! - [`leaf`]: one call to a leaf: a replica from the sidecar pool, the call on a lean HTTP/2 client.
+//! - [`own`]: the leaf connections a busy caller connection owns, driven by
+//!   its task.
 //! - [`server`]: the gather port: unary calls on the sidecar's frame-level
 //!   server ([`mp_sidecar::h2server`]), health and reflection on tonic, drain.
 //! - [`reflect`]: server reflection, local for mp.v1, forwarded to a leaf for
@@ -32,6 +34,7 @@ pub mod hedge;
 pub mod leaf;
 pub mod merge;
 pub mod metrics;
+pub mod own;
 pub mod reflect;
 pub mod server;
 pub mod shard;

@@ -6,12 +6,13 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::task::Context;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
 use mp_sidecar::grpc;
 use mp_sidecar::h2server::{
-    self, Failure, Fallback, FrontConfig, RequestBody, Unary, UnaryFuture, UnaryRequest,
+    self, Failure, Fallback, FrontConfig, RequestBody, Unary, UnaryConn, UnaryFuture, UnaryRequest,
 };
 use mp_sidecar::server::ServerConfig;
 use tokio::net::TcpListener;
@@ -22,6 +23,7 @@ use tonic_reflection::pb::{v1, v1alpha};
 use tower::ServiceExt;
 
 use crate::gather::Gather;
+use crate::own::OwnLeaves;
 use crate::reflect::{Reflection, V1Alpha, V1};
 
 /// Largest request message accepted (tonic's default too).
@@ -92,17 +94,55 @@ impl Unary for Front {
     }
 
     fn call(&self, req: UnaryRequest) -> UnaryFuture {
-        let gather = self.gather.clone();
-        Box::pin(async move {
-            gather
-                .handle(&req.path, req.timeout, &req.headers, req.framed)
-                .await
-                .map_err(|s| Failure {
-                    code: s.code() as u16,
-                    message: s.message().to_string(),
-                })
-        })
+        answer(self.gather.clone(), req, None)
     }
+
+    fn connection(&self) -> Option<Box<dyn UnaryConn>> {
+        Some(Box::new(FrontConn {
+            gather: self.gather.clone(),
+            own: Arc::new(OwnLeaves::default()),
+        }))
+    }
+}
+
+/// One caller connection's side of the gather: its calls, and the leaf
+/// connections it owns once busy, driven by its task.
+struct FrontConn {
+    gather: Arc<Gather>,
+    own: Arc<OwnLeaves>,
+}
+
+impl UnaryConn for FrontConn {
+    fn call(&mut self, req: UnaryRequest) -> UnaryFuture {
+        answer(self.gather.clone(), req, Some(self.own.clone()))
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> bool {
+        self.own.drive(cx)
+    }
+
+    fn flush(&mut self, cx: &mut Context<'_>) -> bool {
+        // Only when the calls just polled made leaf calls.
+        self.own.has_new_calls() && self.own.drive(cx)
+    }
+}
+
+fn answer(gather: Arc<Gather>, req: UnaryRequest, own: Option<Arc<OwnLeaves>>) -> UnaryFuture {
+    Box::pin(async move {
+        gather
+            .handle(
+                &req.path,
+                req.timeout,
+                &req.headers,
+                req.framed,
+                own.as_ref(),
+            )
+            .await
+            .map_err(|s| Failure {
+                code: s.code() as u16,
+                message: s.message().to_string(),
+            })
+    })
 }
 
 /// Serves `service` on `listener` until `shutdown` resolves; then stops

@@ -3,8 +3,10 @@
 //!
 //! A [`Client`] is a handle to one connection: a hand-written state machine
 //! (like `mp-lb`'s relay connection) behind a mutex, driven by a task of its
-//! own. A call takes a slot in the connection's slab, where its answer and
-//! its future's waker wait (no channel or allocation per call); the request goes out as HEADERS and DATA
+//! own ([`Client::new`]) or by its owner's task ([`Client::new_local`] and
+//! [`Client::drive`]: no task switch per call). A call takes a slot in the
+//! connection's slab, where its answer and its future's waker wait (no
+//! channel or allocation per call); the request goes out as HEADERS and DATA
 //! within the peer's windows, and the whole reply (head, body up to a limit,
 //! trailers) comes back at once. The connection reads and writes its socket
 //! in batches, so a busy one costs a few system calls per round of many
@@ -240,12 +242,24 @@ impl Calls {
     }
 }
 
+/// What one [`Client::drive`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driven {
+    /// Nothing was there to do.
+    Idle,
+    /// Frames were read or written, calls started or answered.
+    Busy,
+    /// The connection ended: it takes no calls and has none left.
+    Ended,
+}
+
 /// What a connection's handles, calls and driver share.
 struct Shared {
     conn: Mutex<Conn>,
     closed: Arc<AtomicBool>,
-    /// The task driving the connection, woken when a call comes or goes.
-    driver: AtomicWaker,
+    /// The task driving the connection, woken when a call comes or goes;
+    /// `None`: the owner drives it ([`Client::drive`]).
+    driver: Option<AtomicWaker>,
 }
 
 impl Shared {
@@ -254,7 +268,9 @@ impl Shared {
     }
 
     fn wake_driver(&self) {
-        self.driver.wake();
+        if let Some(d) = &self.driver {
+            d.wake();
+        }
     }
 }
 
@@ -262,6 +278,7 @@ impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
             .field("closed", &self.closed)
+            .field("driven_by_owner", &self.driver.is_none())
             .finish_non_exhaustive()
     }
 }
@@ -277,9 +294,12 @@ impl Drop for Handle {
     }
 }
 
-/// A handle to one HTTP/2 connection (cheap to clone), driven by a task of
-/// its own. The connection ends when every handle and call is gone, or on
-/// GOAWAY or failure.
+/// A handle to one HTTP/2 connection (cheap to clone). The connection ends
+/// when every handle and call is gone, or on GOAWAY or failure.
+///
+/// A client made by [`Client::new`] or [`Client::connect`] is driven by a
+/// task of its own; one made by [`Client::new_local`] is driven by its owner
+/// ([`Client::drive`]), inside the owner's task: no task switch per call.
 #[derive(Clone, Debug)]
 pub struct Client {
     inner: Arc<Handle>,
@@ -324,6 +344,54 @@ impl Client {
         Ok(Client::spawn(addr, authority, cfg, Ok(io), None))
     }
 
+    /// A client of `addr` driven by its owner, not by a task of its own: the
+    /// owner calls [`Client::drive`] from its task whenever it runs (each
+    /// call's progress, the connection's reads and writes, its timer happen
+    /// there), until it resolves. The connection opens in the background as
+    /// with [`Client::new`]; `counted` is a gauge it is counted in while
+    /// open. Must be made inside a tokio runtime.
+    pub fn new_local(
+        addr: SocketAddr,
+        authority: &str,
+        cfg: &ClientConfig,
+        counted: Option<ConnectionGuard>,
+    ) -> Client {
+        let tls = cfg.tls.clone();
+        let limit = cfg.connect_timeout;
+        let connecting: Connecting = Box::pin(crate::tls::dial(addr, tls, limit));
+        let shared = Client::shared(addr, authority, cfg, Err(connecting), counted, false);
+        Client {
+            inner: Arc::new(Handle(shared)),
+        }
+    }
+
+    /// Drives a client made by [`Client::new_local`]: rounds of reading,
+    /// writing, starting calls and keeping time until nothing is left to do
+    /// (`cx` is woken when there is), or the connection ended (it takes no
+    /// calls: drop it). Does nothing for a client driven by its own task.
+    pub fn drive(&self, cx: &mut Context<'_>) -> Driven {
+        let shared = &self.inner.0;
+        if shared.driver.is_some() {
+            return Driven::Idle;
+        }
+        let mut conn = shared.lock();
+        let mut driven = Driven::Idle;
+        for _ in 0..side::ROUNDS {
+            let busy = conn.round(cx);
+            if conn.finished() {
+                shared.closed.store(true, Ordering::Relaxed);
+                return Driven::Ended;
+            }
+            if !busy {
+                return driven;
+            }
+            driven = Driven::Busy;
+        }
+        // Busy still: the owner's task comes back for the rest.
+        cx.waker().wake_by_ref();
+        driven
+    }
+
     fn spawn(
         addr: SocketAddr,
         authority: &str,
@@ -331,7 +399,7 @@ impl Client {
         io: Result<Io, Connecting>,
         counted: Option<ConnectionGuard>,
     ) -> Client {
-        let shared = Client::shared(addr, authority, cfg, io, counted);
+        let shared = Client::shared(addr, authority, cfg, io, counted, true);
         tokio::spawn(Driver(shared.clone()));
         Client {
             inner: Arc::new(Handle(shared)),
@@ -344,6 +412,7 @@ impl Client {
         cfg: &ClientConfig,
         io: Result<Io, Connecting>,
         counted: Option<ConnectionGuard>,
+        own_task: bool,
     ) -> Arc<Shared> {
         let closed = Arc::new(AtomicBool::new(false));
         let (io, connecting) = match io {
@@ -388,7 +457,7 @@ impl Client {
         Arc::new(Shared {
             conn: Mutex::new(conn),
             closed,
-            driver: AtomicWaker::new(),
+            driver: own_task.then(AtomicWaker::new),
         })
     }
 
@@ -476,7 +545,9 @@ impl Future for Driver {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let shared = &self.0;
-        shared.driver.register(cx.waker());
+        if let Some(d) = &shared.driver {
+            d.register(cx.waker());
+        }
         let done = side::poll_engine(&mut *shared.lock(), cx);
         if done.is_ready() {
             shared.closed.store(true, Ordering::Relaxed);

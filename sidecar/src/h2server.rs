@@ -3,8 +3,12 @@
 //!
 //! One task per connection. Unary calls that the [`Unary`] service takes are
 //! read whole, handed to it, and its future is polled inside that task (no
-//! task, channel or lock per call); the answer goes back as HEADERS, one DATA
-//! frame and trailers, within the client's windows. Every other stream
+//! task, channel or lock per call; a slot of the connection's call set, whose
+//! wakes during the task's own rounds cost no rescheduling); the answer goes
+//! back as HEADERS, one DATA frame and trailers, within the client's windows.
+//! A service may keep state per connection ([`UnaryConn`], e.g. upstream
+//! connections of its own) that the connection's task drives in the same
+//! rounds. Every other stream
 //! (health checks, server reflection: streaming calls, rare and light) goes
 //! to a [`Fallback`] HTTP service (e.g. tonic's) in a task of its own, its
 //! request and response bodies carried by channels.
@@ -37,13 +41,13 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::{AbortHandle, Abortable};
-use futures::stream::{FuturesUnordered, StreamExt};
 use http::uri::PathAndQuery;
 use http_body_util::BodyExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use crate::callset::{CallSet, Key};
 use crate::grpc::{self, code};
 use crate::hpack::HeaderList;
 use crate::server::{serve_connections, ServerConfig};
@@ -89,6 +93,28 @@ pub trait Unary: Send + Sync + 'static {
     /// Answers one call. The future is polled by the connection's task and
     /// dropped, unfinished, when the client cancels the call.
     fn call(&self, req: UnaryRequest) -> UnaryFuture;
+    /// The state a new connection keeps for its calls (e.g. connections of
+    /// its own to the services its calls call), or `None` (the default): its
+    /// calls go to [`Unary::call`].
+    fn connection(&self) -> Option<Box<dyn UnaryConn>> {
+        None
+    }
+}
+
+/// One connection's own side of a [`Unary`] service: made when the
+/// connection opens, dropped when it ends, driven by the connection's task.
+pub trait UnaryConn: Send {
+    /// Answers one call of this connection, as [`Unary::call`] does.
+    fn call(&mut self, req: UnaryRequest) -> UnaryFuture;
+    /// Does the connection's own work (e.g. drives its upstream
+    /// connections), registering its wakeups with `cx`: called at every round
+    /// of the connection's task, before its calls are polled (so answers that
+    /// came are taken in the same round). Whether anything happened.
+    fn poll(&mut self, cx: &mut Context<'_>) -> bool;
+    /// Sends what the calls just polled started (e.g. their requests
+    /// upstream): called at every round after the calls were polled. Whether
+    /// anything happened.
+    fn flush(&mut self, cx: &mut Context<'_>) -> bool;
 }
 
 /// A response body of the fallback service.
@@ -204,11 +230,12 @@ enum Event {
 
 enum Kind {
     /// A unary call: its head until the request is whole, the request so
-    /// far, then the call's abort handle.
+    /// far, then the call's key in the call set while it runs.
     Unary {
         head: Option<(PathAndQuery, HeaderList, Option<Duration>)>,
         body: BytesMut,
-        running: Option<AbortHandle>,
+        /// Its key in [`Conn::calls`] while it runs.
+        running: Option<Key>,
     },
     /// A fallback stream: the request body's sender (dropped at its end),
     /// the task.
@@ -242,28 +269,16 @@ enum Trailers {
     List(HeaderList),
 }
 
-type CallFuture = Abortable<Tagged>;
-
-/// A call's future with its stream id.
-struct Tagged {
-    id: u32,
-    fut: UnaryFuture,
-}
-
-impl Future for Tagged {
-    type Output = (u32, Result<Bytes, Failure>);
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let id = self.id;
-        self.fut.as_mut().poll(cx).map(|r| (id, r))
-    }
-}
-
 struct Conn {
     shared: Arc<Shared>,
     side: Side,
     streams: Ids<Stream>,
-    calls: FuturesUnordered<CallFuture>,
+    calls: CallSet<UnaryFuture>,
+    /// Calls that finished in a round, to answer.
+    finished: Vec<(u32, Result<Bytes, Failure>)>,
+    /// The connection's own side of the unary service, if it keeps one
+    /// (dropped after the calls above).
+    local: Option<Box<dyn UnaryConn>>,
     events: mpsc::UnboundedReceiver<(u32, Event)>,
     events_tx: mpsc::UnboundedSender<(u32, Event)>,
     state: ServerConn,
@@ -315,11 +330,14 @@ impl Conn {
     fn new(shared: Arc<Shared>, io: Io, watch: Watch) -> Conn {
         let w = watch.clone();
         let (events_tx, events) = mpsc::unbounded_channel();
+        let local = shared.unary.connection();
         Conn {
             shared,
             side: Side::new(Some(io)),
             streams: Ids::default(),
-            calls: FuturesUnordered::new(),
+            calls: CallSet::new(),
+            finished: Vec::new(),
+            local,
             events,
             events_tx,
             state: ServerConn::default(),
@@ -550,12 +568,7 @@ impl Conn {
         let name = self.shared.cfg.name;
         let max = self.shared.cfg.max_request;
         let Some(Stream {
-            kind:
-                Kind::Unary {
-                    head,
-                    body,
-                    running,
-                },
+            kind: Kind::Unary { head, body, .. },
             ..
         }) = self.streams.get_mut(&id)
         else {
@@ -567,20 +580,29 @@ impl Conn {
         let framed = std::mem::take(body).freeze();
         self.held -= framed.len();
         let checked = check_request(&framed, max);
-        let (handle, reg) = AbortHandle::new_pair();
-        *running = Some(handle);
         if let Err(msg) = checked {
             let (c, m) = msg;
             self.answer(id, c, &format!("{name}: {m}"));
             return;
         }
-        let fut = self.shared.unary.call(UnaryRequest {
+        let req = UnaryRequest {
             path,
             headers,
             timeout,
             framed,
-        });
-        self.calls.push(Abortable::new(Tagged { id, fut }, reg));
+        };
+        let fut = match &mut self.local {
+            Some(local) => local.call(req),
+            None => self.shared.unary.call(req),
+        };
+        let key = self.calls.push(id, fut);
+        if let Some(Stream {
+            kind: Kind::Unary { running, .. },
+            ..
+        }) = self.streams.get_mut(&id)
+        {
+            *running = Some(key);
+        }
     }
 
     /// Starts the fallback for stream `id` (request head `list`).
@@ -784,8 +806,8 @@ impl Conn {
         match &s.kind {
             Kind::Unary { body, running, .. } => {
                 self.held -= body.len();
-                if let Some(h) = running {
-                    h.abort();
+                if let Some(key) = running {
+                    self.calls.remove(*key);
                 }
             }
             Kind::Fallback { task, .. } => task.abort(),
@@ -795,13 +817,12 @@ impl Conn {
     /// Collects finished calls and fallback events.
     fn collect(&mut self, cx: &mut Context<'_>) -> bool {
         let mut busy = false;
-        while let Poll::Ready(Some(r)) = self.calls.poll_next_unpin(cx) {
-            busy = true;
-            // An aborted call's stream is already gone.
-            if let Ok((id, result)) = r {
-                self.call_done(id, result);
-            }
+        let mut finished = std::mem::take(&mut self.finished);
+        busy |= self.calls.poll(&mut finished);
+        for (id, result) in finished.drain(..) {
+            self.call_done(id, result);
         }
+        self.finished = finished;
         while let Poll::Ready(Some((id, ev))) = self.events.poll_recv(cx) {
             busy = true;
             self.event(id, ev);
@@ -966,7 +987,13 @@ impl Engine for Conn {
         }
         let backed_up = self.side.pending_out() > WRITE_HIGH;
         busy |= side::read_client(self, cx, backed_up);
+        if let Some(local) = &mut self.local {
+            busy |= local.poll(cx);
+        }
         busy |= self.collect(cx);
+        if let Some(local) = &mut self.local {
+            busy |= local.flush(cx);
+        }
         match self.side.poll_flush(cx) {
             Ok(w) => busy |= w,
             Err(e) => {
@@ -992,7 +1019,11 @@ impl Future for Conn {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        side::poll_engine(self.get_mut(), cx)
+        let this = self.get_mut();
+        this.calls.enter(cx);
+        let r = side::poll_engine(this, cx);
+        this.calls.leave(cx);
+        r
     }
 }
 

@@ -23,6 +23,7 @@
 pub mod addr;
 pub mod admin;
 pub mod body;
+mod callset;
 pub mod discovery;
 pub mod duration;
 pub mod grpc;

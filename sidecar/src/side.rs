@@ -733,7 +733,7 @@ pub trait Engine {
 }
 
 /// Rounds of work per wakeup before an engine yields to other tasks.
-const ROUNDS: usize = 32;
+pub(crate) const ROUNDS: usize = 32;
 
 /// How long a side that [lingers](Side::linger) reads after its FIN.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);

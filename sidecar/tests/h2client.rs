@@ -526,3 +526,39 @@ async fn a_call_outlives_its_client_handle() {
         .unwrap();
     assert_eq!(&r.body[5..], b"kept");
 }
+
+#[tokio::test]
+async fn a_local_client_moves_only_when_its_owner_drives_it() {
+    use mp_sidecar::h2client::Driven;
+    use std::future::Future;
+    let mut s = server(1024).await;
+    let c = Client::new_local(s.addr, "x", &ClientConfig::default(), None);
+    // Not driven: the call goes nowhere.
+    let idle = tokio::time::timeout(
+        Duration::from_millis(200),
+        c.call(head("Echo"), message(b"x"), None, LIMIT),
+    )
+    .await;
+    assert!(idle.is_err(), "an undriven client answered");
+    // Driven by the task that awaits the call.
+    let mut call = std::pin::pin!(c.call(head("Echo"), message(b"local"), None, LIMIT));
+    let r = std::future::poll_fn(|cx| {
+        let _ = c.drive(cx);
+        call.as_mut().poll(cx)
+    })
+    .await
+    .unwrap();
+    assert_eq!(&r.body[5..], b"local");
+    // The server goes away: driving tells the owner the connection ended.
+    s.stop.take().unwrap().send(()).unwrap();
+    let ended = tokio::time::timeout(
+        Duration::from_secs(5),
+        std::future::poll_fn(|cx| match c.drive(cx) {
+            Driven::Ended => std::task::Poll::Ready(()),
+            _ => std::task::Poll::Pending,
+        }),
+    )
+    .await;
+    assert!(ended.is_ok(), "the connection never ended");
+    assert!(c.is_closed());
+}
