@@ -217,16 +217,17 @@ impl Gather {
         call: &Call<'_>,
     ) -> Result<Vec<LeafResult>, Status> {
         let n = shards.len();
-        let mut slots: Vec<Option<LeafResult>> = (0..n).map(|_| None).collect();
         let mut failed = 0;
         if let [shard] = shards {
             // One shard: no set of futures to keep, and no timer of its own:
             // the leaf call is bounded by the leaf deadline (the leaf
             // connection's timer ends it).
             let r = self.call_shard(shard, call).await;
-            self.admit(&mut slots, &mut failed, r)?;
-            return Ok(slots.into_iter().flatten().collect());
+            let mut slot = [None];
+            self.admit(&mut slot, &mut failed, r)?;
+            return Ok(slot.into_iter().flatten().collect());
         }
+        let mut slots: Vec<Option<LeafResult>> = (0..n).map(|_| None).collect();
         let mut pending: FuturesUnordered<_> =
             shards.iter().map(|s| self.call_shard(s, call)).collect();
         // Each leaf call is bounded by the leaf deadline already; one timer

@@ -39,7 +39,8 @@ pub struct OwnLeaves {
 struct Inner {
     /// Calls the caller connection made.
     calls: u64,
-    /// Leaf calls were made since the connections were last driven.
+    /// Leaf calls were made since the connections were last driven or
+    /// sent.
     new_calls: bool,
     clients: Vec<(SocketAddr, Authority, Client)>,
 }
@@ -113,10 +114,18 @@ impl OwnLeaves {
         busy
     }
 
-    /// True when leaf calls were made since the connections were last
-    /// driven.
-    pub fn has_new_calls(&self) -> bool {
-        self.lock().new_calls
+    /// Sends the requests of the leaf calls made since the connections were
+    /// last driven or sent (nothing is read). Whether anything was written.
+    pub fn send(&self, cx: &mut Context<'_>) -> bool {
+        let mut inner = self.lock();
+        if !std::mem::take(&mut inner.new_calls) {
+            return false;
+        }
+        let mut wrote = false;
+        for (_, _, c) in &inner.clients {
+            wrote |= c.send(cx);
+        }
+        wrote
     }
 
     /// How many own leaf connections are open or closing.

@@ -122,8 +122,9 @@ impl UnaryConn for FrontConn {
     }
 
     fn flush(&mut self, cx: &mut Context<'_>) -> bool {
-        // Only when the calls just polled made leaf calls.
-        self.own.has_new_calls() && self.own.drive(cx)
+        // The requests of the leaf calls just made; their answers are read by
+        // the next round's `poll`.
+        self.own.send(cx)
     }
 }
 

@@ -392,6 +392,15 @@ impl Client {
         driven
     }
 
+    /// Sends what the calls made since the last [`Client::drive`] need sent
+    /// (their requests), without reading: for an owner that drives the client
+    /// before polling its calls and sends after. Whether anything was
+    /// written. Does nothing for a client driven by its own task.
+    pub fn send(&self, cx: &mut Context<'_>) -> bool {
+        let shared = &self.inner.0;
+        shared.driver.is_none() && shared.lock().send(cx)
+    }
+
     fn spawn(
         addr: SocketAddr,
         authority: &str,
@@ -1001,6 +1010,25 @@ impl Conn {
         self.calls.answer(s.slot, Ok(reply));
     }
 
+    /// Starts the queued calls the server's limit allows and writes what is
+    /// due. Whether anything was written.
+    fn send(&mut self, cx: &mut Context<'_>) -> bool {
+        self.start_queued();
+        let before = self.side.pending_out();
+        match self.side.poll_flush(cx) {
+            Ok(w) => {
+                self.flushed += (before - self.side.pending_out()) as u64;
+                w
+            }
+            Err(e) => {
+                if self.dead.is_none() {
+                    self.die(format!("writing to {} failed: {e}", self.addr));
+                }
+                true
+            }
+        }
+    }
+
     fn arm_keepalive(&mut self) {
         if let Some((interval, _)) = self.keepalive {
             self.keepalive_at = Some(Instant::now() + interval);
@@ -1154,20 +1182,7 @@ impl Engine for Conn {
                 Poll::Pending => {}
             }
         }
-        self.start_queued();
-        let before = self.side.pending_out();
-        match self.side.poll_flush(cx) {
-            Ok(w) => {
-                self.flushed += (before - self.side.pending_out()) as u64;
-                busy |= w;
-            }
-            Err(e) => {
-                busy = true;
-                if self.dead.is_none() {
-                    self.die(format!("writing to {} failed: {e}", self.addr));
-                }
-            }
-        }
+        busy |= self.send(cx);
         busy
     }
 
