@@ -48,10 +48,17 @@ pub struct Outgoing {
 /// The fields of [`Outgoing::head`] before the caller's metadata.
 const OWN_FIELDS: usize = 2;
 
+/// The request head the last call on a thread built, and the caller's header
+/// list it was built from.
+#[derive(Default)]
+struct LastHead {
+    caller: HeaderList,
+    head: Option<Arc<RequestHead>>,
+}
+
 thread_local! {
-    /// The request head the last call on this thread built (per thread, so
-    /// taking it needs no lock).
-    static LAST_HEAD: RefCell<Option<Arc<RequestHead>>> = const { RefCell::new(None) };
+    /// Per thread, so taking it needs no lock.
+    static LAST_HEAD: RefCell<LastHead> = RefCell::new(LastHead::default());
 }
 
 /// The head mp-gather sends its leaves for a call of `path` with the
@@ -95,12 +102,22 @@ impl Outgoing {
         // before: the head built for that one serves again (and the leaf
         // connection, seeing the same head, reuses its encoded bytes too).
         let head = LAST_HEAD.with(|last| {
-            let mut last = last.borrow_mut();
-            match &*last {
-                Some(h) if head_is_for(h, &path, headers) => h.clone(),
+            let last = &mut *last.borrow_mut();
+            match &last.head {
+                // The very same list (two comparisons of its buffers).
+                Some(h) if last.caller == *headers && h.path == path.as_str().as_bytes() => {
+                    h.clone()
+                }
+                // The same forwardable fields among others that changed
+                // (e.g. grpc-timeout).
+                Some(h) if head_is_for(h, &path, headers) => {
+                    last.caller.clone_from(headers);
+                    h.clone()
+                }
                 _ => {
                     let h = Arc::new(build_head(&path, headers));
-                    *last = Some(h.clone());
+                    last.caller.clone_from(headers);
+                    last.head = Some(h.clone());
                     h
                 }
             }
@@ -314,4 +331,42 @@ fn from_http(s: StatusCode) -> Status {
         _ => Code::Unknown,
     };
     Status::new(code, format!("the leaf answered HTTP {s}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(tenant: &str, timeout: &str) -> HeaderList {
+        let mut h = HeaderList::new();
+        h.push(b":path", b"/a.B/C");
+        h.push(b"content-type", b"application/grpc");
+        h.push(b"grpc-timeout", timeout.as_bytes());
+        h.push(b"x-tenant", tenant.as_bytes());
+        h
+    }
+
+    fn out(path: &'static str, headers: &HeaderList) -> Outgoing {
+        Outgoing::new(PathAndQuery::from_static(path), Bytes::new(), headers)
+    }
+
+    #[test]
+    fn the_leaves_head_is_reused_while_what_travels_on_is_the_same() {
+        let a = out("/a.B/C", &caller("a", "1S")).head;
+        // The same list: the same head.
+        assert!(Arc::ptr_eq(&a, &out("/a.B/C", &caller("a", "1S")).head));
+        // Only what does not travel on changed: the same head.
+        assert!(Arc::ptr_eq(&a, &out("/a.B/C", &caller("a", "2S")).head));
+        // Other metadata, another path: heads of their own, saying so.
+        let b = out("/a.B/C", &caller("b", "2S")).head;
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert_eq!(b.headers.get(b"x-tenant"), Some(&b"b"[..]));
+        let d = out("/a.B/D", &caller("b", "2S")).head;
+        assert!(!Arc::ptr_eq(&b, &d));
+        assert_eq!(d.path, b"/a.B/D");
+        // Back to the first caller's list: its fields again.
+        let again = out("/a.B/C", &caller("a", "1S")).head;
+        assert_eq!(again.headers, a.headers);
+        assert_eq!(again.path, a.path);
+    }
 }

@@ -116,10 +116,12 @@ pub struct Reply {
 impl Reply {
     /// The HTTP status (0 when missing or malformed).
     pub fn status(&self) -> u16 {
-        self.head
-            .get(b":status")
-            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
-            .unwrap_or(0)
+        match self.head.get(b":status") {
+            Some(b"200") => 200,
+            v => v
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+                .unwrap_or(0),
+        }
     }
 }
 

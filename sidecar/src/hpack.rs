@@ -12,8 +12,9 @@ use std::collections::VecDeque;
 use crate::wire::{reason, ConnError};
 
 /// A decoded header list: every name and value in one buffer, in order.
-/// Reused from call to call (`clear` keeps the capacity).
-#[derive(Clone, Default)]
+/// Reused from call to call (`clear` keeps the capacity). Two lists are
+/// equal when they hold the same fields in the same order.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct HeaderList {
     buf: Vec<u8>,
     /// (start, name length, value length) of each field in `buf`.
