@@ -49,7 +49,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::hpack::HeaderList;
 use crate::metrics::ConnectionGuard;
-use crate::side::{self, Control, Engine, Ids, Side};
+use crate::side::{self, Control, Engine, Ids, KeptBlock, Side};
 use crate::tls::{ClientTls, Io};
 use crate::wire::{
     self, flag, kind, put_goaway, put_head, put_rst, put_window_update, reason, ConnError, Head,
@@ -459,7 +459,8 @@ impl Client {
             timer_polled: false,
             heard: false,
             ping_out: false,
-            kept: None,
+            kept: KeptBlock::default(),
+            kept_for: None,
             _counted: counted,
         };
         if conn.side.io.is_some() {
@@ -632,19 +633,12 @@ struct Conn {
     timer_polled: bool,
     /// A frame arrived since the timer was armed.
     heard: bool,
-    /// The last request head encoded without changing the table, and its
-    /// bytes.
-    kept: Option<KeptBlock>,
+    /// The block of the last request head encoded (pseudo-headers and
+    /// headers, not `grpc-timeout`), and the head it is of.
+    kept: KeptBlock,
+    kept_for: Option<Arc<RequestHead>>,
     /// A PING went out and the timer waits for its answer.
     ping_out: bool,
-}
-
-/// A request head's encoded block (pseudo-headers and headers, not
-/// `grpc-timeout`), valid while the encoder's table is at `generation`.
-struct KeptBlock {
-    head: Arc<RequestHead>,
-    generation: u64,
-    block: Vec<u8>,
 }
 
 /// `d` as a `grpc-timeout` value in `buf` (what [`crate::grpc::encode_timeout`]
@@ -745,34 +739,26 @@ impl Conn {
             .map(|d| encode_timeout(d.saturating_duration_since(Instant::now()), &mut tbuf));
         let end = c.body.is_empty();
         let (scheme, authority) = (self.scheme, &self.authority[..]);
+        // Calls sharing a head are encoded the same way while the table does
+        // not change: the bytes kept from the last one serve.
+        if !self
+            .kept_for
+            .as_ref()
+            .is_some_and(|h| Arc::ptr_eq(h, &c.head))
+        {
+            self.kept.clear();
+            self.kept_for = Some(c.head.clone());
+        }
         let kept = &mut self.kept;
         self.side.put_header_block(id, end, |enc, out| {
             enc.begin(out);
-            // Calls sharing a head whose fields all stand in the table are
-            // encoded the same way while the table does not change: the
-            // bytes kept from the last one serve.
-            match kept {
-                Some(k) if Arc::ptr_eq(&k.head, &c.head) && enc.reusable(k.generation) => {
-                    out.extend_from_slice(&k.block);
-                }
-                _ => {
-                    let (at, generation) = (out.len(), enc.generation());
-                    let pseudo: [(&[u8], &[u8]); 4] = [
-                        (b":method", b"POST"),
-                        (b":scheme", scheme),
-                        (b":path", &c.head.path),
-                        (b":authority", authority),
-                    ];
-                    for (n, v) in pseudo.into_iter().chain(c.head.headers.iter()) {
-                        enc.encode(n, v, out);
-                    }
-                    *kept = enc.reusable(generation).then(|| KeptBlock {
-                        head: c.head.clone(),
-                        generation,
-                        block: out[at..].to_vec(),
-                    });
-                }
-            }
+            let pseudo: [(&[u8], &[u8]); 4] = [
+                (b":method", b"POST"),
+                (b":scheme", scheme),
+                (b":path", &c.head.path),
+                (b":authority", authority),
+            ];
+            kept.write(enc, out, pseudo.into_iter().chain(c.head.headers.iter()));
             // Never indexed (its value changes from call to call): it leaves
             // the table as it was.
             if let Some(t) = timeout {

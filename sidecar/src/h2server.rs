@@ -52,7 +52,7 @@ use crate::grpc::{self, code};
 use crate::hpack::HeaderList;
 use crate::server::{serve_connections, ServerConfig};
 use crate::shutdown::Watch;
-use crate::side::{self, Close, Engine, Ids, ServerConn, ServerStreams, Side};
+use crate::side::{self, Close, Engine, Ids, KeptBlock, ServerConn, ServerStreams, Side};
 use crate::tls::Io;
 use crate::wire::{self, flag, kind, put_data, put_rst, reason, ConnError, Head};
 
@@ -286,6 +286,10 @@ struct Conn {
     _watch: Watch,
     /// Where request header blocks are decoded.
     scratch: HeaderList,
+    /// The blocks of a successful reply's head and trailers, the same for
+    /// every call.
+    ok_head: KeptBlock,
+    ok_trailers: KeptBlock,
     /// The last method path parsed: calls on one connection mostly repeat
     /// it, and a clone is a reference count, not a parse.
     last_path: Option<PathAndQuery>,
@@ -344,6 +348,8 @@ impl Conn {
             drain: Some(Box::pin(async move { w.signaled().await })),
             _watch: watch,
             scratch: HeaderList::new(),
+            ok_head: KeptBlock::default(),
+            ok_trailers: KeptBlock::default(),
             last_path: None,
             held: 0,
             fallback_held: Arc::new(AtomicUsize::new(0)),
@@ -693,15 +699,15 @@ impl Conn {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        self.side.put_headers(
-            id,
-            false,
-            [
-                (&b":status"[..], &b"200"[..]),
+        let kept = &mut self.ok_head;
+        self.side.put_header_block(id, false, |enc, out| {
+            enc.begin(out);
+            let fields: [(&[u8], &[u8]); 2] = [
+                (b":status", b"200"),
                 (b"content-type", grpc::CONTENT_TYPE_GRPC.as_bytes()),
-            ]
-            .into_iter(),
-        );
+            ];
+            kept.write(enc, out, fields);
+        });
         s.head_sent = true;
         s.trailers = Some(Trailers::Ok);
         s.resp_end = true;
@@ -786,8 +792,11 @@ impl Conn {
         }
         match s.trailers.take() {
             Some(Trailers::Ok) => {
-                self.side
-                    .put_headers(id, true, std::iter::once((&b"grpc-status"[..], &b"0"[..])))
+                let kept = &mut self.ok_trailers;
+                self.side.put_header_block(id, true, |enc, out| {
+                    enc.begin(out);
+                    kept.write(enc, out, [(&b"grpc-status"[..], &b"0"[..])]);
+                });
             }
             Some(Trailers::List(t)) => self.side.put_headers(id, true, t.iter()),
             None if !ended => put_data(&mut self.side.wbuf, id, &[], true),

@@ -827,9 +827,80 @@ pub fn each_frame(
     }
 }
 
+/// A header block kept to be written again: the same fields encoded while
+/// the encoder's table is unchanged give the same bytes, so a block sent on
+/// every call (a reply's head, its trailers, a request head shared by calls)
+/// is encoded once, not once per call.
+#[derive(Debug, Default)]
+pub struct KeptBlock {
+    generation: u64,
+    bytes: Vec<u8>,
+    valid: bool,
+}
+
+impl KeptBlock {
+    /// Writes the block of `fields` to `out` (after [`Encoder::begin`]): the
+    /// kept bytes while they are still valid, else the fields encoded anew
+    /// (and kept when encoding them changed nothing in the table).
+    pub fn write<'a>(
+        &mut self,
+        enc: &mut Encoder,
+        out: &mut Vec<u8>,
+        fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    ) {
+        if self.valid && enc.reusable(self.generation) {
+            out.extend_from_slice(&self.bytes);
+            return;
+        }
+        let (at, generation) = (out.len(), enc.generation());
+        for (n, v) in fields {
+            enc.encode(n, v, out);
+        }
+        self.valid = enc.reusable(generation);
+        if self.valid {
+            self.generation = generation;
+            self.bytes.clear();
+            self.bytes.extend_from_slice(&out[at..]);
+        }
+    }
+
+    /// Forgets the kept bytes (the fields change).
+    pub fn clear(&mut self) {
+        self.valid = false;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hpack::HeaderList;
+
+    #[test]
+    fn a_kept_block_is_written_again_only_while_the_table_stands() {
+        let fields: [(&[u8], &[u8]); 2] = [(b":status", b"200"), (b"x-kept", b"yes")];
+        let mut enc = Encoder::new();
+        let mut dec = Decoder::new();
+        let mut kept = KeptBlock::default();
+        let mut blocks = Vec::new();
+        for round in 0..4 {
+            if round == 3 {
+                // The peer shrinks its table: what was kept refers to
+                // entries that are gone.
+                enc.set_peer_table_size(0);
+            }
+            let mut out = Vec::new();
+            enc.begin(&mut out);
+            kept.write(&mut enc, &mut out, fields);
+            let mut list = HeaderList::new();
+            dec.decode(&out, &mut list).unwrap();
+            assert_eq!(list.get(b"x-kept"), Some(&b"yes"[..]), "round {round}");
+            blocks.push(out);
+        }
+        // Indexed from the second block on, and that block kept and reused.
+        assert_ne!(blocks[0], blocks[1]);
+        assert_eq!(blocks[1], blocks[2]);
+        assert_ne!(blocks[2], blocks[3]);
+    }
 
     #[test]
     fn frames_are_cut_at_their_boundaries_and_random_bytes_never_panic() {
