@@ -127,14 +127,4 @@ impl OwnLeaves {
         }
         wrote
     }
-
-    /// How many own leaf connections are open or closing.
-    pub fn len(&self) -> usize {
-        self.lock().clients.len()
-    }
-
-    /// True when there are none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

@@ -8,6 +8,7 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures::StreamExt;
 use mp_gather::own::OWN_AFTER;
 use serde_json::json;
 use support::*;
@@ -109,4 +110,36 @@ async fn own_leaf_connections_keep_deadlines_and_cancel_late_calls() {
         stats.cancelled.load(Ordering::SeqCst)
     );
     assert_eq!(call_connections(&g), [2]);
+}
+
+/// Calls woken from another runtime thread (a shared leaf connection's task
+/// there) and from their own connection's task alike are answered: no call
+/// is left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_callers_on_two_threads_are_all_answered() {
+    let ls = leaves(2).await;
+    let mut a = shard_args(&ls);
+    a.extend(args(&["--threads", "2"]));
+    let g = GatherProc::start_with(&a, true);
+    let callers = (0..4).map(|_| {
+        let g = &g;
+        async move {
+            let c = g.client().await;
+            // Past OWN_AFTER on each connection, 8 at a time.
+            let calls = (0..OWN_AFTER + 40).map(|i| {
+                let mut c = c.clone();
+                async move { shards_in_order(&mut c, i).await }
+            });
+            futures::stream::iter(calls)
+                .buffer_unordered(8)
+                .collect::<Vec<()>>()
+                .await;
+            c
+        }
+    });
+    let _held = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(callers))
+        .await
+        .expect("every call answered");
+    // The shared connection and the four callers' own, per replica.
+    assert_eq!(call_connections(&g), [5, 5]);
 }
