@@ -244,12 +244,7 @@ async fn caller_deadline_shorter_than_a_slow_leaf() {
 /// deadline (the leaf's own, then the caller's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_slow_shard_is_bounded_by_the_deadlines_too() {
-    let slow = leaf(LeafSpec {
-        shard: 0,
-        delay: Duration::from_secs(30),
-        ..LeafSpec::default()
-    })
-    .await;
+    let slow = slow_leaf(0, Duration::from_secs(30)).await;
     let mut a = shard_args(std::slice::from_ref(&slow));
     a.extend(args(&["--leaf-timeout", "300ms"]));
     let g = GatherProc::start(&a);

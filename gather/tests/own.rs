@@ -71,12 +71,7 @@ async fn a_busy_caller_connection_gets_leaf_connections_of_its_own() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn own_leaf_connections_keep_deadlines_and_cancel_late_calls() {
-    let slow = leaf(LeafSpec {
-        shard: 0,
-        delay: Duration::from_secs(30),
-        ..LeafSpec::default()
-    })
-    .await;
+    let slow = slow_leaf(0, Duration::from_secs(30)).await;
     let mut a = shard_args(std::slice::from_ref(&slow));
     a.extend(args(&["--leaf-timeout", "200ms"]));
     let g = GatherProc::start_with(&a, true);

@@ -166,6 +166,16 @@ pub async fn leaf(spec: LeafSpec) -> Running {
     }
 }
 
+/// A leaf of `shard` whose every call takes `delay`.
+pub async fn slow_leaf(shard: usize, delay: Duration) -> Running {
+    leaf(LeafSpec {
+        shard,
+        delay,
+        ..LeafSpec::default()
+    })
+    .await
+}
+
 /// `n` plain leaves, shard i answering `{"shard": i, ...}`.
 pub async fn leaves(n: usize) -> Vec<Running> {
     let mut v = Vec::new();
