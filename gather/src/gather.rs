@@ -149,7 +149,7 @@ impl Gather {
     /// (its `grpc-timeout`) and sent `headers` (its header list, names in
     /// lower case) and the request message in its gRPC frame (`framed`,
     /// checked: one uncompressed frame): scatter, apply the policy, merge.
-    /// `own`: the caller connection's own leaf connections, used when it is
+    /// `own`: the caller connection's own leaf connections, used once it is
     /// busy enough (see [`crate::own`]). Returns the reply message.
     pub async fn handle(
         &self,
@@ -157,7 +157,7 @@ impl Gather {
         caller_timeout: Option<Duration>,
         headers: &HeaderList,
         framed: Bytes,
-        own: Option<&Arc<OwnLeaves>>,
+        own: &Arc<OwnLeaves>,
     ) -> Result<Bytes, Status> {
         let start = Instant::now();
         let body = framed.slice(5..);
@@ -176,7 +176,7 @@ impl Gather {
         // The one atomic load of the call: it keeps this topology to the end.
         let topology = self.topology.load_full();
         let mut out = Outgoing::new(path.clone(), framed, headers);
-        out.own = own.filter(|o| o.take_call(topology.shards.len())).cloned();
+        out.own = own.take_call(topology.shards.len()).then(|| own.clone());
         let call = Call {
             path,
             out,

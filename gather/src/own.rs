@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::task::Context;
 
 use http::uri::Authority;
-use mp_sidecar::h2client::{Client, ClientConfig, Driven};
+use mp_sidecar::h2client::{Client, ClientConfig, Rounds};
 use mp_sidecar::pool::Endpoint;
 
 use crate::shard::Shard;
@@ -104,12 +104,12 @@ impl OwnLeaves {
         inner.new_calls = false;
         let mut busy = false;
         inner.clients.retain(|(_, _, c)| match c.drive(cx) {
-            Driven::Idle => true,
-            Driven::Busy => {
+            Rounds::Idle => true,
+            Rounds::Busy => {
                 busy = true;
                 true
             }
-            Driven::Ended => false,
+            Rounds::Finished => false,
         });
         busy
     }

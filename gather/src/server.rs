@@ -93,15 +93,11 @@ impl Unary for Front {
             .any(|p| path.starts_with(p.as_bytes()))
     }
 
-    fn call(&self, req: UnaryRequest) -> UnaryFuture {
-        answer(self.gather.clone(), req, None)
-    }
-
-    fn connection(&self) -> Option<Box<dyn UnaryConn>> {
-        Some(Box::new(FrontConn {
+    fn connection(&self) -> Box<dyn UnaryConn> {
+        Box::new(FrontConn {
             gather: self.gather.clone(),
             own: Arc::new(OwnLeaves::default()),
-        }))
+        })
     }
 }
 
@@ -114,7 +110,16 @@ struct FrontConn {
 
 impl UnaryConn for FrontConn {
     fn call(&mut self, req: UnaryRequest) -> UnaryFuture {
-        answer(self.gather.clone(), req, Some(self.own.clone()))
+        let (gather, own) = (self.gather.clone(), self.own.clone());
+        Box::pin(async move {
+            gather
+                .handle(&req.path, req.timeout, &req.headers, req.framed, &own)
+                .await
+                .map_err(|s| Failure {
+                    code: s.code() as u16,
+                    message: s.message().to_string(),
+                })
+        })
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> bool {
@@ -126,24 +131,6 @@ impl UnaryConn for FrontConn {
         // the next round's `poll`.
         self.own.send(cx)
     }
-}
-
-fn answer(gather: Arc<Gather>, req: UnaryRequest, own: Option<Arc<OwnLeaves>>) -> UnaryFuture {
-    Box::pin(async move {
-        gather
-            .handle(
-                &req.path,
-                req.timeout,
-                &req.headers,
-                req.framed,
-                own.as_ref(),
-            )
-            .await
-            .map_err(|s| Failure {
-                code: s.code() as u16,
-                message: s.message().to_string(),
-            })
-    })
 }
 
 /// Serves `service` on `listener` until `shutdown` resolves; then stops

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
 use futures::task::AtomicWaker;
+use slab::Slab;
 
 /// The slots woken since they were last polled, and the task to wake.
 #[derive(Default)]
@@ -68,11 +69,10 @@ impl Wake for SlotWaker {
     }
 }
 
-struct Slot<F> {
-    waker: Arc<SlotWaker>,
-    as_waker: Waker,
-    /// The call in this slot and its tag (a stream id).
-    call: Option<(u32, F)>,
+/// A slot's waker, made once and kept while the slot is reused.
+struct SlotWakers {
+    flag: Arc<SlotWaker>,
+    waker: Waker,
 }
 
 /// A call's place in its [`CallSet`]: its slot and its tag (a slot is
@@ -85,8 +85,10 @@ pub(crate) struct Key {
 
 /// The calls of one connection; `F` resolves to a call's outcome.
 pub(crate) struct CallSet<F> {
-    slots: Vec<Slot<F>>,
-    free: Vec<usize>,
+    /// The calls and their tags (stream ids), by slot.
+    calls: Slab<(u32, F)>,
+    /// Slot `i`'s waker at `wakers[i]`.
+    wakers: Vec<SlotWakers>,
     ready: Arc<Ready>,
     /// The slots being polled (the ready list swapped out).
     batch: Vec<usize>,
@@ -95,8 +97,8 @@ pub(crate) struct CallSet<F> {
 impl<F: Future + Unpin> CallSet<F> {
     pub(crate) fn new() -> Self {
         CallSet {
-            slots: Vec::new(),
-            free: Vec::new(),
+            calls: Slab::new(),
+            wakers: Vec::new(),
             ready: Arc::new(Ready::default()),
             batch: Vec::new(),
         }
@@ -105,35 +107,24 @@ impl<F: Future + Unpin> CallSet<F> {
     /// Adds `fut`, tagged `tag`; it is polled at the next [`CallSet::poll`].
     /// Returns its key.
     pub(crate) fn push(&mut self, tag: u32, fut: F) -> Key {
-        let slot = match self.free.pop() {
-            Some(s) => s,
-            None => {
-                let slot = self.slots.len();
-                let waker = Arc::new(SlotWaker {
-                    slot,
-                    ready: self.ready.clone(),
-                    queued: AtomicBool::new(false),
-                });
-                self.slots.push(Slot {
-                    as_waker: Waker::from(waker.clone()),
-                    waker,
-                    call: None,
-                });
-                slot
-            }
-        };
-        self.slots[slot].call = Some((tag, fut));
-        self.slots[slot].as_waker.wake_by_ref();
+        let slot = self.calls.insert((tag, fut));
+        while self.wakers.len() <= slot {
+            let flag = Arc::new(SlotWaker {
+                slot: self.wakers.len(),
+                ready: self.ready.clone(),
+                queued: AtomicBool::new(false),
+            });
+            let waker = Waker::from(flag.clone());
+            self.wakers.push(SlotWakers { flag, waker });
+        }
+        self.wakers[slot].waker.wake_by_ref();
         Key { slot, tag }
     }
 
     /// Drops the call of `key`, if it is still there.
     pub(crate) fn remove(&mut self, key: Key) {
-        if let Some(s) = self.slots.get_mut(key.slot) {
-            if s.call.as_ref().is_some_and(|(t, _)| *t == key.tag) {
-                s.call = None;
-                self.free.push(key.slot);
-            }
+        if self.calls.get(key.slot).is_some_and(|(t, _)| *t == key.tag) {
+            self.calls.remove(key.slot);
         }
     }
 
@@ -159,18 +150,17 @@ impl<F: Future + Unpin> CallSet<F> {
         let mut batch = std::mem::take(&mut self.batch);
         self.ready.take(&mut batch);
         let polled = !batch.is_empty();
-        for &key in &batch {
-            let slot = &mut self.slots[key];
-            slot.waker.queued.store(false, Ordering::Release);
+        for &slot in &batch {
+            let w = &self.wakers[slot];
+            w.flag.queued.store(false, Ordering::Release);
             // A wake of a call that is gone (or of the slot's earlier call).
-            let Some((tag, fut)) = slot.call.as_mut() else {
+            let Some((tag, fut)) = self.calls.get_mut(slot) else {
                 continue;
             };
-            let mut cx = Context::from_waker(&slot.as_waker);
+            let mut cx = Context::from_waker(&w.waker);
             if let Poll::Ready(out) = std::pin::Pin::new(fut).poll(&mut cx) {
                 let tag = *tag;
-                slot.call = None;
-                self.free.push(key);
+                self.calls.remove(slot);
                 done.push((tag, out));
             }
         }
@@ -197,10 +187,15 @@ mod tests {
         }
     }
 
+    /// The connection's task, as a waker that counts its wakes.
+    fn task() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        (count.clone(), Waker::from(count))
+    }
+
     #[test]
     fn calls_finish_when_woken_and_removed_ones_never() {
-        let task = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(task.clone());
+        let (task, waker) = task();
         let cx = Context::from_waker(&waker);
         let mut set: CallSet<Fut> = CallSet::new();
         let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
@@ -241,8 +236,7 @@ mod tests {
 
     #[test]
     fn a_wake_while_the_task_runs_is_left_to_its_rounds() {
-        let task = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(task.clone());
+        let (task, waker) = task();
         let cx = Context::from_waker(&waker);
         let mut set: CallSet<Fut> = CallSet::new();
         let (tx, rx) = tokio::sync::oneshot::channel::<u32>();

@@ -45,10 +45,12 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::task::AtomicWaker;
+use slab::Slab;
 use tokio::time::{Instant, Sleep};
 
 use crate::hpack::HeaderList;
 use crate::metrics::ConnectionGuard;
+pub use crate::side::Rounds;
 use crate::side::{self, Control, Engine, Ids, KeptBlock, Side};
 use crate::tls::{ClientTls, Io};
 use crate::wire::{
@@ -158,13 +160,9 @@ struct NewCall {
 /// Where a call's answer waits for its future (a slab: a call is an index,
 /// not an allocation and a channel).
 #[derive(Default)]
-struct Calls {
-    slots: Vec<Slot>,
-    free: Vec<usize>,
-}
+struct Calls(Slab<Slot>);
 
 enum Slot {
-    Free,
     /// Not answered yet: the waker of the call's future, the stream carrying
     /// it once started.
     Waiting {
@@ -176,83 +174,59 @@ enum Slot {
 
 impl Calls {
     fn open(&mut self) -> usize {
-        let waiting = Slot::Waiting {
+        self.0.insert(Slot::Waiting {
             waker: None,
             stream: None,
-        };
-        match self.free.pop() {
-            Some(i) => {
-                self.slots[i] = waiting;
-                i
-            }
-            None => {
-                self.slots.push(waiting);
-                self.slots.len() - 1
-            }
-        }
+        })
     }
 
     /// Gives call `slot` its answer and wakes its future.
     fn answer(&mut self, slot: usize, answer: Answer) {
-        if let Some(Slot::Waiting { waker, .. }) = self.slots.get_mut(slot) {
-            let waker = waker.take();
-            self.slots[slot] = Slot::Answered(answer);
-            if let Some(w) = waker {
+        if let Some(s @ Slot::Waiting { .. }) = self.0.get_mut(slot) {
+            if let Slot::Waiting { waker: Some(w), .. } =
+                std::mem::replace(s, Slot::Answered(answer))
+            {
                 w.wake();
             }
         }
     }
 
     fn started(&mut self, slot: usize, id: u32) {
-        if let Some(Slot::Waiting { stream, .. }) = self.slots.get_mut(slot) {
+        if let Some(Slot::Waiting { stream, .. }) = self.0.get_mut(slot) {
             *stream = Some(id);
         }
     }
 
     /// The answer of call `slot` (its slot freed), or its waker noted.
     fn poll(&mut self, slot: usize, cx: &Context<'_>) -> Poll<Answer> {
-        match &mut self.slots[slot] {
-            Slot::Waiting { waker, .. } => {
+        match self.0.get_mut(slot) {
+            Some(Slot::Waiting { waker, .. }) => {
                 match waker {
                     Some(w) if w.will_wake(cx.waker()) => {}
                     _ => *waker = Some(cx.waker().clone()),
                 }
                 Poll::Pending
             }
-            Slot::Answered(_) => match std::mem::replace(&mut self.slots[slot], Slot::Free) {
-                Slot::Answered(a) => {
-                    self.free.push(slot);
-                    Poll::Ready(a)
-                }
-                _ => unreachable!("matched above"),
+            Some(Slot::Answered(_)) => match self.0.remove(slot) {
+                Slot::Answered(a) => Poll::Ready(a),
+                Slot::Waiting { .. } => unreachable!("matched above"),
             },
-            Slot::Free => Poll::Ready(Err(CallError::Failed(
-                "the call was already answered".to_string(),
-            ))),
+            None => Poll::Ready(Err(answered_already())),
         }
     }
 
     /// Frees call `slot` (its future is gone); the stream that carried it,
     /// if it was started and not answered.
     fn close(&mut self, slot: usize) -> Option<u32> {
-        let stream = match std::mem::replace(&mut self.slots[slot], Slot::Free) {
-            Slot::Waiting { stream, .. } => stream,
+        match self.0.try_remove(slot) {
+            Some(Slot::Waiting { stream, .. }) => stream,
             _ => None,
-        };
-        self.free.push(slot);
-        stream
+        }
     }
 }
 
-/// What one [`Client::drive`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Driven {
-    /// Nothing was there to do.
-    Idle,
-    /// Frames were read or written, calls started or answered.
-    Busy,
-    /// The connection ended: it takes no calls and has none left.
-    Ended,
+fn answered_already() -> CallError {
+    CallError::Failed("the call was already answered".to_string())
 }
 
 /// What a connection's handles, calls and driver share.
@@ -369,29 +343,19 @@ impl Client {
 
     /// Drives a client made by [`Client::new_local`]: rounds of reading,
     /// writing, starting calls and keeping time until nothing is left to do
-    /// (`cx` is woken when there is), or the connection ended (it takes no
-    /// calls: drop it). Does nothing for a client driven by its own task.
-    pub fn drive(&self, cx: &mut Context<'_>) -> Driven {
+    /// (`cx` is woken when there is), or the connection ended
+    /// ([`Rounds::Finished`]: it takes no calls; drop it). Does nothing for a
+    /// client driven by its own task.
+    pub fn drive(&self, cx: &mut Context<'_>) -> Rounds {
         let shared = &self.inner.0;
         if shared.driver.is_some() {
-            return Driven::Idle;
+            return Rounds::Idle;
         }
-        let mut conn = shared.lock();
-        let mut driven = Driven::Idle;
-        for _ in 0..side::ROUNDS {
-            let busy = conn.round(cx);
-            if conn.finished() {
-                shared.closed.store(true, Ordering::Relaxed);
-                return Driven::Ended;
-            }
-            if !busy {
-                return driven;
-            }
-            driven = Driven::Busy;
+        let rounds = side::run_rounds(&mut *shared.lock(), cx);
+        if rounds == Rounds::Finished {
+            shared.closed.store(true, Ordering::Relaxed);
         }
-        // Busy still: the owner's task comes back for the rest.
-        cx.waker().wake_by_ref();
-        driven
+        rounds
     }
 
     /// Sends what the calls made since the last [`Client::drive`] need sent
@@ -529,10 +493,9 @@ impl Future for Call {
     type Output = Answer;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+        // Polled again after its answer: its slot may be another call's now.
         if self.done {
-            return Poll::Ready(Err(CallError::Failed(
-                "the call was already answered".to_string(),
-            )));
+            return Poll::Ready(Err(answered_already()));
         }
         let answer = std::task::ready!(self.shared.lock().calls.poll(self.slot, cx));
         self.done = true;

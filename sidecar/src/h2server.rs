@@ -6,9 +6,9 @@
 //! task, channel or lock per call; a slot of the connection's call set, whose
 //! wakes during the task's own rounds cost no rescheduling); the answer goes
 //! back as HEADERS, one DATA frame and trailers, within the client's windows.
-//! A service may keep state per connection ([`UnaryConn`], e.g. upstream
-//! connections of its own) that the connection's task drives in the same
-//! rounds. Every other stream
+//! Each connection has its own side of the service ([`UnaryConn`]), which
+//! may keep state for its calls (e.g. upstream connections of its own) that
+//! the connection's task drives in the same rounds. Every other stream
 //! (health checks, server reflection: streaming calls, rare and light) goes
 //! to a [`Fallback`] HTTP service (e.g. tonic's) in a task of its own, its
 //! request and response bodies carried by channels.
@@ -90,31 +90,32 @@ pub trait Unary: Send + Sync + 'static {
     /// Whether calls to `path` are this service's (the rest go to the
     /// fallback).
     fn takes(&self, path: &[u8]) -> bool;
-    /// Answers one call. The future is polled by the connection's task and
-    /// dropped, unfinished, when the client cancels the call.
-    fn call(&self, req: UnaryRequest) -> UnaryFuture;
-    /// The state a new connection keeps for its calls (e.g. connections of
-    /// its own to the services its calls call), or `None` (the default): its
-    /// calls go to [`Unary::call`].
-    fn connection(&self) -> Option<Box<dyn UnaryConn>> {
-        None
-    }
+    /// The side of the service a new connection uses: it answers that
+    /// connection's calls and may keep state for them (e.g. connections of
+    /// its own to the services its calls call).
+    fn connection(&self) -> Box<dyn UnaryConn>;
 }
 
-/// One connection's own side of a [`Unary`] service: made when the
-/// connection opens, dropped when it ends, driven by the connection's task.
+/// One connection's side of a [`Unary`] service: made when the connection
+/// opens, dropped when it ends, driven by the connection's task.
 pub trait UnaryConn: Send {
-    /// Answers one call of this connection, as [`Unary::call`] does.
+    /// Answers one call. The future is polled by the connection's task and
+    /// dropped, unfinished, when the client cancels the call.
     fn call(&mut self, req: UnaryRequest) -> UnaryFuture;
     /// Does the connection's own work (e.g. drives its upstream
     /// connections), registering its wakeups with `cx`: called at every round
     /// of the connection's task, before its calls are polled (so answers that
-    /// came are taken in the same round). Whether anything happened.
-    fn poll(&mut self, cx: &mut Context<'_>) -> bool;
+    /// came are taken in the same round). Whether anything happened. None by
+    /// default.
+    fn poll(&mut self, _cx: &mut Context<'_>) -> bool {
+        false
+    }
     /// Sends what the calls just polled started (e.g. their requests
     /// upstream): called at every round after the calls were polled. Whether
-    /// anything happened.
-    fn flush(&mut self, cx: &mut Context<'_>) -> bool;
+    /// anything happened. None by default.
+    fn flush(&mut self, _cx: &mut Context<'_>) -> bool {
+        false
+    }
 }
 
 /// A response body of the fallback service.
@@ -276,9 +277,9 @@ struct Conn {
     calls: CallSet<UnaryFuture>,
     /// Calls that finished in a round, to answer.
     finished: Vec<(u32, Result<Bytes, Failure>)>,
-    /// The connection's own side of the unary service, if it keeps one
-    /// (dropped after the calls above).
-    local: Option<Box<dyn UnaryConn>>,
+    /// The connection's side of the unary service (dropped after the calls
+    /// above).
+    unary: Box<dyn UnaryConn>,
     events: mpsc::UnboundedReceiver<(u32, Event)>,
     events_tx: mpsc::UnboundedSender<(u32, Event)>,
     state: ServerConn,
@@ -334,14 +335,14 @@ impl Conn {
     fn new(shared: Arc<Shared>, io: Io, watch: Watch) -> Conn {
         let w = watch.clone();
         let (events_tx, events) = mpsc::unbounded_channel();
-        let local = shared.unary.connection();
+        let unary = shared.unary.connection();
         Conn {
             shared,
             side: Side::new(Some(io)),
             streams: Ids::default(),
             calls: CallSet::new(),
             finished: Vec::new(),
-            local,
+            unary,
             events,
             events_tx,
             state: ServerConn::default(),
@@ -597,10 +598,7 @@ impl Conn {
             timeout,
             framed,
         };
-        let fut = match &mut self.local {
-            Some(local) => local.call(req),
-            None => self.shared.unary.call(req),
-        };
+        let fut = self.unary.call(req);
         let key = self.calls.push(id, fut);
         if let Some(Stream {
             kind: Kind::Unary { running, .. },
@@ -996,13 +994,9 @@ impl Engine for Conn {
         }
         let backed_up = self.side.pending_out() > WRITE_HIGH;
         busy |= side::read_client(self, cx, backed_up);
-        if let Some(local) = &mut self.local {
-            busy |= local.poll(cx);
-        }
+        busy |= self.unary.poll(cx);
         busy |= self.collect(cx);
-        if let Some(local) = &mut self.local {
-            busy |= local.flush(cx);
-        }
+        busy |= self.unary.flush(cx);
         match self.side.poll_flush(cx) {
             Ok(w) => busy |= w,
             Err(e) => {

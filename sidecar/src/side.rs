@@ -733,32 +733,56 @@ pub trait Engine {
 }
 
 /// Rounds of work per wakeup before an engine yields to other tasks.
-pub(crate) const ROUNDS: usize = 32;
+const ROUNDS: usize = 32;
 
 /// How long a side that [lingers](Side::linger) reads after its FIN.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// What [`run_rounds`] saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rounds {
+    /// Nothing was there to do.
+    Idle,
+    /// Frames were read or written, calls started or answered.
+    Busy,
+    /// The engine is finished.
+    Finished,
+}
+
+/// Runs rounds of `engine` until nothing happens or it is finished, yielding
+/// after [`ROUNDS`] busy rounds (its task is woken to come back) so other
+/// connections get their turn.
+pub fn run_rounds(engine: &mut impl Engine, cx: &mut Context<'_>) -> Rounds {
+    let mut seen = Rounds::Idle;
+    for _ in 0..ROUNDS {
+        let busy = engine.round(cx);
+        if engine.finished() {
+            return Rounds::Finished;
+        }
+        if !busy {
+            return seen;
+        }
+        seen = Rounds::Busy;
+    }
+    cx.waker().wake_by_ref();
+    seen
+}
+
 /// Polls `engine` as its task's future: rounds until nothing happens
 /// (Pending) or it is finished (Ready, its main side shut down and, if it
-/// lingers, the peer's last bytes read), yielding after [`ROUNDS`] busy
-/// rounds so other connections get their turn.
+/// lingers, the peer's last bytes read).
 pub fn poll_engine(engine: &mut impl Engine, cx: &mut Context<'_>) -> Poll<()> {
     if engine.main_side().closing.is_some() {
         return engine.main_side().poll_close(cx);
     }
-    for _ in 0..ROUNDS {
-        let busy = engine.round(cx);
-        if engine.finished() {
+    match run_rounds(engine, cx) {
+        Rounds::Finished => {
             let side = engine.main_side();
             side.closing = Some(None);
-            return side.poll_close(cx);
+            side.poll_close(cx)
         }
-        if !busy {
-            return Poll::Pending;
-        }
+        Rounds::Idle | Rounds::Busy => Poll::Pending,
     }
-    cx.waker().wake_by_ref();
-    Poll::Pending
 }
 
 impl Side {

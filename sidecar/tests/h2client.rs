@@ -165,6 +165,23 @@ async fn client(addr: SocketAddr) -> Client {
 
 const LIMIT: usize = 4 << 20;
 
+/// A server that accepts one connection, sends an empty SETTINGS frame if
+/// `settings`, then reads everything and answers nothing.
+async fn silent_server(settings: bool) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        if settings {
+            tcp.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+        }
+        let mut buf = vec![0u8; 4096];
+        while tcp.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    });
+    addr
+}
+
 #[tokio::test]
 async fn unary_replies_statuses_and_trailers_only() {
     let s = server(1024).await;
@@ -342,17 +359,9 @@ async fn the_servers_stream_limit_is_respected() {
 
 #[tokio::test]
 async fn a_server_that_stops_answering_is_found_out_by_ping() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // An HTTP/2 server that sends its SETTINGS, then reads everything and
-    // answers nothing, not even PINGs (a peer gone without a FIN).
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut tcp, _) = listener.accept().await.unwrap();
-        tcp.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
-        let mut buf = vec![0u8; 4096];
-        while tcp.read(&mut buf).await.is_ok_and(|n| n > 0) {}
-    });
+    // Sends its SETTINGS, then answers nothing, not even PINGs (a peer gone
+    // without a FIN).
+    let addr = silent_server(true).await;
     let cfg = ClientConfig {
         keepalive: Some(Duration::from_millis(100)),
         keepalive_timeout: Duration::from_millis(100),
@@ -437,16 +446,8 @@ async fn deadlines_end_calls_and_reset_their_streams() {
 
 #[tokio::test]
 async fn a_call_waiting_for_the_connection_ends_at_its_deadline() {
-    use tokio::io::AsyncReadExt;
-    // Accepts the TCP connection and never speaks HTTP/2: calls wait for its
-    // SETTINGS.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut tcp, _) = listener.accept().await.unwrap();
-        let mut buf = vec![0u8; 4096];
-        while tcp.read(&mut buf).await.is_ok_and(|n| n > 0) {}
-    });
+    // Never speaks HTTP/2: calls wait for its SETTINGS.
+    let addr = silent_server(false).await;
     let c = Client::connect(addr, "x", &ClientConfig::default())
         .await
         .unwrap();
@@ -529,7 +530,7 @@ async fn a_call_outlives_its_client_handle() {
 
 #[tokio::test]
 async fn a_local_client_moves_only_when_its_owner_drives_it() {
-    use mp_sidecar::h2client::Driven;
+    use mp_sidecar::h2client::Rounds;
     use std::future::Future;
     let mut s = server(1024).await;
     let c = Client::new_local(s.addr, "x", &ClientConfig::default(), None);
@@ -554,7 +555,7 @@ async fn a_local_client_moves_only_when_its_owner_drives_it() {
     let ended = tokio::time::timeout(
         Duration::from_secs(5),
         std::future::poll_fn(|cx| match c.drive(cx) {
-            Driven::Ended => std::task::Poll::Ready(()),
+            Rounds::Finished => std::task::Poll::Ready(()),
             _ => std::task::Poll::Pending,
         }),
     )

@@ -9,7 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use mp_sidecar::h2client::{Client, ClientConfig, RequestHead};
 use mp_sidecar::h2server::{
-    self, Failure, Fallback, FrontConfig, Unary, UnaryFuture, UnaryRequest, MAX_FALLBACK_HELD,
+    self, Failure, Fallback, FrontConfig, Unary, UnaryConn, UnaryFuture, UnaryRequest,
+    MAX_FALLBACK_HELD,
 };
 use mp_sidecar::hpack::{Encoder, HeaderList};
 use mp_sidecar::server::ServerConfig;
@@ -24,7 +25,13 @@ impl Unary for Echo {
         path.starts_with(b"/echo/") || path.starts_with(b"/fail/")
     }
 
-    fn call(&self, req: UnaryRequest) -> UnaryFuture {
+    fn connection(&self) -> Box<dyn UnaryConn> {
+        Box::new(Echo)
+    }
+}
+
+impl UnaryConn for Echo {
+    fn call(&mut self, req: UnaryRequest) -> UnaryFuture {
         Box::pin(async move {
             if req.path.path().starts_with("/fail/") {
                 return Err(Failure {
