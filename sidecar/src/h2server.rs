@@ -575,7 +575,12 @@ impl Conn {
         let name = self.shared.cfg.name;
         let max = self.shared.cfg.max_request;
         let Some(Stream {
-            kind: Kind::Unary { head, body, .. },
+            kind:
+                Kind::Unary {
+                    head,
+                    body,
+                    running,
+                },
             ..
         }) = self.streams.get_mut(&id)
         else {
@@ -586,26 +591,18 @@ impl Conn {
         };
         let framed = std::mem::take(body).freeze();
         self.held -= framed.len();
-        let checked = check_request(&framed, max);
-        if let Err(msg) = checked {
-            let (c, m) = msg;
-            self.answer(id, c, &format!("{name}: {m}"));
-            return;
-        }
-        let req = UnaryRequest {
-            path,
-            headers,
-            timeout,
-            framed,
-        };
-        let fut = self.unary.call(req);
-        let key = self.calls.push(id, fut);
-        if let Some(Stream {
-            kind: Kind::Unary { running, .. },
-            ..
-        }) = self.streams.get_mut(&id)
-        {
-            *running = Some(key);
+        match check_request(&framed, max) {
+            Ok(()) => {
+                let req = UnaryRequest {
+                    path,
+                    headers,
+                    timeout,
+                    framed,
+                };
+                // One lookup of the stream: the call's key goes straight in.
+                *running = Some(self.calls.push(id, self.unary.call(req)));
+            }
+            Err((code, msg)) => self.answer(id, code, &format!("{name}: {msg}")),
         }
     }
 
