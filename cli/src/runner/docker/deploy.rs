@@ -550,14 +550,33 @@ async fn stop_and_remove(docker: &bollard::Docker, id: &str) {
     remove(docker, id).await;
 }
 
-/// Removes `id` at once (killing it if it runs). Errors are ignored.
+/// Removes `id` at once (killing it if it runs). A container the engine is
+/// busy with (one that exits at once is being restarted by its policy; a
+/// removal already in progress) refuses for a moment: asked again a few
+/// times before giving up. Gone already is done.
 async fn remove(docker: &bollard::Docker, id: &str) {
-    let options = RemoveContainerOptionsBuilder::default()
-        .force(true)
-        .v(true)
-        .build();
-    let _ = docker.remove_container(id, Some(options)).await;
+    for attempt in 1..=REMOVE_ATTEMPTS {
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match docker.remove_container(id, Some(options)).await {
+            Ok(()) => return,
+            Err(e) if status_of(&e) == Some(404) => return,
+            Err(e) => {
+                tracing::debug!(container = id, attempt, error = %e, "removing a container failed");
+                if attempt < REMOVE_ATTEMPTS {
+                    tokio::time::sleep(REMOVE_RETRY * attempt).await;
+                }
+            }
+        }
+    }
 }
+
+/// Tries to remove a container before giving up, and the pause after the
+/// first (growing by as much after each).
+const REMOVE_ATTEMPTS: u32 = 5;
+const REMOVE_RETRY: Duration = Duration::from_millis(100);
 
 /// Removes every container of `service`; returns the images they ran and
 /// whether there was any.
