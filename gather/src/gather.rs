@@ -155,7 +155,7 @@ impl Gather {
         &self,
         path: &PathAndQuery,
         caller_timeout: Option<Duration>,
-        headers: &HeaderList,
+        headers: &Arc<HeaderList>,
         framed: Bytes,
         own: &Arc<OwnLeaves>,
     ) -> Result<Bytes, Status> {
@@ -225,7 +225,7 @@ impl Gather {
             let r = self.call_shard(shard, call).await;
             let mut slot = [None];
             self.admit(&mut slot, &mut failed, r)?;
-            return Ok(slot.into_iter().flatten().collect());
+            return Ok(Vec::from(slot.map(|r| r.expect("admitted"))));
         }
         let mut slots: Vec<Option<LeafResult>> = (0..n).map(|_| None).collect();
         let mut pending: FuturesUnordered<_> =
@@ -254,8 +254,12 @@ impl Gather {
             };
             self.admit(&mut slots, &mut failed, r)?;
         }
-        // Every shard has its outcome now (an answer, a failure or the deadline).
-        Ok(slots.into_iter().flatten().collect())
+        // Every shard has its outcome now (an answer, a failure or the
+        // deadline). Sized once: collecting a `Flatten` would grow the vector
+        // as it goes.
+        let mut outcomes = Vec::with_capacity(n);
+        outcomes.extend(slots.into_iter().flatten());
+        Ok(outcomes)
     }
 
     /// Stores one shard's outcome; fails the call when the policy says so.

@@ -111,7 +111,7 @@ mod tests {
         let out = crate::leaf::Outgoing::new(
             http::uri::PathAndQuery::from_static("/a.B/C"),
             bytes::Bytes::new(),
-            &h,
+            &std::sync::Arc::new(h),
         );
         // The leaves get mp-gather's own content-type and te, then the
         // caller's metadata; the merger gets the metadata alone.

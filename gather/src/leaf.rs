@@ -49,10 +49,11 @@ pub struct Outgoing {
 const OWN_FIELDS: usize = 2;
 
 /// The request head the last call on a thread built, and the caller's header
-/// list it was built from.
+/// list it was built from (held: a list no one holds may be filled again
+/// with other fields, see [`mp_sidecar::hpack::Decoder::decode_shared`]).
 #[derive(Default)]
 struct LastHead {
-    caller: HeaderList,
+    caller: Option<Arc<HeaderList>>,
     head: Option<Arc<RequestHead>>,
 }
 
@@ -97,26 +98,29 @@ impl Outgoing {
     /// gRPC frame (`framed`, as the caller sent it) and the caller's headers
     /// (`headers`: the forwardable ones travel on, see
     /// [`crate::grpc::is_forwardable`]).
-    pub fn new(path: PathAndQuery, framed: Bytes, headers: &HeaderList) -> Self {
+    pub fn new(path: PathAndQuery, framed: Bytes, headers: &Arc<HeaderList>) -> Self {
         // A caller's calls mostly repeat the path and the metadata of the one
         // before: the head built for that one serves again (and the leaf
         // connection, seeing the same head, reuses its encoded bytes too).
         let head = LAST_HEAD.with(|last| {
             let last = &mut *last.borrow_mut();
+            let same_list = last
+                .caller
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(c, headers) || **c == **headers);
             match &last.head {
-                // The very same list (two comparisons of its buffers).
-                Some(h) if last.caller == *headers && h.path == path.as_str().as_bytes() => {
-                    h.clone()
-                }
+                // The very same list: mostly the very same `Arc` (the
+                // server's decoder shares the list of a repeated block).
+                Some(h) if same_list && h.path == path.as_str().as_bytes() => h.clone(),
                 // The same forwardable fields among others that changed
                 // (e.g. grpc-timeout).
                 Some(h) if head_is_for(h, &path, headers) => {
-                    last.caller.clone_from(headers);
+                    last.caller = Some(headers.clone());
                     h.clone()
                 }
                 _ => {
                     let h = Arc::new(build_head(&path, headers));
-                    last.caller.clone_from(headers);
+                    last.caller = Some(headers.clone());
                     last.head = Some(h.clone());
                     h
                 }
@@ -347,7 +351,8 @@ mod tests {
     }
 
     fn out(path: &'static str, headers: &HeaderList) -> Outgoing {
-        Outgoing::new(PathAndQuery::from_static(path), Bytes::new(), headers)
+        let headers = Arc::new(headers.clone());
+        Outgoing::new(PathAndQuery::from_static(path), Bytes::new(), &headers)
     }
 
     #[test]

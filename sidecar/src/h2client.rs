@@ -106,13 +106,15 @@ pub struct RequestHead {
 /// A whole unary reply.
 #[derive(Debug)]
 pub struct Reply {
-    /// The response head (`:status` first, as the server sent it).
-    pub head: HeaderList,
+    /// The response head (`:status` first, as the server sent it). Shared:
+    /// the replies of a connection that repeat a head block get the same
+    /// list.
+    pub head: Arc<HeaderList>,
     /// The response body (DATA frames concatenated).
     pub body: Bytes,
     /// The trailers; `None` when the head ended the stream (trailers-only)
-    /// or the body ended without trailers.
-    pub trailers: Option<HeaderList>,
+    /// or the body ended without trailers. Shared as the head.
+    pub trailers: Option<Arc<HeaderList>>,
 }
 
 impl Reply {
@@ -415,7 +417,6 @@ impl Client {
             goaway: None,
             dead: None,
             flushed: 0,
-            scratch: HeaderList::new(),
             keepalive: cfg.keepalive.map(|k| (k, cfg.keepalive_timeout)),
             keepalive_at: None,
             expiry: None,
@@ -538,7 +539,7 @@ const MAX_STREAM_ID: u32 = wire::MAX_WINDOW;
 struct Stream {
     /// The call's slot in [`Conn::calls`].
     slot: usize,
-    head: Option<HeaderList>,
+    head: Option<Arc<HeaderList>>,
     body: BytesMut,
     max: usize,
     deadline: Option<Instant>,
@@ -581,8 +582,6 @@ struct Conn {
     dead: Option<String>,
     /// Bytes written to the socket so far.
     flushed: u64,
-    /// Header blocks are decoded here first.
-    scratch: HeaderList,
     /// (interval, timeout) of keepalive PINGs.
     keepalive: Option<(Duration, Duration)>,
     /// When the keepalive looks at the connection next.
@@ -913,15 +912,12 @@ impl Conn {
 
     fn headers(&mut self, id: u32, end: bool) -> Result<(), ConnError> {
         // Decoded even for a stream we dropped: HPACK state is per connection.
-        // Into a list kept for that (its buffers grown once), then copied at
-        // its exact size for the caller: two allocations, not a string of
-        // reallocations.
-        self.scratch.clear();
-        self.side.dec.decode(&self.side.block, &mut self.scratch)?;
+        // A server's replies mostly repeat their head and trailer blocks: the
+        // lists decoded for earlier ones serve again.
+        let list = self.side.dec.decode_shared(&self.side.block)?;
         let Some(s) = self.streams.get_mut(&id) else {
             return Ok(());
         };
-        let list = self.scratch.clone();
         if s.head.is_none() {
             // 1xx: an informational head; the real one follows.
             if !end
@@ -945,7 +941,7 @@ impl Conn {
     }
 
     /// The server ended the stream: the reply goes to its caller.
-    fn complete(&mut self, id: u32, trailers: Option<HeaderList>) {
+    fn complete(&mut self, id: u32, trailers: Option<Arc<HeaderList>>) {
         let Some(s) = self.streams.remove(&id) else {
             return;
         };

@@ -63,8 +63,9 @@ pub struct UnaryRequest {
     pub path: PathAndQuery,
     /// The request's header list as received (names in lower case;
     /// pseudo-headers first, then `content-type`, `te`, `grpc-timeout` and
-    /// the rest).
-    pub headers: HeaderList,
+    /// the rest). Shared: the calls of a connection whose requests carry
+    /// the same head get the same list.
+    pub headers: Arc<HeaderList>,
     /// The caller's `grpc-timeout`, parsed.
     pub timeout: Option<Duration>,
     /// The request message in its gRPC frame (the 5-byte prefix included):
@@ -233,7 +234,7 @@ enum Kind {
     /// A unary call: its head until the request is whole, the request so
     /// far, then the call's key in the call set while it runs.
     Unary {
-        head: Option<(PathAndQuery, HeaderList, Option<Duration>)>,
+        head: Option<(PathAndQuery, Arc<HeaderList>, Option<Duration>)>,
         body: BytesMut,
         /// Its key in [`Conn::calls`] while it runs.
         running: Option<Key>,
@@ -282,11 +283,12 @@ struct Conn {
     unary: Box<dyn UnaryConn>,
     events: mpsc::UnboundedReceiver<(u32, Event)>,
     events_tx: mpsc::UnboundedSender<(u32, Event)>,
+    /// A fallback task held a sender of `events` at the last round: the
+    /// channel is read until a round finds none (and reads it once more).
+    fallback_senders: bool,
     state: ServerConn,
     drain: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     _watch: Watch,
-    /// Where request header blocks are decoded.
-    scratch: HeaderList,
     /// The blocks of a successful reply's head and trailers, the same for
     /// every call.
     ok_head: KeptBlock,
@@ -345,10 +347,10 @@ impl Conn {
             unary,
             events,
             events_tx,
+            fallback_senders: false,
             state: ServerConn::default(),
             drain: Some(Box::pin(async move { w.signaled().await })),
             _watch: watch,
-            scratch: HeaderList::new(),
             ok_head: KeptBlock::default(),
             ok_trailers: KeptBlock::default(),
             last_path: None,
@@ -457,11 +459,9 @@ impl Conn {
     }
 
     fn header_block(&mut self, id: u32, end: bool) -> Result<(), ConnError> {
-        // Decoded into a list that keeps its capacity, then copied at its
-        // exact size (no growing of a new list field by field).
-        self.scratch.clear();
-        self.side.dec.decode(&self.side.block, &mut self.scratch)?;
-        let list = self.scratch.clone();
+        // A client's requests mostly repeat their head block: the list
+        // decoded for the last one serves again.
+        let list = self.side.dec.decode_shared(&self.side.block)?;
         if let Some(s) = self.streams.get_mut(&id) {
             // Request trailers: they end the request (their content is not
             // passed on; gRPC requests carry none).
@@ -827,10 +827,19 @@ impl Conn {
             self.call_done(id, result);
         }
         self.finished = finished;
-        while let Poll::Ready(Some((id, ev))) = self.events.poll_recv(cx) {
-            busy = true;
-            self.event(id, ev);
+        // Only fallback tasks send events, each on its own clone of
+        // `events_tx`: with none left nothing more can come, and the channel
+        // (a few hundred instructions a round) is not read. A task sends
+        // before it drops its sender, so the round that first counts no
+        // other sender still reads what the last one sent.
+        let senders = self.events_tx.strong_count() > 1;
+        if senders || self.fallback_senders {
+            while let Poll::Ready(Some((id, ev))) = self.events.poll_recv(cx) {
+                busy = true;
+                self.event(id, ev);
+            }
         }
+        self.fallback_senders = senders;
         busy
     }
 }

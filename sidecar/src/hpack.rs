@@ -8,6 +8,7 @@
 //! never Huffman-codes (loopback and LAN bytes are cheap, CPU is not).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use crate::wire::{reason, ConnError};
 
@@ -143,7 +144,35 @@ pub struct Decoder {
     /// field (nghttp2 and `:path`) send the same codes call after call.
     memo: [(Vec<u8>, Vec<u8>); 2],
     name: Vec<u8>,
+    /// Counts the changes to the dynamic table: a block decodes to the same
+    /// list as long as this stays the same.
+    generation: u64,
+    /// Blocks decoded lately that left the table as it was, with their lists
+    /// ([`Decoder::decode_shared`]).
+    kept: Vec<KeptDecoding>,
+    /// The next of `kept` to replace.
+    next_kept: usize,
+    /// Where [`Decoder::decode_shared`] decodes a block it does not know.
+    decoded: HeaderList,
 }
+
+/// A header block and its list, decoded at table generation `generation`
+/// (`NEVER`: a spare list, for no block).
+#[derive(Debug)]
+struct KeptDecoding {
+    block: Vec<u8>,
+    generation: u64,
+    list: Arc<HeaderList>,
+}
+
+/// Blocks a decoder keeps with their lists: a connection's blocks mostly
+/// repeat one or two shapes (a request head; a reply head and trailers).
+const KEPT_BLOCKS: usize = 4;
+/// The longest block kept. Repeated blocks that index their fields are a few
+/// dozen bytes; this bounds what a connection keeps.
+const MAX_KEPT_BLOCK: usize = 512;
+/// The generation of a kept list that serves no block.
+const NEVER: u64 = u64::MAX;
 
 impl Default for Decoder {
     fn default() -> Self {
@@ -161,7 +190,70 @@ impl Decoder {
             scratch: Vec::new(),
             memo: Default::default(),
             name: Vec::new(),
+            generation: 0,
+            kept: Vec::new(),
+            next_kept: 0,
+            decoded: HeaderList::new(),
         }
+    }
+
+    /// Decodes a complete header block (as [`Decoder::decode`]) into a list
+    /// that may be shared: a block whose bytes are those of a block decoded
+    /// lately, with the table as it was then, decodes to the same list, and
+    /// that list is returned again (no decoding, no copy). Lists no one holds
+    /// any more are filled again rather than allocated.
+    pub fn decode_shared(&mut self, block: &[u8]) -> Result<Arc<HeaderList>, ConnError> {
+        let generation = self.generation;
+        if let Some(k) = self
+            .kept
+            .iter()
+            .find(|k| k.generation == generation && k.block == block)
+        {
+            return Ok(k.list.clone());
+        }
+        let mut decoded = std::mem::take(&mut self.decoded);
+        decoded.clear();
+        let result = self.decode(block, &mut decoded);
+        self.decoded = decoded;
+        result?;
+        // Kept only when decoding it again would give the same list: it left
+        // the table as it found it.
+        let keep = self.generation == generation && block.len() <= MAX_KEPT_BLOCK;
+        let k = if self.kept.len() < KEPT_BLOCKS {
+            self.kept.push(KeptDecoding {
+                block: Vec::new(),
+                generation: NEVER,
+                list: Arc::new(self.decoded.clone()),
+            });
+            self.kept.last_mut().expect("just pushed")
+        } else {
+            // A list that serves no block any more goes first, else the
+            // oldest.
+            let now = self.generation;
+            let i = match self.kept.iter().position(|k| k.generation != now) {
+                Some(i) => i,
+                None => {
+                    let i = self.next_kept;
+                    self.next_kept = (i + 1) % KEPT_BLOCKS;
+                    i
+                }
+            };
+            let k = &mut self.kept[i];
+            match Arc::get_mut(&mut k.list) {
+                Some(list) => list.clone_from(&self.decoded),
+                // Still held (a call in flight): a list of its own.
+                None => k.list = Arc::new(self.decoded.clone()),
+            }
+            k
+        };
+        k.block.clear();
+        if keep {
+            k.block.extend_from_slice(block);
+            k.generation = self.generation;
+        } else {
+            k.generation = NEVER;
+        }
+        Ok(k.list.clone())
     }
 
     /// Decodes a complete header block, appending its fields to `into`. A
@@ -176,7 +268,7 @@ impl Decoder {
             if b & 0x80 != 0 {
                 let (idx, n) = get_int(&block[i..], 7)?;
                 i += n;
-                let (name, value) = self.field(idx)?;
+                let (name, value) = field(&self.entries, idx)?;
                 into.push(name, value);
             } else if b & 0xe0 == 0x20 {
                 // A table size update: only at the start of a block.
@@ -190,25 +282,27 @@ impl Decoder {
                 }
                 self.max = max;
                 self.evict(0);
+                self.generation += 1;
                 continue;
             } else {
                 let (index, prefix) = if b & 0x40 != 0 { (true, 6) } else { (false, 4) };
                 let (idx, n) = get_int(&block[i..], prefix)?;
                 i += n;
+                // Copied into a buffer kept for that: the value is read next,
+                // from the same scratch space the name may have come from.
                 self.name.clear();
                 if idx == 0 {
                     let (s, n) = string(&block[i..], &mut self.scratch, &mut self.memo)?;
                     i += n;
-                    let s = s.to_vec();
-                    self.name = s;
+                    self.name.extend_from_slice(s);
                 } else {
-                    let name = self.field(idx)?.0.to_vec();
-                    self.name = name;
+                    self.name.extend_from_slice(field(&self.entries, idx)?.0);
                 }
                 let (value, n) = string(&block[i..], &mut self.scratch, &mut self.memo)?;
                 i += n;
                 into.push(&self.name, value);
                 if index {
+                    self.generation += 1;
                     let size = self.name.len() + value.len() + 32;
                     let entry: Entry = (self.name.as_slice().into(), value.into());
                     self.evict(size);
@@ -229,18 +323,6 @@ impl Decoder {
         Ok(())
     }
 
-    fn field(&self, idx: usize) -> Result<(&[u8], &[u8]), ConnError> {
-        match idx {
-            0 => Err(compression("index 0")),
-            1..=61 => Ok(STATIC[idx - 1]),
-            _ => self
-                .entries
-                .get(idx - 62)
-                .map(|(n, v)| (&**n, &**v))
-                .ok_or(compression("index past the tables")),
-        }
-    }
-
     fn evict(&mut self, room: usize) {
         while self.size + room > self.max {
             match self.entries.pop_back() {
@@ -248,6 +330,19 @@ impl Decoder {
                 None => break,
             }
         }
+    }
+}
+
+/// The field at HPACK index `idx`: the static table's, then `entries` (the
+/// dynamic table, newest first).
+fn field(entries: &VecDeque<Entry>, idx: usize) -> Result<(&[u8], &[u8]), ConnError> {
+    match idx {
+        0 => Err(compression("index 0")),
+        1..=61 => Ok(STATIC[idx - 1]),
+        _ => entries
+            .get(idx - 62)
+            .map(|(n, v)| (&**n, &**v))
+            .ok_or(compression("index past the tables")),
     }
 }
 
@@ -812,5 +907,136 @@ mod tests {
         assert_eq!(e.code, reason::COMPRESSION_ERROR);
         // Index past the tables.
         assert!(Decoder::new().decode(&[0x80 | 70], &mut l).is_err());
+    }
+
+    /// `(name, value)` pairs of a list, for comparisons that print well.
+    fn pairs(list: &HeaderList) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(n, v)| {
+                (
+                    String::from_utf8_lossy(n).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_repeated_block_shares_its_list() {
+        let mut enc = Encoder::new();
+        let mut dec = Decoder::new();
+        let req: [(&[u8], &[u8]); 4] = [
+            (b":method", b"POST"),
+            (b":path", b"/a.B/C"),
+            (b"content-type", b"application/grpc"),
+            (b"x-tenant", b"a"),
+        ];
+        let block = |enc: &mut Encoder| {
+            let mut out = Vec::new();
+            enc.begin(&mut out);
+            for (n, v) in req {
+                enc.encode(n, v, &mut out);
+            }
+            out
+        };
+        // The first block fills the table: decoding it again would not give
+        // the same list, so it is not kept.
+        let first = dec.decode_shared(&block(&mut enc)).unwrap();
+        let second = dec.decode_shared(&block(&mut enc)).unwrap();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert_eq!(pairs(&first), pairs(&second));
+        // From then on the same bytes: the same list.
+        let third = dec.decode_shared(&block(&mut enc)).unwrap();
+        assert!(Arc::ptr_eq(&second, &third));
+        assert_eq!(third.get(b"x-tenant"), Some(&b"a"[..]));
+    }
+
+    #[test]
+    fn the_same_bytes_decode_anew_once_the_table_changed() {
+        let mut dec = Decoder::new();
+        // Literal with incremental indexing, new name: x-a: 1, then x-b: 2.
+        let add = |name: &[u8], value: &[u8]| {
+            let mut b = vec![0x40, name.len() as u8];
+            b.extend_from_slice(name);
+            b.push(value.len() as u8);
+            b.extend_from_slice(value);
+            b
+        };
+        let newest = [0x80 | 62];
+        dec.decode_shared(&add(b"x-a", b"1")).unwrap();
+        let a = dec.decode_shared(&newest).unwrap();
+        assert_eq!(a.get(b"x-a"), Some(&b"1"[..]));
+        dec.decode_shared(&add(b"x-b", b"2")).unwrap();
+        let b = dec.decode_shared(&newest).unwrap();
+        assert_eq!(pairs(&b), [("x-b".to_string(), "2".to_string())]);
+        // The held list is not filled again with the new fields.
+        assert_eq!(pairs(&a), [("x-a".to_string(), "1".to_string())]);
+        // A table size update (to 0) empties the table: the index is gone.
+        dec.decode_shared(&[0x20]).unwrap();
+        let e = dec.decode_shared(&newest).unwrap_err();
+        assert_eq!(e.code, reason::COMPRESSION_ERROR);
+    }
+
+    #[test]
+    fn lists_no_one_holds_are_filled_again_and_held_ones_are_not() {
+        let mut dec = Decoder::new();
+        // Static-table fields only: these blocks leave the table as it is.
+        let blocks: Vec<Vec<u8>> = (2..=14).map(|i| vec![0x80 | i]).collect();
+        let held = dec.decode_shared(&blocks[0]).unwrap();
+        let want = pairs(&held);
+        let mut seen = std::collections::HashSet::new();
+        for b in &blocks[1..] {
+            let list = dec.decode_shared(b).unwrap();
+            seen.insert(Arc::as_ptr(&list));
+        }
+        // Twelve blocks through at most four lists, the held one not among
+        // them, its fields unchanged.
+        assert!(seen.len() <= KEPT_BLOCKS, "{} lists", seen.len());
+        assert!(!seen.contains(&Arc::as_ptr(&held)));
+        assert_eq!(pairs(&held), want);
+    }
+
+    #[test]
+    fn shared_decoding_matches_decoding_block_by_block() {
+        // A pseudo-random stream of blocks, some fields repeating, some
+        // varying, with table size changes: the shared lists always say
+        // what a plain decoding of the same block says.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let (mut enc, mut shared, mut plain) = (Encoder::new(), Decoder::new(), Decoder::new());
+        let mut held = Vec::new();
+        for i in 0..3000 {
+            if next(100) == 0 {
+                enc.set_peer_table_size([0, 64, 256, 4096][next(4) as usize] as u32);
+            }
+            let mut block = Vec::new();
+            enc.begin(&mut block);
+            let fields = 1 + next(3);
+            for _ in 0..fields {
+                let value = match next(3) {
+                    0 => format!("v{}", next(1000)),
+                    _ => format!("v{}", next(2)),
+                };
+                let name = format!("x-{}", next(3));
+                enc.encode(name.as_bytes(), value.as_bytes(), &mut block);
+            }
+            let got = shared.decode_shared(&block).unwrap();
+            let mut want = HeaderList::new();
+            plain.decode(&block, &mut want).unwrap();
+            assert_eq!(*got, want, "block {i}");
+            // Some lists stay held a while, as calls in flight hold them.
+            if next(3) == 0 {
+                held.push((got, want));
+            }
+            if held.len() > 8 {
+                let (got, want) = held.remove(0);
+                assert_eq!(*got, want, "a held list changed");
+            }
+        }
     }
 }
