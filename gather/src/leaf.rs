@@ -104,10 +104,17 @@ impl Outgoing {
         // connection, seeing the same head, reuses its encoded bytes too).
         let head = LAST_HEAD.with(|last| {
             let last = &mut *last.borrow_mut();
-            let same_list = last
-                .caller
-                .as_ref()
-                .is_some_and(|c| Arc::ptr_eq(c, headers) || **c == **headers);
+            let same_list = match &last.caller {
+                Some(c) if Arc::ptr_eq(c, headers) => true,
+                // Equal fields in another list (e.g. the first of a
+                // connection's requests, decoded before its block repeated):
+                // that list is the one to meet again.
+                Some(c) if **c == **headers => {
+                    last.caller = Some(headers.clone());
+                    true
+                }
+                _ => false,
+            };
             match &last.head {
                 // The very same list: mostly the very same `Arc` (the
                 // server's decoder shares the list of a repeated block).
@@ -373,5 +380,24 @@ mod tests {
         let again = out("/a.B/C", &caller("a", "1S")).head;
         assert_eq!(again.headers, a.headers);
         assert_eq!(again.path, a.path);
+    }
+
+    #[test]
+    fn the_latest_of_equal_caller_lists_is_the_one_remembered() {
+        // The server shares one list among a connection's repeated request
+        // heads, after a first request decoded into a list of its own: the
+        // shared one is kept (held) for the pointer comparison.
+        let first = Arc::new(caller("a", "1S"));
+        let shared = Arc::new(caller("a", "1S"));
+        let path = PathAndQuery::from_static("/a.B/C");
+        let h1 = Outgoing::new(path.clone(), Bytes::new(), &first).head;
+        let h2 = Outgoing::new(path.clone(), Bytes::new(), &shared).head;
+        assert!(Arc::ptr_eq(&h1, &h2));
+        assert_eq!(
+            Arc::strong_count(&shared),
+            2,
+            "held by the thread's last head"
+        );
+        assert_eq!(Arc::strong_count(&first), 1, "let go");
     }
 }

@@ -293,9 +293,8 @@ struct Conn {
     /// every call.
     ok_head: KeptBlock,
     ok_trailers: KeptBlock,
-    /// The last method path parsed: calls on one connection mostly repeat
-    /// it, and a clone is a reference count, not a parse.
-    last_path: Option<PathAndQuery>,
+    /// The last request head read, and what was read off it.
+    last_request: Option<(Arc<HeaderList>, RequestInfo)>,
     /// Bytes of unary request bodies still arriving.
     held: usize,
     /// Bytes sent to fallback streams and not yet read by them.
@@ -312,6 +311,23 @@ struct RequestFields<'a> {
     content_type: Option<&'a [u8]>,
     encoding: Option<&'a [u8]>,
     timeout: Option<&'a [u8]>,
+}
+
+/// What the front reads off a request head, kept with the last head read.
+#[derive(Clone)]
+struct RequestInfo {
+    /// `:path`, `:method` and `:scheme` are there.
+    valid: bool,
+    /// The unary service takes the path (else the fallback does).
+    unary: bool,
+    /// POST, with a gRPC content-type.
+    grpc: bool,
+    /// No `grpc-encoding`, or `identity`.
+    identity: bool,
+    /// The path, parsed, for a unary gRPC call (none when malformed).
+    path: Option<PathAndQuery>,
+    /// `grpc-timeout`, parsed.
+    timeout: Option<Duration>,
 }
 
 impl<'a> RequestFields<'a> {
@@ -353,7 +369,7 @@ impl Conn {
             _watch: watch,
             ok_head: KeptBlock::default(),
             ok_trailers: KeptBlock::default(),
-            last_path: None,
+            last_request: None,
             held: 0,
             fallback_held: Arc::new(AtomicUsize::new(0)),
         }
@@ -492,11 +508,7 @@ impl Conn {
             return Ok(());
         }
         let name = self.shared.cfg.name;
-        let req = RequestFields::of(&list);
-        let path = req.path.unwrap_or(b"");
-        let valid =
-            !path.is_empty() && req.method.is_some_and(|m| !m.is_empty()) && req.scheme.is_some();
-        let unary = self.shared.unary.takes(path);
+        let info = self.request_info(&list);
         let mut stream = Stream {
             kind: Kind::Unary {
                 head: None,
@@ -511,7 +523,7 @@ impl Conn {
             resp_end: false,
             trailers: None,
         };
-        if !valid {
+        if !info.valid {
             self.streams.insert(id, stream);
             let msg = format!("{name}: request without :method, :scheme or :path");
             self.answer(id, code::INTERNAL, &msg);
@@ -526,47 +538,78 @@ impl Conn {
             self.answer(id, code::RESOURCE_EXHAUSTED, &msg);
             return Ok(());
         }
-        if !unary {
+        if !info.unary {
             stream.kind = self.start_fallback(id, &list, end);
             self.streams.insert(id, stream);
             return Ok(());
         }
-        let is_grpc = req
-            .content_type
-            .is_some_and(|v| v.starts_with(b"application/grpc"));
-        let path = match &self.last_path {
-            Some(p) if p.as_str().as_bytes() == path => Ok(p.clone()),
-            _ => PathAndQuery::try_from(path.to_vec()),
-        };
         self.streams.insert(id, stream);
-        if req.method != Some(b"POST") || !is_grpc {
+        if !info.grpc {
             let text =
                 format!("{name} serves gRPC only: POST with content-type application/grpc\n");
             self.plain(id, 415, &text);
             return Ok(());
         }
-        if req.encoding.is_some_and(|e| e != b"identity") {
+        if !info.identity {
             let msg = format!("{name} accepts uncompressed messages only (grpc-encoding identity)");
             self.answer(id, code::UNIMPLEMENTED, &msg);
             return Ok(());
         }
-        let Ok(path) = path else {
+        let Some(path) = info.path else {
             self.answer(id, code::INTERNAL, &format!("{name}: malformed :path"));
             return Ok(());
         };
-        self.last_path = Some(path.clone());
-        let timeout = req.timeout.and_then(grpc::parse_timeout_bytes);
         if let Some(Stream {
             kind: Kind::Unary { head, .. },
             ..
         }) = self.streams.get_mut(&id)
         {
-            *head = Some((path, list, timeout));
+            *head = Some((path, list, info.timeout));
         }
         if end {
             self.start_call(id);
         }
         Ok(())
+    }
+
+    /// What the front reads off request head `list`. A client's requests
+    /// mostly share their list (see [`crate::hpack::Decoder::decode_shared`]):
+    /// then it is what was read off the last one.
+    fn request_info(&mut self, list: &Arc<HeaderList>) -> RequestInfo {
+        if let Some((last, info)) = &self.last_request {
+            if Arc::ptr_eq(last, list) {
+                return info.clone();
+            }
+        }
+        let req = RequestFields::of(list);
+        let path = req.path.unwrap_or(b"");
+        let valid =
+            !path.is_empty() && req.method.is_some_and(|m| !m.is_empty()) && req.scheme.is_some();
+        let unary = valid && self.shared.unary.takes(path);
+        let grpc = req.method == Some(b"POST")
+            && req
+                .content_type
+                .is_some_and(|v| v.starts_with(b"application/grpc"));
+        // Only calls the unary service answers need the path parsed. Heads
+        // that differ (a grpc-timeout per call) mostly repeat the path: a
+        // clone of the last one parsed is a reference count, not a parse.
+        let parsed = match &self.last_request {
+            _ if !(unary && grpc) => None,
+            Some((_, RequestInfo { path: Some(p), .. })) if p.as_str().as_bytes() == path => {
+                Some(p.clone())
+            }
+            _ => PathAndQuery::try_from(path.to_vec()).ok(),
+        };
+        let info = RequestInfo {
+            valid,
+            unary,
+            grpc,
+            identity: req.encoding.is_none_or(|e| e == b"identity"),
+            path: parsed,
+            timeout: req.timeout.and_then(grpc::parse_timeout_bytes),
+        };
+        self.last_request = Some((list.clone(), info.clone()));
+        info
     }
 
     /// The request of unary stream `id` is whole: check it and start the

@@ -17,27 +17,49 @@ use mp_sidecar::server::ServerConfig;
 use mp_testkit::h2::{frames, PREFACE, SETTINGS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Echoes the request message on `/echo/*`; fails `/fail/*` with its path.
+/// Echoes the request message on `/echo/*`; fails `/fail/*` with its path;
+/// on `/seen/*` says what it was given: whether the header list is the
+/// previous call's very list, the timeout, and `x-meta`.
 struct Echo;
 
 impl Unary for Echo {
     fn takes(&self, path: &[u8]) -> bool {
-        path.starts_with(b"/echo/") || path.starts_with(b"/fail/")
+        path.starts_with(b"/echo/") || path.starts_with(b"/fail/") || path.starts_with(b"/seen/")
     }
 
     fn connection(&self) -> Box<dyn UnaryConn> {
-        Box::new(Echo)
+        Box::new(EchoConn { last: None })
     }
 }
 
-impl UnaryConn for Echo {
+struct EchoConn {
+    /// The previous call's header list.
+    last: Option<Arc<HeaderList>>,
+}
+
+impl UnaryConn for EchoConn {
     fn call(&mut self, req: UnaryRequest) -> UnaryFuture {
+        let shared = self
+            .last
+            .as_ref()
+            .is_some_and(|l| Arc::ptr_eq(l, &req.headers));
+        self.last = Some(req.headers.clone());
         Box::pin(async move {
             if req.path.path().starts_with("/fail/") {
                 return Err(Failure {
                     code: 9,
                     message: format!("no {}", req.path.path()),
                 });
+            }
+            if req.path.path().starts_with("/seen/") {
+                let meta = req.headers.get(b"x-meta").unwrap_or(b"-");
+                let text = format!(
+                    "{shared} {} {} {}",
+                    req.path.path(),
+                    req.timeout.is_some(),
+                    String::from_utf8_lossy(meta)
+                );
+                return Ok(Bytes::from(text));
             }
             Ok(req.framed.slice(5..))
         })
@@ -213,4 +235,63 @@ async fn a_fallback_stream_that_does_not_read_is_reset_past_the_bound() {
         .await
         .expect("a reply");
     assert_eq!(&r.body[..], &framed(b"ok")[..]);
+}
+
+fn head_with(path: &str, extra: &[(&str, &str)]) -> Arc<RequestHead> {
+    let mut h = (*head(path)).clone();
+    for (n, v) in extra {
+        h.headers.push(n.as_bytes(), v.as_bytes());
+    }
+    Arc::new(h)
+}
+
+#[tokio::test]
+async fn repeated_heads_share_one_list_and_every_call_reads_its_own() {
+    let addr = server().await;
+    let c = Client::connect(addr, "localhost", &ClientConfig::default())
+        .await
+        .unwrap();
+    let a = head_with("/seen/A", &[("x-meta", "a")]);
+    let b = head_with("/seen/B", &[("x-meta", "b")]);
+    let gzip = head_with("/seen/A", &[("x-meta", "a"), ("grpc-encoding", "gzip")]);
+    let soon = || Some(tokio::time::Instant::now() + Duration::from_secs(30));
+    // (head, deadline, what the service says, or the status it fails with).
+    let steps: Vec<(&Arc<RequestHead>, Option<_>, Result<&str, &str>)> = vec![
+        // The first block fills the client's encoder table and the second
+        // indexes it: from the third on, the bytes and the list repeat.
+        (&a, None, Ok("false /seen/A false a")),
+        (&a, None, Ok("false /seen/A false a")),
+        (&a, None, Ok("true /seen/A false a")),
+        (&a, None, Ok("true /seen/A false a")),
+        // Another head, then back: each call has its own path and metadata.
+        (&b, None, Ok("false /seen/B false b")),
+        (&a, None, Ok("false /seen/A false a")),
+        (&b, None, Ok("false /seen/B false b")),
+        // A varying grpc-timeout: a list per call, each with its timeout.
+        (&a, soon(), Ok("false /seen/A true a")),
+        (&a, soon(), Ok("false /seen/A true a")),
+        // Refused in between, then the same head as before answers again.
+        (&gzip, None, Err("12")),
+        (&b, None, Ok("false /seen/B false b")),
+        (&b, None, Ok("true /seen/B false b")),
+    ];
+    for (i, (h, deadline, want)) in steps.into_iter().enumerate() {
+        let r = c
+            .call(h.clone(), framed(b"x"), deadline, 1 << 20)
+            .await
+            .expect("a reply");
+        match want {
+            Ok(text) => {
+                assert_eq!(r.head.get(b"grpc-status"), None, "step {i}: {r:?}");
+                assert_eq!(&r.body[5..], text.as_bytes(), "step {i}");
+            }
+            Err(code) => {
+                assert_eq!(
+                    r.head.get(b"grpc-status"),
+                    Some(code.as_bytes()),
+                    "step {i}: {r:?}"
+                );
+            }
+        }
+    }
 }
