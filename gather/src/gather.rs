@@ -22,7 +22,7 @@ use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use http::uri::PathAndQuery;
 use mp_sidecar::hpack::HeaderList;
-use tokio::time::{sleep, sleep_until, timeout_at, Instant};
+use tokio::time::{sleep, sleep_until, Instant};
 use tonic::{Code, Status};
 
 use crate::config::{HedgeAfter, Policy, ReducerKind};
@@ -39,6 +39,12 @@ use crate::topology::Topology;
 const RESERVE_DIVISOR: u32 = 5;
 /// Upper bound of the reserve taken from the caller's deadline.
 const MAX_RESERVE: Duration = Duration::from_millis(100);
+/// Of the caller's deadline, this share (at most [`MAX_ANSWER_RESERVE`]) is
+/// kept for the answer's way back: a merger still working then is given up,
+/// so the caller hears which part was late before its own timer fires.
+const ANSWER_RESERVE_DIVISOR: u32 = 20;
+/// Upper bound of the answer's reserve.
+const MAX_ANSWER_RESERVE: Duration = Duration::from_millis(25);
 
 /// Everything a gather needs, shared by all calls. The topology may be
 /// swapped while calls run ([`Gather::swap`]); the rest is fixed at startup.
@@ -71,7 +77,9 @@ pub struct Call<'a> {
     pub leaf_deadline: Instant,
     /// Why `leaf_deadline` is what it is (for error messages).
     pub deadline_note: DeadlineNote,
-    /// The caller's own deadline, if it sent one.
+    /// When the answer must leave, if the caller sent a deadline: that
+    /// deadline less a small reserve for the way back (the merger's
+    /// deadline).
     pub caller_deadline: Option<Instant>,
     /// When the call arrived: the fan-out's start, from which every shard's
     /// elapsed time counts.
@@ -165,7 +173,8 @@ impl Gather {
         let caller_timeout = caller_timeout.map(|t| t.min(Duration::from_secs(365 * 86_400)));
         let mut leaf_deadline = start + self.leaf_timeout;
         let mut deadline_note = DeadlineNote::LeafTimeout(self.leaf_timeout);
-        let caller_deadline = caller_timeout.map(|t| start + t);
+        let caller_deadline = caller_timeout
+            .map(|t| start + t - (t / ANSWER_RESERVE_DIVISOR).min(MAX_ANSWER_RESERVE));
         if let Some(t) = caller_timeout {
             let budget = t - (t / RESERVE_DIVISOR).min(MAX_RESERVE);
             if start + budget < leaf_deadline {
@@ -186,23 +195,21 @@ impl Gather {
             caller_deadline,
             start,
         };
-        let work = async {
-            if topology.merge.reducer_for(&call) == Some(ReducerKind::First) {
-                return self.first(&topology.shards, &call).await;
+        // Every wait below is bounded by the caller's deadline already (the
+        // leaf deadline is earlier; the merger call has the caller's), so
+        // the call needs no timer of its own.
+        let result = if topology.merge.reducer_for(&call) == Some(ReducerKind::First) {
+            self.first(&topology.shards, &call).await
+        } else {
+            match self.scatter(&topology.shards, &call).await {
+                Ok(outcomes) => {
+                    topology
+                        .merge
+                        .merge(&call, outcomes, self.leaf_timeout)
+                        .await
+                }
+                Err(s) => Err(s),
             }
-            let outcomes = self.scatter(&topology.shards, &call).await?;
-            topology
-                .merge
-                .merge(&call, outcomes, self.leaf_timeout)
-                .await
-        };
-        let result = match caller_deadline {
-            Some(d) => timeout_at(d, work).await.unwrap_or_else(|_| {
-                Err(Status::deadline_exceeded(
-                    "the caller's deadline passed while merging",
-                ))
-            }),
-            None => work.await,
         };
         let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
         self.metrics.request(code, start.elapsed().as_secs_f64());
@@ -349,53 +356,17 @@ impl Gather {
     /// One shard's outcome: a call to one replica, maybe a hedge to another;
     /// bounded by the leaf deadline (see [`leaf::call`]).
     async fn call_shard(&self, shard: &Shard, call: &Call<'_>) -> LeafResult {
-        let delay = self.hedge_delay(shard);
-        if delay.is_some() {
-            self.budget.deposit();
-        }
-        let (out, deadline) = (&call.out, call.leaf_deadline);
-        let first = leaf::pick(shard, None);
-        let attempt = async {
-            let primary = leaf::call(shard, out, deadline, call.start, first.clone(), None);
-            let Some(delay) = delay else {
-                return (primary.await, false);
-            };
-            let mut primary = pin!(primary);
-            tokio::select! {
-                biased;
-                a = &mut primary => return (a, false),
-                _ = sleep(delay) => {}
+        let (answer, hedged) = match self.hedge_delay(shard) {
+            None => {
+                let first = leaf::pick(shard, None);
+                let (out, deadline) = (&call.out, call.leaf_deadline);
+                let answer = leaf::call(shard, out, deadline, call.start, first, None).await;
+                (answer, false)
             }
-            let other = leaf::pick(shard, first.as_ref());
-            let Some(other) = other.filter(|_| self.budget.try_withdraw()) else {
-                self.metrics.hedges_denied.inc();
-                return (primary.await, false);
-            };
-            shard.metrics.hedges_sent.inc();
-            // Boxed: only a hedge needs the second call's state; every other
-            // call's future would carry (and copy) it.
-            let mut second = Box::pin(leaf::call(
-                shard,
-                out,
-                deadline,
-                Instant::now(),
-                Some(other),
-                first.as_ref(),
-            ));
-            // The first success wins and the other call is dropped
-            // (cancelled: RST_STREAM); a failure waits for the other call.
-            tokio::select! {
-                a = &mut primary => match a.result {
-                    Ok(_) => (a, false),
-                    Err(_) => (second.await, true),
-                },
-                a = &mut second => match a.result {
-                    Ok(_) => (a, true),
-                    Err(_) => (primary.await, false),
-                },
-            }
+            // Boxed: only a hedged call needs a timer and a second call;
+            // every other call's future would carry (and copy) their state.
+            Some(delay) => Box::pin(self.hedged(shard, call, delay)).await,
         };
-        let (answer, hedged) = attempt.await;
         // The leaf was told the same deadline and may give up first (tonic
         // answers CANCELLED "Timeout expired"): say what happened, not how
         // the leaf put it.
@@ -427,6 +398,60 @@ impl Gather {
             elapsed,
             endpoint,
             hedged,
+        }
+    }
+
+    /// A call to one replica of `shard` and, when it has not answered after
+    /// `delay`, a second call to another replica (the budget allowing): the
+    /// first success wins and the other call is dropped (cancelled:
+    /// RST_STREAM); a failure waits for the other call. The answer, and
+    /// whether it came from the second call.
+    async fn hedged(
+        &self,
+        shard: &Shard,
+        call: &Call<'_>,
+        delay: Duration,
+    ) -> (leaf::Answer, bool) {
+        self.budget.deposit();
+        let (out, deadline) = (&call.out, call.leaf_deadline);
+        let first = leaf::pick(shard, None);
+        let mut primary = pin!(leaf::call(
+            shard,
+            out,
+            deadline,
+            call.start,
+            first.clone(),
+            None
+        ));
+        tokio::select! {
+            biased;
+            a = &mut primary => return (a, false),
+            _ = sleep(delay) => {}
+        }
+        let other = leaf::pick(shard, first.as_ref());
+        let Some(other) = other.filter(|_| self.budget.try_withdraw()) else {
+            self.metrics.hedges_denied.inc();
+            return (primary.await, false);
+        };
+        shard.metrics.hedges_sent.inc();
+        let second = leaf::call(
+            shard,
+            out,
+            deadline,
+            Instant::now(),
+            Some(other),
+            first.as_ref(),
+        );
+        let mut second = pin!(second);
+        tokio::select! {
+            a = &mut primary => match a.result {
+                Ok(_) => (a, false),
+                Err(_) => (second.await, true),
+            },
+            a = &mut second => match a.result {
+                Ok(_) => (a, true),
+                Err(_) => (primary.await, false),
+            },
         }
     }
 

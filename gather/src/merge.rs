@@ -253,14 +253,15 @@ async fn merge_with(
         *req.metadata_mut() = crate::grpc::metadata(&metadata);
     }
     req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+    let late =
+        || Status::deadline_exceeded(format!("the merger at {endpoint} did not answer in time"));
     let reply = match tokio::time::timeout_at(deadline, client.merge(req)).await {
         Ok(Ok(r)) => r.into_inner(),
+        // The channel keeps the same deadline (from grpc-timeout) and may
+        // give up first, as a transport error: say what happened.
+        Ok(Err(_)) if Instant::now() >= deadline => return Err(late()),
         Ok(Err(s)) => return Err(merger_failed(endpoint, s)),
-        Err(_) => {
-            return Err(Status::deadline_exceeded(format!(
-                "the merger at {endpoint} did not answer in time"
-            )))
-        }
+        Err(_) => return Err(late()),
     };
     if handle {
         return Ok(reply.encode_to_vec().into());

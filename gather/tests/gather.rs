@@ -401,6 +401,26 @@ async fn merger_errors_and_outages_give_clear_statuses() {
     assert!(err.message().contains("not reachable"), "{err:?}");
 }
 
+/// The caller's deadline bounds the merge too: a merger that never answers
+/// is given up at the deadline, and the status says which part was late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_deadline_bounds_a_merger_that_never_answers() {
+    let ls = leaves(2).await;
+    let m = merger(MergerMode::Hang).await;
+    let mut a = shard_args(&ls);
+    a.extend(args(&["--merge", &m.addr()]));
+    let g = GatherProc::start(&a);
+    let mut c = g.client().await;
+    let mut req = tonic::Request::new(mp_proto::v1::Request::json(json!(1)));
+    req.set_timeout(Duration::from_millis(500));
+    let t = Instant::now();
+    let err = c.handle(req).await.expect_err("deadline");
+    let took = t.elapsed();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("merger"), "{err:?}");
+    assert!(took < Duration::from_secs(2), "answered after {took:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concat_merges_replies_of_another_proto() {
     use support::catalog::{catalog_client::CatalogClient, SearchRequest};

@@ -614,6 +614,13 @@ impl Encoder {
         if let Some(i) = exact {
             return put_int(out, 0x80, 7, i);
         }
+        // A name whose values vary never enters the table (see below): with
+        // no static entry either, it is written out, and nothing is searched.
+        if static_name.is_none() && varies(name) {
+            out.push(0x00);
+            put_str(out, name);
+            return put_str(out, value);
+        }
         let mut name_index = static_name;
         for (k, (n, v)) in self.entries.iter().enumerate() {
             if **n == *name {

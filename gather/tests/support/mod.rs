@@ -198,6 +198,8 @@ pub enum MergerMode {
     Summarize,
     /// Fails with this status.
     Fail(Code, &'static str),
+    /// Never answers.
+    Hang,
 }
 
 struct TestMerger(MergerMode);
@@ -208,8 +210,10 @@ impl Merger for TestMerger {
         &self,
         request: tonic::Request<MergeRequest>,
     ) -> Result<tonic::Response<Reply>, Status> {
-        if let MergerMode::Fail(code, msg) = self.0 {
-            return Err(Status::new(code, msg));
+        match self.0 {
+            MergerMode::Fail(code, msg) => return Err(Status::new(code, msg)),
+            MergerMode::Hang => std::future::pending().await,
+            MergerMode::Summarize => {}
         }
         let m = request.into_inner();
         let leaves: Vec<_> = m
