@@ -199,7 +199,8 @@ impl Gather {
         // leaf deadline is earlier; the merger call has the caller's), so
         // the call needs no timer of its own.
         let result = if topology.merge.reducer_for(&call) == Some(ReducerKind::First) {
-            self.first(&topology.shards, &call).await
+            // Boxed, as a fan-out: rare, and its state is the fan-out's.
+            Box::pin(self.first(&topology.shards, &call)).await
         } else {
             match self.scatter(&topology.shards, &call).await {
                 Ok(outcomes) => {
@@ -223,9 +224,8 @@ impl Gather {
         shards: &[Shard],
         call: &Call<'_>,
     ) -> Result<Vec<LeafResult>, Status> {
-        let n = shards.len();
-        let mut failed = 0;
         if let [shard] = shards {
+            let mut failed = 0;
             // One shard: no set of futures to keep, and no timer of its own:
             // the leaf call is bounded by the leaf deadline (the leaf
             // connection's timer ends it).
@@ -234,6 +234,16 @@ impl Gather {
             self.admit(&mut slot, &mut failed, r)?;
             return Ok(Vec::from(slot.map(|r| r.expect("admitted"))));
         }
+        // Boxed: the set of leaf calls and the fan-out's timer are state only
+        // a fan-out to several shards has; a one-shard call's future would
+        // carry (and copy) it.
+        Box::pin(self.fan_out(shards, call)).await
+    }
+
+    /// [`Gather::scatter`] to several shards.
+    async fn fan_out(&self, shards: &[Shard], call: &Call<'_>) -> Result<Vec<LeafResult>, Status> {
+        let n = shards.len();
+        let mut failed = 0;
         let mut slots: Vec<Option<LeafResult>> = (0..n).map(|_| None).collect();
         let mut pending: FuturesUnordered<_> =
             shards.iter().map(|s| self.call_shard(s, call)).collect();
