@@ -21,6 +21,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use http::uri::PathAndQuery;
+use mp_sidecar::h2client::Deadline;
 use mp_sidecar::hpack::HeaderList;
 use tokio::time::{sleep, sleep_until, Instant};
 use tonic::{Code, Status};
@@ -75,6 +76,9 @@ pub struct Call<'a> {
     pub out: Outgoing,
     /// When leaves must have answered.
     pub leaf_deadline: Instant,
+    /// `leaf_deadline` as time from `start`: the `grpc-timeout` the leaves
+    /// are told (no clock read per leaf call).
+    pub leaf_budget: Duration,
     /// Why `leaf_deadline` is what it is (for error messages).
     pub deadline_note: DeadlineNote,
     /// When the answer must leave, if the caller sent a deadline: that
@@ -87,6 +91,14 @@ pub struct Call<'a> {
 }
 
 impl Call<'_> {
+    /// The leaf deadline, told to the leaves as the call's leaf budget.
+    pub fn leaf_told(&self) -> Deadline {
+        Deadline {
+            at: self.leaf_deadline,
+            told: Some(self.leaf_budget),
+        }
+    }
+
     /// True for `mp.v1.Handler/Handle`, whose messages mp-gather understands.
     pub fn is_handle(&self) -> bool {
         self.path.path() == mp_proto::names::HANDLE_PATH
@@ -171,6 +183,7 @@ impl Gather {
         let body = framed.slice(5..);
         // A year is "no deadline"; it also keeps the arithmetic below in range.
         let caller_timeout = caller_timeout.map(|t| t.min(Duration::from_secs(365 * 86_400)));
+        let mut leaf_budget = self.leaf_timeout;
         let mut leaf_deadline = start + self.leaf_timeout;
         let mut deadline_note = DeadlineNote::LeafTimeout(self.leaf_timeout);
         let caller_deadline = caller_timeout
@@ -178,6 +191,7 @@ impl Gather {
         if let Some(t) = caller_timeout {
             let budget = t - (t / RESERVE_DIVISOR).min(MAX_RESERVE);
             if start + budget < leaf_deadline {
+                leaf_budget = budget;
                 leaf_deadline = start + budget;
                 deadline_note = DeadlineNote::Caller { budget, total: t };
             }
@@ -191,6 +205,7 @@ impl Gather {
             out,
             body,
             leaf_deadline,
+            leaf_budget,
             deadline_note,
             caller_deadline,
             start,
@@ -369,7 +384,7 @@ impl Gather {
         let (answer, hedged) = match self.hedge_delay(shard) {
             None => {
                 let first = leaf::pick(shard, None);
-                let (out, deadline) = (&call.out, call.leaf_deadline);
+                let (out, deadline) = (&call.out, call.leaf_told());
                 let answer = leaf::call(shard, out, deadline, call.start, first, None).await;
                 (answer, false)
             }
@@ -423,7 +438,7 @@ impl Gather {
         delay: Duration,
     ) -> (leaf::Answer, bool) {
         self.budget.deposit();
-        let (out, deadline) = (&call.out, call.leaf_deadline);
+        let (out, deadline) = (&call.out, call.leaf_told());
         let first = leaf::pick(shard, None);
         let mut primary = pin!(leaf::call(
             shard,
@@ -444,10 +459,11 @@ impl Gather {
             return (primary.await, false);
         };
         shard.metrics.hedges_sent.inc();
+        // Told the time left now, not the call's whole budget.
         let second = leaf::call(
             shard,
             out,
-            deadline,
+            call.leaf_deadline.into(),
             Instant::now(),
             Some(other),
             first.as_ref(),

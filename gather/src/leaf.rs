@@ -14,7 +14,7 @@ use bytes::{Buf, Bytes};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, StatusCode};
 use mp_sidecar::grpc;
-use mp_sidecar::h2client::{CallError, Reply, RequestHead};
+use mp_sidecar::h2client::{CallError, Deadline, Reply, RequestHead};
 use mp_sidecar::hpack::HeaderList;
 use mp_sidecar::pool::Endpoint;
 use tokio::time::{timeout_at, Instant};
@@ -184,7 +184,7 @@ pub struct Answer {
 pub async fn call(
     shard: &Shard,
     out: &Outgoing,
-    deadline: Instant,
+    deadline: Deadline,
     start: Instant,
     first: Option<Arc<Endpoint>>,
     avoid: Option<&Arc<Endpoint>>,
@@ -215,7 +215,7 @@ pub async fn call(
 async fn send(
     shard: &Shard,
     out: &Outgoing,
-    deadline: Instant,
+    deadline: Deadline,
     mut next: Option<Arc<Endpoint>>,
     avoid: Option<&Arc<Endpoint>>,
 ) -> Result<(Arc<Endpoint>, Result<Bytes, Status>), Status> {
@@ -229,7 +229,7 @@ async fn send(
                 // Boxed, as the lookup below: rare waits whose state every
                 // call's future would otherwise carry and copy.
                 let wait = shard.pool.wait_available(STARTING_WAIT);
-                if Box::pin(timeout_at(deadline, wait)).await.is_err() {
+                if Box::pin(timeout_at(deadline.at, wait)).await.is_err() {
                     return Err(Status::deadline_exceeded("no replica was ready in time"));
                 }
                 continue;
@@ -270,7 +270,7 @@ async fn send(
     // A name that does not resolve leaves the pool empty: say so, naming it.
     let mut why = shard.pool.describe();
     if shard.pool.endpoints().is_empty() {
-        if let Ok(Some(note)) = Box::pin(timeout_at(deadline, shard.unresolved())).await {
+        if let Ok(Some(note)) = Box::pin(timeout_at(deadline.at, shard.unresolved())).await {
             why = format!("{why}; {note}");
         }
     }

@@ -149,13 +149,32 @@ pub enum CallError {
 
 type Answer = Result<Reply, CallError>;
 
+/// When a call must end, and the `grpc-timeout` its server is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deadline {
+    /// Once this passed, the client ends the call (RST_STREAM CANCEL,
+    /// [`CallError::DeadlineExceeded`]).
+    pub at: Instant,
+    /// The `grpc-timeout` sent. `None`: the time left until `at` when the
+    /// request is written (a clock read per call); callers that read the
+    /// clock already, or send many calls with one deadline, say it.
+    pub told: Option<Duration>,
+}
+
+impl From<Instant> for Deadline {
+    /// `at`, told as the time left when the request is written.
+    fn from(at: Instant) -> Deadline {
+        Deadline { at, told: None }
+    }
+}
+
 /// One call waiting for the server's SETTINGS or a free stream slot.
 struct NewCall {
     /// Its place in [`Conn::calls`].
     slot: usize,
     head: Arc<RequestHead>,
     body: Bytes,
-    deadline: Option<Instant>,
+    deadline: Option<Deadline>,
     max: usize,
 }
 
@@ -445,8 +464,8 @@ impl Client {
     }
 
     /// Sends a POST of `body` with `head` and resolves to the whole reply.
-    /// `deadline` is told to the server as `grpc-timeout` (measured when the
-    /// request is written) and bounds the call: once it passed, the stream is
+    /// `deadline` is told to the server as `grpc-timeout` (see
+    /// [`Deadline::told`]) and bounds the call: once it passed, the stream is
     /// reset and the call fails [`CallError::DeadlineExceeded`] (the
     /// connection's timer fires at or just after it). A reply body over
     /// `max_body` bytes fails the call ([`CallError::TooLarge`]). Dropping
@@ -455,7 +474,7 @@ impl Client {
         &self,
         head: Arc<RequestHead>,
         body: Bytes,
-        deadline: Option<Instant>,
+        deadline: Option<Deadline>,
         max_body: usize,
     ) -> Call {
         let shared = &self.inner.0;
@@ -651,7 +670,7 @@ impl Conn {
             self.calls.answer(c.slot, Err(CallError::Unprocessed(why)));
             return;
         }
-        if let Some(d) = c.deadline {
+        if let Some(d) = c.deadline.map(|d| d.at) {
             // Calls mostly come with later deadlines than those before them:
             // the timer moves only when this one is the earliest.
             if self.expiry.is_none_or(|e| d < e) {
@@ -698,7 +717,11 @@ impl Conn {
         let mut tbuf = [0u8; 9];
         let timeout = c
             .deadline
-            .map(|d| encode_timeout(d.saturating_duration_since(Instant::now()), &mut tbuf));
+            .map(|d| {
+                d.told
+                    .unwrap_or_else(|| d.at.saturating_duration_since(Instant::now()))
+            })
+            .map(|t| encode_timeout(t, &mut tbuf));
         let end = c.body.is_empty();
         let (scheme, authority) = (self.scheme, &self.authority[..]);
         // Calls sharing a head are encoded the same way while the table does
@@ -734,7 +757,7 @@ impl Conn {
             body: BytesMut::new(),
             max: c.max,
             to_send: c.body,
-            deadline: c.deadline,
+            deadline: c.deadline.map(|d| d.at),
             window: i64::from(self.side.peer.initial_window_size),
             end_sent: end,
             credit: 0,
@@ -1030,8 +1053,10 @@ impl Conn {
                 self.calls.answer(s.slot, Err(CallError::DeadlineExceeded));
             }
         }
-        let (late, waiting): (VecDeque<NewCall>, VecDeque<NewCall>) =
-            self.queue.drain(..).partition(|c| past(c.deadline));
+        let (late, waiting): (VecDeque<NewCall>, VecDeque<NewCall>) = self
+            .queue
+            .drain(..)
+            .partition(|c| past(c.deadline.map(|d| d.at)));
         self.queue = waiting;
         for c in late {
             self.calls.answer(c.slot, Err(CallError::DeadlineExceeded));
@@ -1040,7 +1065,7 @@ impl Conn {
             .streams
             .values()
             .filter_map(|s| s.deadline)
-            .chain(self.queue.iter().filter_map(|c| c.deadline))
+            .chain(self.queue.iter().filter_map(|c| c.deadline.map(|d| d.at)))
             .min();
     }
 

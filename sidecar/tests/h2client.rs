@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, StreamBody};
 use hyper::body::{Frame, Incoming};
-use mp_sidecar::h2client::{CallError, Client, ClientConfig, Reply, RequestHead};
+use mp_sidecar::h2client::{CallError, Client, ClientConfig, Deadline, Reply, RequestHead};
 use mp_sidecar::hpack::HeaderList;
 use mp_sidecar::server::{serve, ServerConfig};
 use tokio::sync::{mpsc, oneshot};
@@ -189,7 +189,12 @@ async fn unary_replies_statuses_and_trailers_only() {
 
     let deadline = Instant::now() + Duration::from_secs(5);
     let r = c
-        .call(head("Echo"), message(b"hello"), Some(deadline), LIMIT)
+        .call(
+            head("Echo"),
+            message(b"hello"),
+            Some(deadline.into()),
+            LIMIT,
+        )
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
@@ -202,6 +207,20 @@ async fn unary_replies_statuses_and_trailers_only() {
     assert!(
         t <= Duration::from_secs(5) && t > Duration::from_secs(4),
         "{t:?}"
+    );
+    // A deadline whose timeout the caller gives is told as given.
+    let told = Deadline {
+        at: Instant::now() + Duration::from_secs(5),
+        told: Some(Duration::from_millis(1234)),
+    };
+    let r = c
+        .call(head("Echo"), message(b"hello"), Some(told), LIMIT)
+        .await
+        .unwrap();
+    let t = r.head.get(b"x-timeout").expect("grpc-timeout sent");
+    assert_eq!(
+        mp_sidecar::grpc::parse_timeout_bytes(t),
+        Some(Duration::from_millis(1234))
     );
 
     // An error status in the trailers.
@@ -415,10 +434,10 @@ async fn deadlines_end_calls_and_reset_their_streams() {
     let ms = |n| start + Duration::from_millis(n);
     // The later call has the earlier deadline: the connection's one timer
     // moves to it.
-    let slow_300 = tokio::spawn(c.call(head("Slow"), message(b"a"), Some(ms(300)), LIMIT));
+    let slow_300 = tokio::spawn(c.call(head("Slow"), message(b"a"), Some(ms(300).into()), LIMIT));
     tokio::time::sleep(Duration::from_millis(10)).await;
-    let slow_100 = tokio::spawn(c.call(head("Slow"), message(b"b"), Some(ms(100)), LIMIT));
-    let sleep_5s = tokio::spawn(c.call(head("Sleep"), message(b"c"), Some(ms(5000)), LIMIT));
+    let slow_100 = tokio::spawn(c.call(head("Slow"), message(b"b"), Some(ms(100).into()), LIMIT));
+    let sleep_5s = tokio::spawn(c.call(head("Sleep"), message(b"c"), Some(ms(5000).into()), LIMIT));
     let unbounded = tokio::spawn(c.call(head("Sleep"), message(b"d"), None, LIMIT));
 
     let e = slow_100.await.unwrap().unwrap_err();
@@ -455,7 +474,7 @@ async fn a_call_waiting_for_the_connection_ends_at_its_deadline() {
     let deadline = start + Duration::from_millis(100);
     let e = tokio::time::timeout(
         Duration::from_secs(5),
-        c.call(head("Echo"), message(b"x"), Some(deadline), LIMIT),
+        c.call(head("Echo"), message(b"x"), Some(deadline.into()), LIMIT),
     )
     .await
     .expect("the deadline ends the call")
@@ -491,7 +510,7 @@ async fn reused_header_blocks_say_what_each_calls_head_says() {
     for (i, h) in order.iter().enumerate() {
         let deadline = Instant::now() + Duration::from_secs(5);
         let r = c
-            .call((*h).clone(), message(b"x"), Some(deadline), LIMIT)
+            .call((*h).clone(), message(b"x"), Some(deadline.into()), LIMIT)
             .await
             .unwrap();
         let want = h.headers.get(b"x-meta").unwrap();

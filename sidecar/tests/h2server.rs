@@ -254,7 +254,7 @@ async fn repeated_heads_share_one_list_and_every_call_reads_its_own() {
     let a = head_with("/seen/A", &[("x-meta", "a")]);
     let b = head_with("/seen/B", &[("x-meta", "b")]);
     let gzip = head_with("/seen/A", &[("x-meta", "a"), ("grpc-encoding", "gzip")]);
-    let soon = || Some(tokio::time::Instant::now() + Duration::from_secs(30));
+    let soon = || Some((tokio::time::Instant::now() + Duration::from_secs(30)).into());
     // (head, deadline, what the service says, or the status it fails with).
     let steps: Vec<(&Arc<RequestHead>, Option<_>, Result<&str, &str>)> = vec![
         // The first block fills the client's encoder table and the second
