@@ -51,7 +51,7 @@ use tokio::time::{Instant, Sleep};
 use crate::hpack::HeaderList;
 use crate::metrics::ConnectionGuard;
 pub use crate::side::Rounds;
-use crate::side::{self, Control, Engine, Ids, KeptBlock, Side};
+use crate::side::{self, append, Control, Engine, Ids, KeptBlock, Side};
 use crate::tls::{ClientTls, Io};
 use crate::wire::{
     self, flag, kind, put_goaway, put_head, put_rst, put_window_update, reason, ConnError, Head,
@@ -856,7 +856,7 @@ impl Conn {
                     self.calls.answer(s.slot, Err(CallError::TooLarge(s.max)));
                     return Ok(());
                 }
-                s.body.extend_from_slice(data);
+                append(&mut s.body, data);
                 if h.has(flag::END_STREAM) {
                     self.complete(h.stream, None);
                 } else {

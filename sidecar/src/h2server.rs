@@ -409,7 +409,7 @@ impl Conn {
                 } else if self.held + data.len() > MAX_HELD {
                     crowded = true;
                 } else {
-                    body.extend_from_slice(data);
+                    side::append(body, data);
                     self.held += data.len();
                 }
             }

@@ -398,6 +398,17 @@ pub enum Close {
 /// calm down.
 pub const MAX_RESETS_PER_SECOND: u32 = 2000;
 
+/// Appends a DATA frame's payload to a message being gathered. The first
+/// (mostly the only) payload becomes the buffer at its exact size: growing an
+/// empty `BytesMut` costs more than the allocation and copy.
+pub fn append(body: &mut BytesMut, data: &[u8]) {
+    if body.capacity() == 0 {
+        *body = BytesMut::from(data);
+    } else {
+        body.extend_from_slice(data);
+    }
+}
+
 /// Counts the streams a peer resets: opening and resetting streams costs it
 /// nothing and us a call each ("rapid reset", CVE-2023-44487).
 #[derive(Debug)]
@@ -898,6 +909,18 @@ impl KeptBlock {
 mod tests {
     use super::*;
     use crate::hpack::HeaderList;
+
+    #[test]
+    fn append_gathers_payloads_in_order() {
+        let mut body = BytesMut::new();
+        append(&mut body, b"");
+        append(&mut body, b"one");
+        assert_eq!(&body[..], b"one");
+        assert_eq!(body.capacity(), 3, "the first payload at its exact size");
+        append(&mut body, b", two");
+        append(&mut body, b"");
+        assert_eq!(&body[..], b"one, two");
+    }
 
     #[test]
     fn a_kept_block_is_written_again_only_while_the_table_stands() {
