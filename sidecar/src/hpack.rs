@@ -6,6 +6,11 @@
 //! `content-type`, `te`, `grpc-status: 0`, ...) in its dynamic table, so the
 //! peer decodes most headers of a steady call stream from one byte each; it
 //! never Huffman-codes (loopback and LAN bytes are cheap, CPU is not).
+//!
+//! The decoder, likewise, meets the same blocks again and again (a client's
+//! request heads, a server's reply heads and trailers): a block whose bytes
+//! it decoded lately, with its table unchanged since, gets the list decoded
+//! then, shared ([`Decoder::decode_shared`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
