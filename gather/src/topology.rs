@@ -194,7 +194,7 @@ impl Builder {
 }
 
 /// Follows the shards file at `path`: every [`FILE_INTERVAL`], a changed
-/// file is parsed and built, its shards get up to [`CONNECT_WAIT`] to have a
+/// file is parsed and built, its shards get up to 5 s (`CONNECT_WAIT`) to have a
 /// replica connected, then it replaces `gather`'s topology. `applied` is the
 /// text of the topology running now. Runs until the task is dropped.
 pub async fn watch(path: PathBuf, mut applied: String, gather: Arc<Gather>, builder: Builder) {

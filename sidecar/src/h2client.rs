@@ -1,5 +1,5 @@
 //! A lean HTTP/2 client for unary gRPC calls, on the relay's frame code
-//! ([`wire`](crate::wire), [`hpack`](crate::hpack), [`side`](crate::side)).
+//! ([`wire`], [`hpack`](crate::hpack), [`side`]).
 //!
 //! A [`Client`] is a handle to one connection: a hand-written state machine
 //! (like `mp-lb`'s relay connection) behind a mutex, driven by a task of its

@@ -1,5 +1,5 @@
 //! A frame-level HTTP/2 server for gRPC, on the relay's frame code
-//! ([`wire`](crate::wire), [`hpack`](crate::hpack), [`side`](crate::side)).
+//! ([`wire`], [`hpack`](crate::hpack), [`side`]).
 //!
 //! One task per connection. Unary calls that the [`Unary`] service takes are
 //! read whole, handed to it, and its future is polled inside that task (no

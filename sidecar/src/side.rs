@@ -761,7 +761,7 @@ pub enum Rounds {
 }
 
 /// Runs rounds of `engine` until nothing happens or it is finished, yielding
-/// after [`ROUNDS`] busy rounds (its task is woken to come back) so other
+/// after 32 busy rounds (its task is woken to come back) so other
 /// connections get their turn.
 pub fn run_rounds(engine: &mut impl Engine, cx: &mut Context<'_>) -> Rounds {
     let mut seen = Rounds::Idle;
