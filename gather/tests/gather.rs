@@ -6,8 +6,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use mp_proto::v1::handler_client::HandlerClient;
 use serde_json::json;
 use support::*;
+use tonic::transport::Channel;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,6 +210,19 @@ async fn quorum_accepts_partial_results_and_fails_when_unreachable() {
     assert!(err.message().contains("shard 2"), "{err:?}");
 }
 
+/// Calls with a deadline of `ms` milliseconds a gather that cannot answer in
+/// time: DEADLINE_EXCEEDED, its message naming `why`, well before 2 s.
+async fn past_deadline(c: &mut HandlerClient<Channel>, ms: u64, why: &str) {
+    let mut req = tonic::Request::new(mp_proto::v1::Request::json(json!(1)));
+    req.set_timeout(Duration::from_millis(ms));
+    let t = Instant::now();
+    let err = c.handle(req).await.expect_err("deadline");
+    let took = t.elapsed();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains(why), "{err:?}");
+    assert!(took < Duration::from_secs(2), "answered after {took:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_deadline_shorter_than_a_slow_leaf() {
     let mut ls = leaves(1).await;
@@ -221,14 +236,7 @@ async fn caller_deadline_shorter_than_a_slow_leaf() {
     );
     let g = GatherProc::start(&shard_args(&ls));
     let mut c = g.client().await;
-    let mut req = tonic::Request::new(mp_proto::v1::Request::json(json!(1)));
-    req.set_timeout(Duration::from_millis(400));
-    let t = Instant::now();
-    let err = c.handle(req).await.expect_err("deadline");
-    let took = t.elapsed();
-    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
-    assert!(err.message().contains("shard 1"), "{err:?}");
-    assert!(took < Duration::from_secs(2), "answered after {took:?}");
+    past_deadline(&mut c, 400, "shard 1").await;
     let stats = ls[1].stats.clone();
     assert!(
         eventually(Duration::from_secs(3), || stats
@@ -268,11 +276,7 @@ async fn one_slow_shard_is_bounded_by_the_deadlines_too() {
     assert!(cancelled(1).await, "the slow leaf's call was not cancelled");
 
     // The caller's shorter deadline bounds it the same way.
-    let mut req = tonic::Request::new(mp_proto::v1::Request::json(json!(1)));
-    req.set_timeout(Duration::from_millis(200));
-    let err = c.handle(req).await.expect_err("deadline");
-    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
-    assert!(err.message().contains("caller's"), "{err:?}");
+    past_deadline(&mut c, 200, "caller's").await;
     assert!(cancelled(2).await, "the slow leaf's call was not cancelled");
 }
 
@@ -410,15 +414,7 @@ async fn caller_deadline_bounds_a_merger_that_never_answers() {
     let mut a = shard_args(&ls);
     a.extend(args(&["--merge", &m.addr()]));
     let g = GatherProc::start(&a);
-    let mut c = g.client().await;
-    let mut req = tonic::Request::new(mp_proto::v1::Request::json(json!(1)));
-    req.set_timeout(Duration::from_millis(500));
-    let t = Instant::now();
-    let err = c.handle(req).await.expect_err("deadline");
-    let took = t.elapsed();
-    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
-    assert!(err.message().contains("merger"), "{err:?}");
-    assert!(took < Duration::from_secs(2), "answered after {took:?}");
+    past_deadline(&mut g.client().await, 500, "merger").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
