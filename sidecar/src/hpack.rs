@@ -176,6 +176,9 @@ const KEPT_BLOCKS: usize = 4;
 /// The longest block kept. Repeated blocks that index their fields are a few
 /// dozen bytes; this bounds what a connection keeps.
 const MAX_KEPT_BLOCK: usize = 512;
+/// The largest list kept (RFC 7541 size): a short block may name big table
+/// entries many times over, and what a connection keeps stays small.
+const MAX_KEPT_LIST: usize = 16 * 1024;
 /// The generation of a kept list that serves no block.
 const NEVER: u64 = u64::MAX;
 
@@ -221,6 +224,9 @@ impl Decoder {
         let result = self.decode(block, &mut decoded);
         self.decoded = decoded;
         result?;
+        if self.decoded.size() > MAX_KEPT_LIST {
+            return Ok(Arc::new(self.decoded.clone()));
+        }
         // Kept only when decoding it again would give the same list: it left
         // the table as it found it.
         let keep = self.generation == generation && block.len() <= MAX_KEPT_BLOCK;
@@ -1006,6 +1012,28 @@ mod tests {
         assert!(seen.len() <= KEPT_BLOCKS, "{} lists", seen.len());
         assert!(!seen.contains(&Arc::as_ptr(&held)));
         assert_eq!(pairs(&held), want);
+    }
+
+    #[test]
+    fn a_big_list_is_not_kept() {
+        let mut dec = Decoder::new();
+        // One 3,000-byte entry in the table, then a block naming it six
+        // times: 18 KB of list from six bytes.
+        let mut add = vec![0x40, 5];
+        add.extend_from_slice(b"x-big");
+        add.extend_from_slice(&[0x7f, 0xba, 0x16]); // 127 + 0x3a + (0x16 << 7) = 3,001
+        add.extend_from_slice(&[b'v'; 3001]);
+        dec.decode_shared(&add).unwrap();
+        let six = [0x80 | 62; 6];
+        let a = dec.decode_shared(&six).unwrap();
+        let b = dec.decode_shared(&six).unwrap();
+        assert_eq!(a.len(), 6);
+        assert_eq!(*a, *b);
+        assert!(!Arc::ptr_eq(&a, &b), "a list over the bound was kept");
+        // A small block of the same table is kept as ever.
+        let one = [0x80 | 62];
+        let c = dec.decode_shared(&one).unwrap();
+        assert!(Arc::ptr_eq(&c, &dec.decode_shared(&one).unwrap()));
     }
 
     #[test]
