@@ -51,7 +51,7 @@ use crate::callset::{CallSet, Key};
 use crate::grpc::{self, code};
 use crate::hpack::HeaderList;
 use crate::server::{serve_connections, ServerConfig};
-use crate::shutdown::Watch;
+use crate::shutdown::{DrainSignal, Watch};
 use crate::side::{self, Close, Engine, Ids, KeptBlock, ServerConn, ServerStreams, Side};
 use crate::tls::Io;
 use crate::wire::{self, flag, kind, put_data, put_rst, reason, ConnError, Head};
@@ -287,8 +287,8 @@ struct Conn {
     /// channel is read until a round finds none (and reads it once more).
     fallback_senders: bool,
     state: ServerConn,
-    drain: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
-    _watch: Watch,
+    /// The drain signal (it holds the connection's watch of the drain).
+    drain: DrainSignal,
     /// The blocks of a successful reply's head and trailers, the same for
     /// every call.
     ok_head: KeptBlock,
@@ -351,7 +351,6 @@ impl<'a> RequestFields<'a> {
 
 impl Conn {
     fn new(shared: Arc<Shared>, io: Io, watch: Watch) -> Conn {
-        let w = watch.clone();
         let (events_tx, events) = mpsc::unbounded_channel();
         let unary = shared.unary.connection();
         Conn {
@@ -365,8 +364,7 @@ impl Conn {
             events_tx,
             fallback_senders: false,
             state: ServerConn::default(),
-            drain: Some(Box::pin(async move { w.signaled().await })),
-            _watch: watch,
+            drain: DrainSignal::new(watch),
             ok_head: KeptBlock::default(),
             ok_trailers: KeptBlock::default(),
             last_request: None,
@@ -1034,12 +1032,9 @@ impl Engine for Conn {
     fn round(&mut self, cx: &mut Context<'_>) -> bool {
         // Every part runs every round: each registers its wakeups.
         let mut busy = false;
-        if let Some(d) = &mut self.drain {
-            if d.as_mut().poll(cx).is_ready() {
-                self.drain = None;
-                side::start_drain(self);
-                busy = true;
-            }
+        if self.drain.poll(cx) {
+            side::start_drain(self);
+            busy = true;
         }
         let backed_up = self.side.pending_out() > WRITE_HIGH;
         busy |= side::read_client(self, cx, backed_up);

@@ -31,7 +31,8 @@
 //! ```
 
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{pin, Pin};
+use std::task::Context;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -137,6 +138,56 @@ impl Drain {
                 grace,
             }),
         }
+    }
+}
+
+/// A connection task's view of the drain signal, asked at every round of
+/// the task: the watch's future is polled once (its waker registered), then
+/// again only once the watch has moved (one atomic load), not at every round
+/// (a poll takes the watch's lock: hundreds of instructions). Holds its
+/// [`Watch`]: dropping it tells the drain that the task is done.
+pub struct DrainSignal {
+    watch: Watch,
+    wait: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    polled: bool,
+}
+
+impl std::fmt::Debug for DrainSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DrainSignal")
+            .field("signaled", &self.wait.is_none())
+            .finish()
+    }
+}
+
+impl DrainSignal {
+    /// The signal of `watch`'s drain.
+    pub fn new(watch: Watch) -> DrainSignal {
+        let w = watch.clone();
+        DrainSignal {
+            watch,
+            wait: Some(Box::pin(async move { w.signaled().await })),
+            polled: false,
+        }
+    }
+
+    /// True once: at the first call after draining started (registering
+    /// `cx` to be woken for it until then).
+    pub fn poll(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(wait) = &mut self.wait else {
+            return false;
+        };
+        // Once registered, the waker stays with the watch: a poll is only
+        // due when it moved (or its drain is gone).
+        if self.polled && !self.watch.rx.has_changed().unwrap_or(true) {
+            return false;
+        }
+        self.polled = true;
+        if wait.as_mut().poll(cx).is_ready() {
+            self.wait = None;
+            return true;
+        }
+        false
     }
 }
 

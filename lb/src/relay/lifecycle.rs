@@ -128,12 +128,9 @@ impl Conn {
     /// The drain signal, call deadlines and the keepalive tick.
     fn poll_timers(&mut self, cx: &mut Context<'_>) -> bool {
         let mut busy = false;
-        if let Some(d) = &mut self.drain {
-            if d.as_mut().poll(cx).is_ready() {
-                self.drain = None;
-                side::start_drain(self);
-                busy = true;
-            }
+        if self.drain.poll(cx) {
+            side::start_drain(self);
+            busy = true;
         }
         if let Some(t) = &mut self.timer {
             if t.as_mut().poll(cx).is_ready() {

@@ -37,7 +37,7 @@ use mp_sidecar::hpack::HeaderList;
 use mp_sidecar::metrics::{CallHandles, ConnectionGuard, EndpointMetrics};
 use mp_sidecar::pool::{Endpoint, Pool};
 use mp_sidecar::server::{serve_connections, ServerConfig};
-use mp_sidecar::shutdown::Watch;
+use mp_sidecar::shutdown::{DrainSignal, Watch};
 use mp_sidecar::side::{self, Close, Control, Engine, Ids, ServerConn, ServerStreams, Side};
 use mp_sidecar::tls::{ClientTls, Io};
 use mp_sidecar::wire::{
@@ -251,8 +251,8 @@ struct Conn {
     timer: Option<Pin<Box<Sleep>>>,
     /// Ticks while some backend connection carries calls.
     keepalive: Option<Pin<Box<Sleep>>>,
-    drain: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
-    _watch: Watch,
+    /// The drain signal (it holds the connection's watch of the drain).
+    drain: DrainSignal,
     /// Header lists to reuse.
     spare: Vec<HeaderList>,
     /// Turns among an endpoint's backend connections.
@@ -261,7 +261,6 @@ struct Conn {
 
 impl Conn {
     fn new(shared: Arc<Shared>, io: Io, watch: Watch) -> Conn {
-        let w = watch.clone();
         Conn {
             shared,
             client: Side::new(Some(io)),
@@ -271,8 +270,7 @@ impl Conn {
             deadlines: BinaryHeap::new(),
             timer: None,
             keepalive: None,
-            drain: Some(Box::pin(async move { w.signaled().await })),
-            _watch: watch,
+            drain: DrainSignal::new(watch),
             spare: Vec::new(),
             turn: 0,
         }

@@ -46,3 +46,62 @@ async fn watch_calls_on_drain_once_and_finishes_the_future() {
     assert_eq!(task.await.unwrap(), 7);
     d.await.unwrap().unwrap();
 }
+
+/// A waker that counts its wakes.
+struct Wakes(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for Wakes {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_drain_signal_is_seen_once_and_wakes_its_task() {
+    let wakes = std::sync::Arc::new(Wakes(Default::default()));
+    let waker = std::task::Waker::from(wakes.clone());
+    let mut cx = Context::from_waker(&waker);
+    let drain = Drain::new();
+    let mut signal = DrainSignal::new(drain.watch());
+    // Polled often before the drain: nothing, and no wake.
+    for _ in 0..10 {
+        assert!(!signal.poll(&mut cx));
+    }
+    assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let draining = tokio::spawn(drain.drain(Duration::from_secs(5)));
+    // The task registered at the first poll is woken; the next poll says so,
+    // once.
+    for _ in 0..100 {
+        if wakes.0.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        wakes.0.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "not woken"
+    );
+    assert!(signal.poll(&mut cx));
+    assert!(!signal.poll(&mut cx));
+    // The drain waits for the signal's watch.
+    assert!(!draining.is_finished());
+    drop(signal);
+    draining.await.unwrap().expect("drained");
+}
+
+#[tokio::test]
+async fn a_drain_signal_made_after_the_drain_began_is_seen_at_once() {
+    let drain = Drain::new();
+    let early = drain.watch();
+    let draining = tokio::spawn(drain.drain(Duration::from_secs(5)));
+    early.signaled().await;
+    let waker = std::task::Waker::noop();
+    let mut cx = Context::from_waker(waker);
+    let mut late = DrainSignal::new(early.clone());
+    assert!(late.poll(&mut cx));
+    drop((early, late));
+    draining.await.unwrap().expect("drained");
+}
