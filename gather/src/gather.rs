@@ -74,31 +74,22 @@ pub struct Call<'a> {
     pub body: Bytes,
     /// What every leaf call shares (the framed message, the headers).
     pub out: Outgoing,
-    /// When leaves must have answered.
-    pub leaf_deadline: Instant,
-    /// `leaf_deadline` as time from `start`: the `grpc-timeout` the leaves
-    /// are told (no clock read per leaf call).
-    pub leaf_budget: Duration,
-    /// Why `leaf_deadline` is what it is (for error messages).
+    /// When leaves must have answered (`at`), and the `grpc-timeout` they
+    /// are told: that time from `start`, known without a clock read per
+    /// leaf call.
+    pub leaf: Deadline,
+    /// Why the leaf deadline is what it is (for error messages).
     pub deadline_note: DeadlineNote,
     /// When the answer must leave, if the caller sent a deadline: that
     /// deadline less a small reserve for the way back (the merger's
     /// deadline).
-    pub caller_deadline: Option<Instant>,
+    pub answer_deadline: Option<Instant>,
     /// When the call arrived: the fan-out's start, from which every shard's
     /// elapsed time counts.
     pub start: Instant,
 }
 
 impl Call<'_> {
-    /// The leaf deadline, told to the leaves as the call's leaf budget.
-    pub fn leaf_told(&self) -> Deadline {
-        Deadline {
-            at: self.leaf_deadline,
-            told: Some(self.leaf_budget),
-        }
-    }
-
     /// True for `mp.v1.Handler/Handle`, whose messages mp-gather understands.
     pub fn is_handle(&self) -> bool {
         self.path.path() == mp_proto::names::HANDLE_PATH
@@ -184,15 +175,13 @@ impl Gather {
         // A year is "no deadline"; it also keeps the arithmetic below in range.
         let caller_timeout = caller_timeout.map(|t| t.min(Duration::from_secs(365 * 86_400)));
         let mut leaf_budget = self.leaf_timeout;
-        let mut leaf_deadline = start + self.leaf_timeout;
         let mut deadline_note = DeadlineNote::LeafTimeout(self.leaf_timeout);
-        let caller_deadline = caller_timeout
+        let answer_deadline = caller_timeout
             .map(|t| start + t - (t / ANSWER_RESERVE_DIVISOR).min(MAX_ANSWER_RESERVE));
         if let Some(t) = caller_timeout {
             let budget = t - (t / RESERVE_DIVISOR).min(MAX_RESERVE);
-            if start + budget < leaf_deadline {
+            if budget < leaf_budget {
                 leaf_budget = budget;
-                leaf_deadline = start + budget;
                 deadline_note = DeadlineNote::Caller { budget, total: t };
             }
         }
@@ -204,10 +193,12 @@ impl Gather {
             path,
             out,
             body,
-            leaf_deadline,
-            leaf_budget,
+            leaf: Deadline {
+                at: start + leaf_budget,
+                told: Some(leaf_budget),
+            },
             deadline_note,
-            caller_deadline,
+            answer_deadline,
             start,
         };
         // Every wait below is bounded by the caller's deadline already (the
@@ -265,7 +256,7 @@ impl Gather {
         // Each leaf call is bounded by the leaf deadline already; one timer
         // for the whole fan-out (not one per leaf call) decides the shards
         // still out at the deadline at once.
-        let mut deadline = pin!(sleep_until(call.leaf_deadline));
+        let mut deadline = pin!(sleep_until(call.leaf.at));
         loop {
             let r = tokio::select! {
                 biased;
@@ -351,7 +342,7 @@ impl Gather {
         let mut pending: FuturesUnordered<_> =
             shards.iter().map(|s| self.call_shard(s, call)).collect();
         let mut failed = Vec::new();
-        let mut deadline = pin!(sleep_until(call.leaf_deadline));
+        let mut deadline = pin!(sleep_until(call.leaf.at));
         loop {
             tokio::select! {
                 biased;
@@ -384,7 +375,7 @@ impl Gather {
         let (answer, hedged) = match self.hedge_delay(shard) {
             None => {
                 let first = leaf::pick(shard, None);
-                let (out, deadline) = (&call.out, call.leaf_told());
+                let (out, deadline) = (&call.out, call.leaf);
                 let answer = leaf::call(shard, out, deadline, call.start, first, None).await;
                 (answer, false)
             }
@@ -396,7 +387,7 @@ impl Gather {
         // answers CANCELLED "Timeout expired"): say what happened, not how
         // the leaf put it.
         let result = answer.result.map_err(|s| {
-            if answer.at >= call.leaf_deadline {
+            if answer.at >= call.leaf.at {
                 late(call)
             } else {
                 explain(s)
@@ -438,7 +429,7 @@ impl Gather {
         delay: Duration,
     ) -> (leaf::Answer, bool) {
         self.budget.deposit();
-        let (out, deadline) = (&call.out, call.leaf_told());
+        let (out, deadline) = (&call.out, call.leaf);
         let first = leaf::pick(shard, None);
         let mut primary = pin!(leaf::call(
             shard,
@@ -463,7 +454,7 @@ impl Gather {
         let second = leaf::call(
             shard,
             out,
-            call.leaf_deadline.into(),
+            call.leaf.at.into(),
             Instant::now(),
             Some(other),
             first.as_ref(),

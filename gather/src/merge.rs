@@ -67,7 +67,8 @@ impl Merge {
     }
 
     /// Merges the outcomes (one per shard, in shard order) of `call`. The
-    /// merger's deadline is the caller's, else `fallback` from now.
+    /// merger's deadline is the call's answer deadline (the caller's, less a
+    /// small reserve), else `fallback` from now.
     pub async fn merge(
         &self,
         call: &Call<'_>,
@@ -242,7 +243,7 @@ async fn merge_with(
         })
         .collect();
     let deadline = call
-        .caller_deadline
+        .answer_deadline
         .unwrap_or_else(|| Instant::now() + fallback);
     let mut req = tonic::Request::new(MergeRequest {
         request: Some(request),

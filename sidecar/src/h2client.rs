@@ -178,6 +178,13 @@ struct NewCall {
     max: usize,
 }
 
+impl NewCall {
+    /// When the call must end, if ever.
+    fn ends_at(&self) -> Option<Instant> {
+        self.deadline.map(|d| d.at)
+    }
+}
+
 /// Where a call's answer waits for its future (a slab: a call is an index,
 /// not an allocation and a channel).
 #[derive(Default)]
@@ -670,7 +677,7 @@ impl Conn {
             self.calls.answer(c.slot, Err(CallError::Unprocessed(why)));
             return;
         }
-        if let Some(d) = c.deadline.map(|d| d.at) {
+        if let Some(d) = c.ends_at() {
             // Calls mostly come with later deadlines than those before them:
             // the timer moves only when this one is the earliest.
             if self.expiry.is_none_or(|e| d < e) {
@@ -756,8 +763,8 @@ impl Conn {
             head: None,
             body: BytesMut::new(),
             max: c.max,
+            deadline: c.ends_at(),
             to_send: c.body,
-            deadline: c.deadline.map(|d| d.at),
             window: i64::from(self.side.peer.initial_window_size),
             end_sent: end,
             credit: 0,
@@ -1053,10 +1060,8 @@ impl Conn {
                 self.calls.answer(s.slot, Err(CallError::DeadlineExceeded));
             }
         }
-        let (late, waiting): (VecDeque<NewCall>, VecDeque<NewCall>) = self
-            .queue
-            .drain(..)
-            .partition(|c| past(c.deadline.map(|d| d.at)));
+        let (late, waiting): (VecDeque<NewCall>, VecDeque<NewCall>) =
+            self.queue.drain(..).partition(|c| past(c.ends_at()));
         self.queue = waiting;
         for c in late {
             self.calls.answer(c.slot, Err(CallError::DeadlineExceeded));
@@ -1065,7 +1070,7 @@ impl Conn {
             .streams
             .values()
             .filter_map(|s| s.deadline)
-            .chain(self.queue.iter().filter_map(|c| c.deadline.map(|d| d.at)))
+            .chain(self.queue.iter().filter_map(NewCall::ends_at))
             .min();
     }
 
