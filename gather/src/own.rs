@@ -9,9 +9,13 @@
 //! connection (grpcurl, a script) does not open leaf connections for them,
 //! and a wide fan-out keeps the shared connections, whose batches of many
 //! callers' calls are cheaper than a connection per caller and replica.
+//!
+//! A replica that leaves the topology (discovery stops listing it, or the
+//! shards file drops it) gets no new calls; its own connections close once
+//! the calls they carry are done, at the caller connection's next round.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::Context;
 
 use http::uri::Authority;
@@ -42,7 +46,24 @@ struct Inner {
     /// Leaf calls were made since the connections were last driven or
     /// sent.
     new_calls: bool,
-    clients: Vec<(SocketAddr, Authority, Client)>,
+    clients: Vec<Own>,
+}
+
+/// One own leaf connection.
+struct Own {
+    addr: SocketAddr,
+    authority: Authority,
+    client: Client,
+    /// The replica as the topology knows it now (the latest seen: a rebuilt
+    /// topology has new endpoints for the replicas it keeps).
+    endpoint: Arc<Endpoint>,
+}
+
+impl Own {
+    /// Its replica left the topology and no call is on it: it can go.
+    fn retired(&self) -> bool {
+        self.endpoint.is_removed() && self.client.is_idle()
+    }
 }
 
 impl std::fmt::Debug for OwnLeaves {
@@ -72,17 +93,20 @@ impl OwnLeaves {
     /// The connection's own client of replica `ep` of `shard`: the open one,
     /// or a new one (connecting in the background; counted in the replica's
     /// call connections).
-    pub fn client(&self, shard: &Shard, ep: &Endpoint) -> Client {
+    pub fn client(&self, shard: &Shard, ep: &Arc<Endpoint>) -> Client {
         let addr = ep.addr();
         let authority = shard.authority.as_str();
         let mut inner = self.lock();
         inner.new_calls = true;
         let open = inner
             .clients
-            .iter()
-            .find(|(a, au, c)| *a == addr && au.as_str() == authority && !c.is_closed());
-        if let Some((_, _, c)) = open {
-            return c.clone();
+            .iter_mut()
+            .find(|o| o.addr == addr && o.authority.as_str() == authority && !o.client.is_closed());
+        if let Some(o) = open {
+            if !Arc::ptr_eq(&o.endpoint, ep) {
+                o.endpoint = ep.clone();
+            }
+            return o.client.clone();
         }
         let c = Client::new_local(
             addr,
@@ -90,21 +114,25 @@ impl OwnLeaves {
             &ClientConfig::default(),
             Some(ep.metrics().call_connection()),
         );
-        inner
-            .clients
-            .push((addr, shard.authority.clone(), c.clone()));
+        inner.clients.push(Own {
+            addr,
+            authority: shard.authority.clone(),
+            client: c.clone(),
+            endpoint: ep.clone(),
+        });
         c
     }
 
     /// Drives every own leaf connection (their wakeups go to `cx`); those that
-    /// ended (closed, their calls done) are dropped. Whether anything
+    /// ended (closed, their calls done), and idle ones of replicas that left
+    /// the topology, are dropped (which closes them). Whether anything
     /// happened.
     pub fn drive(&self, cx: &mut Context<'_>) -> bool {
         let mut inner = self.lock();
         inner.new_calls = false;
         let mut busy = false;
-        inner.clients.retain(|(_, _, c)| match c.drive(cx) {
-            Rounds::Idle => true,
+        inner.clients.retain(|o| match o.client.drive(cx) {
+            Rounds::Idle => !o.retired(),
             Rounds::Busy => {
                 busy = true;
                 true
@@ -122,8 +150,8 @@ impl OwnLeaves {
             return false;
         }
         let mut wrote = false;
-        for (_, _, c) in &inner.clients {
-            wrote |= c.send(cx);
+        for o in &inner.clients {
+            wrote |= o.client.send(cx);
         }
         wrote
     }

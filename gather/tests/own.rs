@@ -138,3 +138,62 @@ async fn many_callers_on_two_threads_are_all_answered() {
     // The shared connection and the four callers' own, per replica.
     assert_eq!(call_connections(&g), [5, 5]);
 }
+
+/// A replica that leaves the topology while a busy caller holds its own
+/// connection to it: the connection closes once its calls are done (the
+/// replica may keep running, as one being drained does), and the calls go on
+/// to the replica that stayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_leaf_connections_to_a_replica_that_left_are_closed() {
+    let dir = std::env::temp_dir().join(format!("mp-gather-own-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("replicas.shards");
+    let stays = leaf(LeafSpec {
+        name: "stays",
+        ..LeafSpec::default()
+    })
+    .await;
+    let leaves = leaf(LeafSpec {
+        name: "leaves",
+        ..LeafSpec::default()
+    })
+    .await;
+    write_file(&file, &format!("{},{}\n", stays.addr(), leaves.addr()));
+    let g = GatherProc::start_with(&args(&["--shards-file", file.to_str().unwrap()]), true);
+    g.wait_healthy(1);
+    let mut busy = g.client().await;
+    let mut named = std::collections::HashSet::new();
+    for i in 0..OWN_AFTER + 20 {
+        let reply = call(&mut busy, json!(i)).await.expect("answered");
+        named.insert(reply.body_json().unwrap()[0]["name"].to_string());
+    }
+    assert_eq!(named.len(), 2, "both replicas answer: {named:?}");
+    let port = leaves.addr.port();
+    // The pool's, the shared call connection and the caller's own.
+    let before = connections_to(port);
+    assert!(before >= 2, "{before} connections to the replica");
+
+    write_file(&file, &format!("{}\n", stays.addr()));
+    assert!(
+        eventually(Duration::from_secs(10), || generation(&g) == Some(2)).await,
+        "the gather did not switch to the new file"
+    );
+    let served = leaves.stats.finished.load(Ordering::SeqCst);
+    let mut open = before;
+    for i in 0..100 {
+        let reply = call(&mut busy, json!(i)).await.expect("answered");
+        assert_eq!(reply.body_json().unwrap()[0]["name"], "stays");
+        open = connections_to(port);
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        open, 0,
+        "connections to the replica that left (of {before})"
+    );
+    assert_eq!(leaves.stats.finished.load(Ordering::SeqCst), served);
+    assert!(connections_to(stays.addr.port()) >= 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -4,28 +4,12 @@
 
 mod support;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::*;
-
-/// Replaces `path` atomically, as the file's writers should.
-fn write_file(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-/// The value of the `mp_gather_topology_generation` gauge.
-fn generation(g: &GatherProc) -> Option<u64> {
-    g.admin_get("/metrics")
-        .lines()
-        .find_map(|l| l.strip_prefix("mp_gather_topology_generation "))
-        .and_then(|v| v.trim().parse().ok())
-}
 
 async fn named_leaves(names: &[&'static str]) -> Vec<Running> {
     let mut v = Vec::new();

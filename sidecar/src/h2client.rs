@@ -470,6 +470,14 @@ impl Client {
         self.inner.0.closed.load(Ordering::Relaxed)
     }
 
+    /// True when no call made on this client is outstanding (each one's
+    /// future resolved or was dropped). An owner-driven client
+    /// ([`Client::new_local`]) may then be dropped without stranding a call:
+    /// its connection closes with it.
+    pub fn is_idle(&self) -> bool {
+        self.inner.0.lock().calls.0.is_empty()
+    }
+
     /// Sends a POST of `body` with `head` and resolves to the whole reply.
     /// `deadline` is told to the server as `grpc-timeout` (see
     /// [`Deadline::told`]) and bounds the call: once it passed, the stream is

@@ -193,6 +193,14 @@ impl Endpoint {
         until == 0 || now_nanos() >= until
     }
 
+    /// True once the endpoint left its pool (discovery stopped listing it,
+    /// or the pool is gone): it is never picked again, and whoever keeps
+    /// connections of their own to it should close them once their calls
+    /// are done.
+    pub fn is_removed(&self) -> bool {
+        *self.stop.borrow()
+    }
+
     /// Why the endpoint takes no traffic (for error messages), or "available".
     pub fn state(&self) -> &'static str {
         if self.connected.load(Ordering::Relaxed) == 0 {

@@ -151,11 +151,18 @@ pub fn free_port() -> u16 {
 }
 
 /// Waits until a TCP connect to `addr` succeeds. Returns false after `limit`.
+///
+/// A connection to itself does not count: a loopback connect to a port in
+/// the ephemeral range with no listener can be given that very port as its
+/// source and "succeed" (TCP simultaneous open), which would report a server
+/// that is still starting as listening.
 pub fn wait_for_port(addr: SocketAddr, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return true;
+        if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            if s.local_addr().ok() != Some(addr) {
+                return true;
+            }
         }
         std::thread::sleep(Duration::from_millis(20));
     }

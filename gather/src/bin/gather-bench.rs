@@ -206,7 +206,13 @@ fn start_proxy(bin: &PathBuf, flag: &str, targets: &[String], extra: &[&str]) ->
     }
     let proc = Proc(cmd.spawn().context("starting mp-gather")?);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    // A connection to itself (a source port equal to the port, which a
+    // loopback connect can get while nothing listens) does not count.
+    let listening = || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .is_ok_and(|s| s.local_addr().ok().map(|a| a.port()) != Some(port))
+    };
+    while !listening() {
         if Instant::now() > deadline {
             bail!("mp-gather did not listen");
         }

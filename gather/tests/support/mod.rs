@@ -518,3 +518,39 @@ pub fn grpcurl_ok(a: &[&str]) -> String {
     );
     stdout
 }
+
+/// Replaces `path` atomically, as a shards file's writers should.
+pub fn write_file(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The value of the `mp_gather_topology_generation` gauge.
+pub fn generation(g: &GatherProc) -> Option<u64> {
+    g.admin_get("/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix("mp_gather_topology_generation "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// TCP connections established to the local `port` (the server's side of
+/// each, from /proc/net/tcp): what a leaf has open from mp-gather.
+pub fn connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp (Linux)");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address is HEX_IP:HEX_PORT; state 01 is ESTABLISHED.
+            f.len() > 3
+                && f[3] == "01"
+                && f[1]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+                    == Some(port)
+        })
+        .count()
+}
