@@ -35,6 +35,7 @@ pub mod leaf;
 pub mod merge;
 pub mod metrics;
 pub mod own;
+pub mod pb;
 pub mod reflect;
 pub mod server;
 pub mod shard;

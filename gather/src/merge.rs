@@ -17,15 +17,17 @@
 //! travel as raw payload bytes (the request's metadata `mp-method` names the
 //! method), and the merger must answer with a raw body: the bytes of the
 //! method's reply message.
+//!
+//! Neither the merger's request nor the `json-array` reply is decoded and
+//! re-encoded: both are spliced from the leaves' reply bytes, checked as
+//! prost would decode them (see [`crate::pb`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use mp_proto::v1::merger_client::MergerClient;
-use mp_proto::v1::{
-    leaf_outcome, payload::Kind, LeafError, LeafOutcome, MergeRequest, Payload, Reply, Request,
-};
+use http::uri::PathAndQuery;
+use mp_proto::v1::{leaf_outcome, payload::Kind, LeafError, LeafOutcome, Payload, Reply};
 use prost::Message;
 use prost_types::value::Kind as ValueKind;
 use prost_types::{ListValue, Value};
@@ -35,6 +37,8 @@ use tonic::{Code, Status};
 
 use crate::config::ReducerKind;
 use crate::gather::{failures, Call, LeafResult};
+use crate::grpc::BytesCodec;
+use crate::pb::{self, Spliced};
 
 /// Metadata key of a merged reply that lists the shards that did not answer.
 pub const MISSING_SHARDS: &str = "mp-missing-shards";
@@ -46,8 +50,8 @@ pub const METHOD_KEY: &str = "mp-method";
 pub enum Merge {
     /// The user's merger.
     Merger {
-        /// Its client (one pooled HTTP/2 channel).
-        client: MergerClient<Channel>,
+        /// Its channel (one pooled HTTP/2 connection).
+        channel: Channel,
         /// Its address, for error messages.
         endpoint: Arc<str>,
     },
@@ -76,11 +80,11 @@ impl Merge {
         fallback: Duration,
     ) -> Result<Bytes, Status> {
         match self {
-            Merge::Merger { client, endpoint } => {
+            Merge::Merger { channel, endpoint } => {
                 // Boxed: a tonic call's state is kilobytes, which every
                 // call's future would carry (and copy) for the reducers too.
                 Box::pin(merge_with(
-                    client.clone(),
+                    channel.clone(),
                     endpoint,
                     call,
                     outcomes,
@@ -125,6 +129,52 @@ fn json_array(call: &Call<'_>, outcomes: Vec<LeafResult>) -> Result<Bytes, Statu
         )));
     }
     any_answer(&outcomes)?;
+    // Each shard's JSON value as it came, in shard order (None: null).
+    let mut values: Vec<Option<&[u8]>> = Vec::with_capacity(outcomes.len());
+    let mut missing = String::new();
+    for o in &outcomes {
+        match &o.result {
+            Ok(bytes) => {
+                pb::check_envelope(bytes).map_err(|e| not_a_reply(o, e))?;
+                match pb::body(bytes) {
+                    pb::Body::Json(v) => values.push(Some(v)),
+                    pb::Body::Missing => values.push(None),
+                    pb::Body::Raw => return Err(raw_body(o)),
+                    // Fields that protobuf merges (no encoder writes them):
+                    // decoding says what they merge to.
+                    pb::Body::Repeated => return json_array_decoded(outcomes),
+                }
+            }
+            Err(_) => {
+                if !missing.is_empty() {
+                    missing.push(',');
+                }
+                missing.push_str(&o.shard.to_string());
+                values.push(None);
+            }
+        }
+    }
+    Ok(pb::json_array_reply(&values, MISSING_SHARDS, &missing))
+}
+
+fn not_a_reply(o: &LeafResult, e: impl std::fmt::Display) -> Status {
+    Status::internal(format!(
+        "{} replied with bytes that are not an mp.v1.Reply: {e}",
+        o.who()
+    ))
+}
+
+fn raw_body(o: &LeafResult) -> Status {
+    Status::failed_precondition(format!(
+        "{} replied with a raw body, and the json-array reducer needs JSON bodies: use \
+         --merge ADDR or --reducer concat",
+        o.who()
+    ))
+}
+
+/// [`json_array`] by decoding every reply and encoding the array: for
+/// replies whose body or body kind occurs more than once.
+fn json_array_decoded(outcomes: Vec<LeafResult>) -> Result<Bytes, Status> {
     let null = || Value {
         kind: Some(ValueKind::NullValue(0)),
     };
@@ -133,21 +183,10 @@ fn json_array(call: &Call<'_>, outcomes: Vec<LeafResult>) -> Result<Bytes, Statu
     for o in outcomes {
         match &o.result {
             Ok(bytes) => {
-                let reply = Reply::decode(bytes.clone()).map_err(|e| {
-                    Status::internal(format!(
-                        "{} replied with bytes that are not an mp.v1.Reply: {e}",
-                        o.who()
-                    ))
-                })?;
+                let reply = Reply::decode(bytes.clone()).map_err(|e| not_a_reply(&o, e))?;
                 match reply.body.and_then(|b| b.kind) {
                     Some(Kind::Json(v)) => values.push(v),
-                    Some(Kind::Raw(_)) => {
-                        return Err(Status::failed_precondition(format!(
-                            "{} replied with a raw body, and the json-array reducer needs JSON \
-                             bodies: use --merge ADDR or --reducer concat",
-                            o.who()
-                        )))
-                    }
+                    Some(Kind::Raw(_)) => return Err(raw_body(&o)),
                     None => values.push(null()),
                 }
             }
@@ -196,7 +235,7 @@ fn concat(outcomes: Vec<LeafResult>) -> Result<Bytes, Status> {
 }
 
 async fn merge_with(
-    mut client: MergerClient<Channel>,
+    channel: Channel,
     endpoint: &str,
     call: &Call<'_>,
     outcomes: Vec<LeafResult>,
@@ -204,51 +243,53 @@ async fn merge_with(
 ) -> Result<Bytes, Status> {
     let handle = call.is_handle();
     let request = if handle {
-        Request::decode(call.body.clone()).map_err(|e| {
+        pb::check_envelope(&call.body).map_err(|e| {
             Status::invalid_argument(format!("the request is not an mp.v1.Request: {e}"))
-        })?
+        })?;
+        call.body.clone()
     } else {
-        Request {
-            body: Some(Payload::raw(call.body.to_vec())),
-            metadata: [(METHOD_KEY.to_string(), call.path.path().to_string())].into(),
-        }
+        pb::raw_request(&call.body, METHOD_KEY, call.path.path())
     };
-    let leaves = outcomes
-        .into_iter()
-        .map(|o| {
-            let outcome = match o.result {
-                Ok(bytes) if handle => match Reply::decode(bytes) {
-                    Ok(r) => leaf_outcome::Outcome::Reply(r),
-                    Err(e) => leaf_outcome::Outcome::Error(LeafError {
-                        code: Code::Internal as i32,
-                        message: format!("the reply is not an mp.v1.Reply: {e}"),
-                    }),
-                },
-                Ok(bytes) => leaf_outcome::Outcome::Reply(Reply {
-                    body: Some(Payload::raw(bytes.to_vec())),
-                    metadata: Default::default(),
-                }),
-                Err(s) => leaf_outcome::Outcome::Error(LeafError {
-                    code: s.code() as i32,
-                    message: s.message().to_string(),
-                }),
-            };
-            LeafOutcome {
-                shard: o.shard as u32,
-                outcome: Some(outcome),
-                elapsed: prost_types::Duration::try_from(o.elapsed).ok(),
-                endpoint: o.endpoint.map(|a| a.to_string()).unwrap_or_default(),
-                hedged: o.hedged,
+    let room = outcomes
+        .iter()
+        .map(|o| o.result.as_ref().map_or(0, Bytes::len) + 64)
+        .sum();
+    let mut merge_request = pb::MergeRequestWriter::new(&request, room);
+    for o in &outcomes {
+        let mut fields = LeafOutcome {
+            shard: o.shard as u32,
+            outcome: None,
+            elapsed: prost_types::Duration::try_from(o.elapsed).ok(),
+            endpoint: o.endpoint.map(|a| a.to_string()).unwrap_or_default(),
+            hedged: o.hedged,
+        };
+        let error = |code: Code, message: String| {
+            Some(leaf_outcome::Outcome::Error(LeafError {
+                code: code as i32,
+                message,
+            }))
+        };
+        let reply = match &o.result {
+            Ok(bytes) if !handle => Some(Spliced::Raw(bytes)),
+            Ok(bytes) => match pb::check_envelope(bytes) {
+                Ok(()) => Some(Spliced::Reply(bytes)),
+                Err(e) => {
+                    let message = format!("the reply is not an mp.v1.Reply: {e}");
+                    fields.outcome = error(Code::Internal, message);
+                    None
+                }
+            },
+            Err(s) => {
+                fields.outcome = error(s.code(), s.message().to_string());
+                None
             }
-        })
-        .collect();
+        };
+        merge_request.leaf(&fields, reply);
+    }
     let deadline = call
         .answer_deadline
         .unwrap_or_else(|| Instant::now() + fallback);
-    let mut req = tonic::Request::new(MergeRequest {
-        request: Some(request),
-        leaves,
-    });
+    let mut req = tonic::Request::new(merge_request.finish());
     let metadata = call.out.metadata();
     if !metadata.is_empty() {
         *req.metadata_mut() = crate::grpc::metadata(&metadata);
@@ -256,7 +297,15 @@ async fn merge_with(
     req.set_timeout(deadline.saturating_duration_since(Instant::now()));
     let late =
         || Status::deadline_exceeded(format!("the merger at {endpoint} did not answer in time"));
-    let reply = match tokio::time::timeout_at(deadline, client.merge(req)).await {
+    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20);
+    let answer = async {
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unknown(format!("Service was not ready: {e}")))?;
+        let path = PathAndQuery::from_static(mp_proto::names::MERGE_PATH);
+        grpc.unary(req, path, BytesCodec).await
+    };
+    let reply = match tokio::time::timeout_at(deadline, answer).await {
         Ok(Ok(r)) => r.into_inner(),
         // The channel keeps the same deadline (from grpc-timeout) and may
         // give up first, as a transport error: say what happened.
@@ -264,9 +313,17 @@ async fn merge_with(
         Ok(Err(s)) => return Err(merger_failed(endpoint, s)),
         Err(_) => return Err(late()),
     };
+    let not_a_reply = |e: &dyn std::fmt::Display| {
+        Status::internal(format!(
+            "the merger at {endpoint} answered with bytes that are not an mp.v1.Reply: {e}"
+        ))
+    };
     if handle {
-        return Ok(reply.encode_to_vec().into());
+        // The merger's reply is the caller's, as it came.
+        pb::check_envelope(&reply).map_err(|e| not_a_reply(&e))?;
+        return Ok(reply);
     }
+    let reply = Reply::decode(reply).map_err(|e| not_a_reply(&e))?;
     match reply.body.and_then(|b| b.kind) {
         Some(Kind::Raw(bytes)) => Ok(bytes.into()),
         None => Ok(Bytes::new()),

@@ -25,7 +25,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mp_proto::v1::merger_client::MergerClient;
 use mp_sidecar::addr::{HostPort, Resolver};
 use mp_sidecar::metrics::PoolMetrics;
 use tracing::{debug, info, warn};
@@ -173,7 +172,7 @@ impl Builder {
                     source,
                 })?;
                 Merge::Merger {
-                    client: MergerClient::new(r.channel).max_decoding_message_size(64 << 20),
+                    channel: r.channel,
                     endpoint: r.endpoint,
                 }
             }

@@ -452,6 +452,33 @@ async fn concat_merges_replies_of_another_proto() {
     assert!(err.message().contains("--reducer concat"), "{err:?}");
 }
 
+/// A merger merges calls of a proto mp-gather does not know: it gets the
+/// request and each shard's reply as raw payloads (the method named in the
+/// request's `mp-method`), and answers the reply message as a raw body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merger_merges_calls_of_another_proto_as_raw_payloads() {
+    use support::catalog::{catalog_client::CatalogClient, SearchRequest};
+    let ls = vec![
+        catalog_leaf(0, &["red plum", "green pear"]).await,
+        catalog_leaf(1, &["red apple"]).await,
+    ];
+    let m = merger(MergerMode::Catalog).await;
+    let mut a = shard_args(&ls);
+    a.extend(args(&["--shard", &dead_addr()]));
+    a.extend(args(&["--merge", &m.addr(), "--policy", "best-effort"]));
+    let g = GatherProc::start(&a);
+    let mut c = CatalogClient::connect(g.url()).await.unwrap();
+    let reply = c
+        .search(SearchRequest {
+            query: "red".into(),
+        })
+        .await
+        .expect("merged")
+        .into_inner();
+    assert_eq!(reply.items, ["red apple", "red plum"]);
+    assert_eq!(reply.source, "merged \"red\", failed [2]");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_methods_of_leaves_are_their_status() {
     let ls = leaves(2).await;

@@ -66,6 +66,12 @@ struct Cli {
     /// Internal: how long a delayed leaf call waits, ms.
     #[arg(long, hide = true, default_value_t = 50)]
     delay_ms: u64,
+    /// Only load the proxy on this loopback port, as the loaded runs do
+    /// (`--concurrency` callers on one connection for `--secs`), and print
+    /// the calls made: for profiling a proxy started by hand (e.g. under
+    /// `perf stat -p`).
+    #[arg(long, value_name = "PORT")]
+    load_only: Option<u16>,
 }
 
 fn main() -> Result<()> {
@@ -74,6 +80,19 @@ fn main() -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    if let Some(port) = cli.load_only {
+        let run = rt.block_on(run_gather(port, cli.concurrency, cli.secs));
+        println!(
+            "{} calls in {:.2} s ({:.0}/s), p50 {:.2} ms, p99 {:.2} ms, {} failed",
+            run.requests,
+            run.secs,
+            run.rps(),
+            run.pct(50.0),
+            run.pct(99.0),
+            run.errors
+        );
+        return Ok(());
+    }
     match cli.serve_leaves {
         Some(n) => rt.block_on(serve_leaves(n, cli.delay_pct, cli.delay_ms)),
         None => rt.block_on(bench(cli)),

@@ -200,6 +200,10 @@ pub enum MergerMode {
     Fail(Code, &'static str),
     /// Never answers.
     Hang,
+    /// Merges `demo.catalog.v1.Catalog/Search` calls, which reach it as raw
+    /// payloads: every shard's items, sorted, and a source naming the query
+    /// and the shards that failed.
+    Catalog,
 }
 
 struct TestMerger(MergerMode);
@@ -214,6 +218,7 @@ impl Merger for TestMerger {
             MergerMode::Fail(code, msg) => return Err(Status::new(code, msg)),
             MergerMode::Hang => std::future::pending().await,
             MergerMode::Summarize => {}
+            MergerMode::Catalog => return merge_catalog(request.into_inner()),
         }
         let m = request.into_inner();
         let leaves: Vec<_> = m
@@ -240,6 +245,54 @@ impl Merger for TestMerger {
             "leaves": leaves,
         }))))
     }
+}
+
+fn raw_body(p: Option<&mp_proto::v1::Payload>) -> Result<&[u8], Status> {
+    match p.and_then(|p| p.kind.as_ref()) {
+        Some(mp_proto::v1::payload::Kind::Raw(b)) => Ok(b),
+        other => Err(Status::invalid_argument(format!(
+            "not a raw body: {other:?}"
+        ))),
+    }
+}
+
+fn merge_catalog(m: MergeRequest) -> Result<tonic::Response<Reply>, Status> {
+    use prost::Message;
+    let request = m.request.unwrap_or_default();
+    let method = request
+        .metadata
+        .get("mp-method")
+        .cloned()
+        .unwrap_or_default();
+    if method != "/demo.catalog.v1.Catalog/Search" {
+        return Err(Status::invalid_argument(format!("mp-method is {method:?}")));
+    }
+    let query = catalog::SearchRequest::decode(raw_body(request.body.as_ref())?)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?
+        .query;
+    let mut items = Vec::new();
+    let mut failed = Vec::new();
+    for l in &m.leaves {
+        match &l.outcome {
+            Some(leaf_outcome::Outcome::Reply(r)) => {
+                let reply = catalog::SearchReply::decode(raw_body(r.body.as_ref())?)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                items.extend(reply.items);
+            }
+            _ => failed.push(l.shard.to_string()),
+        }
+    }
+    items.sort();
+    let merged = catalog::SearchReply {
+        items,
+        source: format!("merged {query:?}, failed [{}]", failed.join(",")),
+    };
+    Ok(tonic::Response::new(Reply {
+        body: Some(mp_proto::v1::Payload {
+            kind: Some(mp_proto::v1::payload::Kind::Raw(merged.encode_to_vec())),
+        }),
+        metadata: Default::default(),
+    }))
 }
 
 /// Starts a test merger.
