@@ -12,6 +12,9 @@
 //! - Tail: 10 shards x 2 replicas where 1% of leaf calls are delayed 50 ms:
 //!   p99 without delays, with delays and no hedging, with delays and hedging,
 //!   and the share of extra (hedged) leaf calls.
+//! - Merging: 10 shards replying 100 numbers each (the seed's histogram
+//!   shape), merged by the `json-array` reducer and by an `mp.v1.Merger`
+//!   (binning the numbers): mp-gather's CPU per call for each.
 //!
 //! The leaves are tonic `mp.v1.Handler` servers on loopback in a child
 //! process of this program (`--serve-leaves`), so their CPU is counted
@@ -31,7 +34,8 @@ use clap::Parser;
 use http::uri::PathAndQuery;
 use mp_gather::grpc::BytesCodec;
 use mp_proto::v1::handler_server::{Handler, HandlerServer};
-use mp_proto::v1::{Reply, Request};
+use mp_proto::v1::merger_server::{Merger, MergerServer};
+use mp_proto::v1::{leaf_outcome, MergeRequest, Reply, Request};
 use prost::Message;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -66,6 +70,10 @@ struct Cli {
     /// Internal: how long a delayed leaf call waits, ms.
     #[arg(long, hide = true, default_value_t = 50)]
     delay_ms: u64,
+    /// Internal: the leaves reply this many numbers (a JSON array), and a
+    /// merger is served beside them.
+    #[arg(long, hide = true, default_value_t = 0)]
+    samples: usize,
     /// Only load the proxy on this loopback port, as the loaded runs do
     /// (`--concurrency` callers on one connection for `--secs`), and print
     /// the calls made: for profiling a proxy started by hand (e.g. under
@@ -94,7 +102,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
     match cli.serve_leaves {
-        Some(n) => rt.block_on(serve_leaves(n, cli.delay_pct, cli.delay_ms)),
+        Some(n) => rt.block_on(serve_leaves(n, cli.delay_pct, cli.delay_ms, cli.samples)),
         None => rt.block_on(bench(cli)),
     }
 }
@@ -120,13 +128,58 @@ impl Handler for BenchLeaf {
     }
 }
 
-async fn serve_leaves(n: usize, delay_pct: f64, delay_ms: u64) -> Result<()> {
+/// Bins the leaves' numbers (JSON arrays) into 10 bins of width 10, as the
+/// seed's histogram merger does.
+struct BenchMerger;
+
+#[tonic::async_trait]
+impl Merger for BenchMerger {
+    async fn merge(
+        &self,
+        request: tonic::Request<MergeRequest>,
+    ) -> Result<tonic::Response<Reply>, tonic::Status> {
+        let mut bins = [0u64; 10];
+        for leaf in request.into_inner().leaves {
+            if let Some(leaf_outcome::Outcome::Reply(r)) = leaf.outcome {
+                let bad = |e: &dyn std::fmt::Display| tonic::Status::invalid_argument(e.to_string());
+                let body = r.body_json().map_err(|e| bad(&e))?;
+                let samples: Vec<f64> = serde_json::from_value(body).map_err(|e| bad(&e))?;
+                for x in samples {
+                    if (0.0..100.0).contains(&x) {
+                        bins[(x / 10.0) as usize] += 1;
+                    }
+                }
+            }
+        }
+        Ok(tonic::Response::new(Reply::json(serde_json::json!(bins))))
+    }
+}
+
+async fn serve_leaves(n: usize, delay_pct: f64, delay_ms: u64, samples: usize) -> Result<()> {
     let mut out = std::io::stdout().lock();
+    if samples > 0 {
+        let l = TcpListener::bind("127.0.0.1:0").await?;
+        writeln!(out, "merger {}", l.local_addr()?.port())?;
+        tokio::spawn(
+            Server::builder()
+                .add_service(MergerServer::new(BenchMerger))
+                .serve_with_incoming(TcpIncoming::from(l).with_nodelay(Some(true))),
+        );
+    }
     for shard in 0..n {
         let l = TcpListener::bind("127.0.0.1:0").await?;
         writeln!(out, "{}", l.local_addr()?.port())?;
+        let body = if samples > 0 {
+            // Spread over [0, 100), differently per shard.
+            let xs: Vec<f64> = (0..samples)
+                .map(|i| ((shard * 37 + i * 13) % 1000) as f64 / 10.0)
+                .collect();
+            serde_json::json!(xs)
+        } else {
+            serde_json::json!({"shard": shard, "ok": true})
+        };
         let leaf = BenchLeaf {
-            reply: Reply::json(serde_json::json!({"shard": shard, "ok": true})),
+            reply: Reply::json(body),
             delay_pct,
             delay: Duration::from_millis(delay_ms),
         };
@@ -159,9 +212,21 @@ impl Drop for Proc {
 }
 
 fn start_leaves(n: usize, delay_pct: f64) -> Result<(Proc, Vec<u16>)> {
+    let (proc, ports, _) = start_leaves_with(n, delay_pct, 0)?;
+    Ok((proc, ports))
+}
+
+/// [`start_leaves`] whose leaves reply `samples` numbers (when not 0), with
+/// a merger: its port too.
+fn start_leaves_with(
+    n: usize,
+    delay_pct: f64,
+    samples: usize,
+) -> Result<(Proc, Vec<u16>, Option<u16>)> {
     let mut child = Command::new(std::env::current_exe()?)
         .args(["--serve-leaves", &n.to_string()])
         .args(["--delay-pct", &delay_pct.to_string()])
+        .args(["--samples", &samples.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -169,12 +234,16 @@ fn start_leaves(n: usize, delay_pct: f64) -> Result<(Proc, Vec<u16>)> {
     let stdout = child.stdout.take().context("leaves stdout")?;
     let proc = Proc(child);
     let mut ports = Vec::new();
+    let mut merger = None;
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         if line == "ready" {
-            return Ok((proc, ports));
+            return Ok((proc, ports, merger));
         }
-        ports.push(line.parse()?);
+        match line.strip_prefix("merger ") {
+            Some(port) => merger = Some(port.parse()?),
+            None => ports.push(line.parse()?),
+        }
     }
     bail!("the leaves process ended before it was ready")
 }
@@ -623,6 +692,52 @@ async fn bench(cli: Cli) -> Result<()> {
         "- hedged p99 / undelayed p99 = {:.2} (p95 hedge), {:.2} (10 ms hedge); target <= 2",
         p99s[2] / p99s[0],
         p99s[3] / p99s[0]
+    );
+    merging(&cli, &bin).await
+}
+
+/// The seed's histogram shape: 10 shards replying 100 numbers each, merged
+/// by the json-array reducer and by a merger, every round.
+async fn merging(cli: &Cli, bin: &PathBuf) -> Result<()> {
+    println!(
+        "\n## Merging: 10 shards replying 100 numbers each ({} callers, {:.1} s per run, {} rounds)\n",
+        cli.concurrency, cli.secs, cli.rounds
+    );
+    println!("| round | merged by | loaded req/s | loaded p50 ms | loaded p99 ms | gather CPU us per call | errors |");
+    println!("|---:|---|---:|---:|---:|---:|---:|");
+    let (_leaves, ports, merger) = start_leaves_with(10, 0.0, 100)?;
+    let merger = merger.context("the leaves process started no merger")?;
+    let shards: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let merger = format!("127.0.0.1:{merger}");
+    let ways: [(&str, [&str; 2]); 2] = [
+        ("the json-array reducer", ["--reducer", "json-array"]),
+        ("a merger (mp.v1.Merger: 10 bins)", ["--merge", &merger]),
+    ];
+    let mut cpu = [Vec::new(), Vec::new()];
+    for round in 1..=cli.rounds {
+        for (i, (name, flags)) in ways.iter().enumerate() {
+            let g = start_gather(bin, &shards, flags)?;
+            let port = g.port;
+            let m = measure(cli, Some(g.proc.0.id()), 1, |c, secs| {
+                run_gather(port, c, secs)
+            })
+            .await;
+            println!(
+                "| {round} | {name} | {:.0} | {:.2} | {:.2} | {:.1} | {} |",
+                m.loaded.rps(),
+                m.loaded.pct(50.0),
+                m.loaded.pct(99.0),
+                m.cpu_us,
+                m.idle.errors + m.loaded.errors
+            );
+            cpu[i].push(m.cpu_us);
+        }
+    }
+    let [reducer, merger] = cpu;
+    println!(
+        "\n- gather CPU us per call, median (range): json-array {}, merger {}",
+        spread(reducer),
+        spread(merger)
     );
     Ok(())
 }
