@@ -80,7 +80,15 @@ struct Cli {
     /// `perf stat -p`).
     #[arg(long, value_name = "PORT")]
     load_only: Option<u16>,
+    /// Every call carries a `grpc-timeout` that changes from call to call
+    /// (a second less a few microseconds), as callers that send the time left
+    /// on their deadline do (grpc-go, grpc-java).
+    #[arg(long)]
+    deadlines: bool,
 }
+
+/// `--deadlines`: set once, before any load.
+static DEADLINES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -88,6 +96,7 @@ fn main() -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    DEADLINES.store(cli.deadlines, std::sync::atomic::Ordering::Relaxed);
     if let Some(port) = cli.load_only {
         let run = rt.block_on(run_gather(port, cli.concurrency, cli.secs));
         println!(
@@ -141,7 +150,8 @@ impl Merger for BenchMerger {
         let mut bins = [0u64; 10];
         for leaf in request.into_inner().leaves {
             if let Some(leaf_outcome::Outcome::Reply(r)) = leaf.outcome {
-                let bad = |e: &dyn std::fmt::Display| tonic::Status::invalid_argument(e.to_string());
+                let bad =
+                    |e: &dyn std::fmt::Display| tonic::Status::invalid_argument(e.to_string());
                 let body = r.body_json().map_err(|e| bad(&e))?;
                 let samples: Vec<f64> = serde_json::from_value(body).map_err(|e| bad(&e))?;
                 for x in samples {
@@ -480,8 +490,14 @@ async fn unary(ch: &Channel, body: &Bytes) -> bool {
     if g.ready().await.is_err() {
         return false;
     }
+    let mut req = tonic::Request::new(body.clone());
+    if DEADLINES.load(std::sync::atomic::Ordering::Relaxed) {
+        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        req.set_timeout(Duration::from_micros(1_000_000 - n % 997));
+    }
     g.unary::<Bytes, Bytes, _>(
-        tonic::Request::new(body.clone()),
+        req,
         PathAndQuery::from_static(mp_proto::names::HANDLE_PATH),
         BytesCodec,
     )
