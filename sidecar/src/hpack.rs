@@ -1,6 +1,6 @@
 //! HPACK (RFC 7541) for a frame-level proxy: a header list kept in one
-//! buffer, and an encoder and a decoder of our own (Huffman decoding by the
-//! `httlib-huffman` crate's static tables).
+//! buffer, and an encoder and a decoder of our own (Huffman decoding by
+//! [`crate::huffman`]).
 //!
 //! The encoder indexes what repeats from call to call (`:path`,
 //! `content-type`, `te`, `grpc-status: 0`, ...) in its dynamic table, so the
@@ -398,8 +398,7 @@ fn string<'a>(
         return Ok((memo[k].1.as_slice(), n + len));
     }
     scratch.clear();
-    httlib_huffman::decode(raw, scratch, httlib_huffman::DecoderSpeed::FiveBits)
-        .map_err(|_| compression("bad Huffman code"))?;
+    crate::huffman::decode(raw, scratch).map_err(|_| compression("bad Huffman code"))?;
     if raw.len() <= 256 {
         // Keep the newest two.
         memo.swap(0, 1);

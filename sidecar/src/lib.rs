@@ -31,6 +31,7 @@ pub mod h2client;
 pub mod h2server;
 pub mod health;
 pub mod hpack;
+pub mod huffman;
 pub mod metrics;
 pub mod pool;
 pub mod runtime;
