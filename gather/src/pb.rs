@@ -149,6 +149,18 @@ fn limit(ctx: u32) -> Result<(), Malformed> {
 /// as in prost).
 fn walk(mut buf: &[u8], msg: Msg, ctx: u32) -> Result<(), Malformed> {
     while !buf.is_empty() {
+        if let Msg::List = msg {
+            // A list's number, as every encoder writes it: values(1) of 9
+            // bytes holding number_value(2), 8 bytes. What the walk below
+            // would find, without walking (the budget allows a Value here
+            // whenever it allows this list).
+            if let [0x0a, 0x09, 0x11, _, _, _, _, _, _, _, _, rest @ ..] = buf {
+                if ctx > 0 {
+                    buf = rest;
+                    continue;
+                }
+            }
+        }
         let (num, wire) = key(&mut buf)?;
         match field(msg, num) {
             Some(Ty::Msg(inner)) => {

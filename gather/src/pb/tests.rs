@@ -114,10 +114,16 @@ fn the_walker_accepts_exactly_what_prost_decodes() {
 
 #[test]
 fn nesting_is_limited_where_prost_limits_it() {
-    for depth in 1..120 {
+    for depth in 1..240 {
+        // Numbers too: a list of them is checked without a walk.
         let mut v = Value {
-            kind: Some(Kind::NullValue(0)),
+            kind: Some(if depth % 2 == 0 {
+                Kind::NullValue(0)
+            } else {
+                Kind::NumberValue(1.5)
+            }),
         };
+        let depth = depth / 2;
         for d in 0..depth {
             v = Value {
                 kind: Some(if d % 2 == 0 {
@@ -141,6 +147,41 @@ fn nesting_is_limited_where_prost_limits_it() {
             Reply::decode(bytes.as_slice()).is_ok(),
             "depth {depth}"
         );
+    }
+}
+
+#[test]
+fn a_list_of_numbers_at_the_limit_is_refused_as_prost_refuses_it() {
+    // Lists and structs use up the budget by 2 and 3 levels: some mix puts
+    // the innermost list (of a number) at every remaining budget, 0 too.
+    for structs in 0..3 {
+        for lists in 1..60 {
+            let mut v = Value {
+                kind: Some(Kind::ListValue(ListValue {
+                    values: vec![Value {
+                        kind: Some(Kind::NumberValue(2.0)),
+                    }],
+                })),
+            };
+            for _ in 1..lists {
+                v = Value {
+                    kind: Some(Kind::ListValue(ListValue { values: vec![v] })),
+                };
+            }
+            for _ in 0..structs {
+                v = Value {
+                    kind: Some(Kind::StructValue(Struct {
+                        fields: [("k".to_string(), v)].into(),
+                    })),
+                };
+            }
+            let bytes = json_reply(v);
+            assert_eq!(
+                check_envelope(&bytes).is_ok(),
+                Reply::decode(bytes.as_slice()).is_ok(),
+                "{structs} structs around {lists} lists"
+            );
+        }
     }
 }
 
