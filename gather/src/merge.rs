@@ -22,15 +22,14 @@
 //! re-encoded: both are spliced from the leaves' reply bytes, checked as
 //! prost would decode them (see [`crate::pb`]).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::uri::PathAndQuery;
-use mp_proto::v1::{leaf_outcome, payload::Kind, LeafError, LeafOutcome, Payload, Reply};
+use mp_proto::v1::{leaf_outcome, payload::Kind, LeafError, LeafOutcome, Reply};
 use prost::Message;
-use prost_types::value::Kind as ValueKind;
-use prost_types::{ListValue, Value};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -130,21 +129,11 @@ fn json_array(call: &Call<'_>, outcomes: Vec<LeafResult>) -> Result<Bytes, Statu
     }
     any_answer(&outcomes)?;
     // Each shard's JSON value as it came, in shard order (None: null).
-    let mut values: Vec<Option<&[u8]>> = Vec::with_capacity(outcomes.len());
+    let mut values: Vec<Option<Cow<'_, [u8]>>> = Vec::with_capacity(outcomes.len());
     let mut missing = String::new();
     for o in &outcomes {
         match &o.result {
-            Ok(bytes) => {
-                pb::check_envelope(bytes).map_err(|e| not_a_reply(o, e))?;
-                match pb::body(bytes) {
-                    pb::Body::Json(v) => values.push(Some(v)),
-                    pb::Body::Missing => values.push(None),
-                    pb::Body::Raw => return Err(raw_body(o)),
-                    // Fields that protobuf merges (no encoder writes them):
-                    // decoding says what they merge to.
-                    pb::Body::Repeated => return json_array_decoded(outcomes),
-                }
-            }
+            Ok(bytes) => values.push(json_value(o, bytes)?),
             Err(_) => {
                 if !missing.is_empty() {
                     missing.push(',');
@@ -155,6 +144,27 @@ fn json_array(call: &Call<'_>, outcomes: Vec<LeafResult>) -> Result<Bytes, Statu
         }
     }
     Ok(pb::json_array_reply(&values, MISSING_SHARDS, &missing))
+}
+
+/// The JSON body of shard `o`'s reply `bytes`, encoded (None: null), as it
+/// came when it can be found on the wire.
+fn json_value<'a>(o: &LeafResult, bytes: &'a Bytes) -> Result<Option<Cow<'a, [u8]>>, Status> {
+    pb::check_envelope(bytes).map_err(|e| not_a_reply(o, e))?;
+    Ok(match pb::body(bytes) {
+        pb::Body::Json(v) => Some(Cow::Borrowed(v)),
+        pb::Body::Missing => None,
+        pb::Body::Raw => return Err(raw_body(o)),
+        // Fields that protobuf merges (no encoder writes them): decoding
+        // says what they merge to.
+        pb::Body::Repeated => {
+            let reply = Reply::decode(bytes.clone()).map_err(|e| not_a_reply(o, e))?;
+            match reply.body.and_then(|b| b.kind) {
+                Some(Kind::Json(v)) => Some(Cow::Owned(v.encode_to_vec())),
+                Some(Kind::Raw(_)) => return Err(raw_body(o)),
+                None => None,
+            }
+        }
+    })
 }
 
 fn not_a_reply(o: &LeafResult, e: impl std::fmt::Display) -> Status {
@@ -170,47 +180,6 @@ fn raw_body(o: &LeafResult) -> Status {
          --merge ADDR or --reducer concat",
         o.who()
     ))
-}
-
-/// [`json_array`] by decoding every reply and encoding the array: for
-/// replies whose body or body kind occurs more than once.
-fn json_array_decoded(outcomes: Vec<LeafResult>) -> Result<Bytes, Status> {
-    let null = || Value {
-        kind: Some(ValueKind::NullValue(0)),
-    };
-    let mut values = Vec::with_capacity(outcomes.len());
-    let mut missing = String::new();
-    for o in outcomes {
-        match &o.result {
-            Ok(bytes) => {
-                let reply = Reply::decode(bytes.clone()).map_err(|e| not_a_reply(&o, e))?;
-                match reply.body.and_then(|b| b.kind) {
-                    Some(Kind::Json(v)) => values.push(v),
-                    Some(Kind::Raw(_)) => return Err(raw_body(&o)),
-                    None => values.push(null()),
-                }
-            }
-            Err(_) => {
-                if !missing.is_empty() {
-                    missing.push(',');
-                }
-                missing.push_str(&o.shard.to_string());
-                values.push(null());
-            }
-        }
-    }
-    let mut reply = Reply {
-        body: Some(Payload {
-            kind: Some(Kind::Json(Value {
-                kind: Some(ValueKind::ListValue(ListValue { values })),
-            })),
-        }),
-        metadata: Default::default(),
-    };
-    if !missing.is_empty() {
-        reply.metadata.insert(MISSING_SHARDS.to_string(), missing);
-    }
-    Ok(reply.encode_to_vec().into())
 }
 
 fn concat(outcomes: Vec<LeafResult>) -> Result<Bytes, Status> {
@@ -353,4 +322,79 @@ fn merger_failed(endpoint: &str, s: Status) -> Status {
             crate::gather::status_text(&s)
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mp_proto::v1::Payload;
+    use prost_types::value::Kind as ValueKind;
+    use prost_types::{ListValue, Value};
+
+    fn leaf(bytes: &[u8]) -> LeafResult {
+        LeafResult {
+            shard: 3,
+            result: Ok(Bytes::copy_from_slice(bytes)),
+            elapsed: Duration::ZERO,
+            endpoint: None,
+            hedged: false,
+        }
+    }
+
+    fn json(v: Value) -> Vec<u8> {
+        Reply {
+            body: Some(Payload {
+                kind: Some(Kind::Json(v)),
+            }),
+            metadata: Default::default(),
+        }
+        .encode_to_vec()
+    }
+
+    fn list(n: f64) -> Value {
+        Value {
+            kind: Some(ValueKind::ListValue(ListValue {
+                values: vec![Value {
+                    kind: Some(ValueKind::NumberValue(n)),
+                }],
+            })),
+        }
+    }
+
+    fn value_of(bytes: &[u8]) -> Result<Option<Value>, Status> {
+        let o = leaf(bytes);
+        let Ok(b) = &o.result else { unreachable!() };
+        Ok(json_value(&o, b)?.map(|v| Value::decode(&*v).expect("a Value")))
+    }
+
+    #[test]
+    fn a_json_body_is_taken_as_it_came_and_merged_fields_as_they_merge() {
+        assert_eq!(value_of(&json(list(1.0))).unwrap(), Some(list(1.0)));
+        assert_eq!(value_of(&Reply::default().encode_to_vec()).unwrap(), None);
+        // Two bodies, each a list: protobuf merges them into one list of both.
+        let mut twice = json(list(1.0));
+        twice.extend(json(list(2.0)));
+        let merged = Reply::decode(&twice[..]).unwrap().body.unwrap().kind;
+        let Some(Kind::Json(expected)) = merged else {
+            panic!("{merged:?}")
+        };
+        assert_eq!(value_of(&twice).unwrap(), Some(expected));
+        // Not a reply; a raw body: errors naming the shard.
+        let err = value_of(&[0x0a, 0x05]).unwrap_err();
+        assert!(err
+            .message()
+            .contains("shard 3 replied with bytes that are not an mp.v1.Reply"));
+        let raw = Reply {
+            body: Some(Payload {
+                kind: Some(Kind::Raw(b"x".to_vec())),
+            }),
+            metadata: Default::default(),
+        };
+        let mut raw_twice = raw.encode_to_vec();
+        raw_twice.extend(raw.encode_to_vec());
+        for bytes in [raw.encode_to_vec(), raw_twice] {
+            let err = value_of(&bytes).unwrap_err();
+            assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        }
+    }
 }

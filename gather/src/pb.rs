@@ -279,6 +279,11 @@ fn only_field<'a>(mut buf: &'a [u8], nums: &[u32]) -> Option<Result<(u32, &'a [u
 /// `google.protobuf.Value` null, encoded.
 const NULL_VALUE: &[u8] = &[0x08, 0x00];
 
+/// An encoded value, or null.
+fn value_of<V: AsRef<[u8]>>(v: &Option<V>) -> &[u8] {
+    v.as_ref().map_or(NULL_VALUE, AsRef::as_ref)
+}
+
 fn len_field_len(len: usize) -> usize {
     1 + encoded_len_varint(len as u64) + len
 }
@@ -292,10 +297,14 @@ fn put_len(out: &mut BytesMut, num: u8, len: usize) {
 /// The `mp.v1.Reply` whose JSON body is the array of `values` (encoded
 /// `google.protobuf.Value`s; `None` is null), with `missing` as its
 /// `mp-missing-shards` metadata when not empty.
-pub fn json_array_reply(values: &[Option<&[u8]>], missing_key: &str, missing: &str) -> Bytes {
+pub fn json_array_reply<V: AsRef<[u8]>>(
+    values: &[Option<V>],
+    missing_key: &str,
+    missing: &str,
+) -> Bytes {
     let list: usize = values
         .iter()
-        .map(|v| len_field_len(v.unwrap_or(NULL_VALUE).len()))
+        .map(|v| len_field_len(value_of(v).len()))
         .sum();
     let value = len_field_len(list);
     let payload = len_field_len(value);
@@ -310,7 +319,7 @@ pub fn json_array_reply(values: &[Option<&[u8]>], missing_key: &str, missing: &s
     put_len(&mut out, 1, value); // Payload.json
     put_len(&mut out, 6, list); // Value.list_value
     for v in values {
-        let v = v.unwrap_or(NULL_VALUE);
+        let v = value_of(v);
         put_len(&mut out, 1, v.len()); // ListValue.values
         out.put_slice(v);
     }
