@@ -109,6 +109,14 @@ async fn connect(resolver: &Resolver, target: &HostPort) -> io::Result<TcpStream
         })?
 }
 
+/// A shard's leaf call connections, and the pool generation they were last
+/// checked against.
+#[derive(Debug, Default)]
+struct Clients {
+    list: Vec<(SocketAddr, Client)>,
+    generation: u64,
+}
+
 /// One shard: a pool of its replicas and what mp-gather remembers about it.
 #[derive(Debug)]
 pub struct Shard {
@@ -126,7 +134,7 @@ pub struct Shard {
     /// The leaf calls' connections, one per replica address, opened on first
     /// use and replaced once closed (GOAWAY, failure). The pool's own
     /// connections only tell which replicas are up.
-    clients: Mutex<Vec<(SocketAddr, Client)>>,
+    clients: Mutex<Clients>,
     /// The replicas given as host names (not IP literals), to say why the
     /// pool is empty when they do not resolve.
     names: Vec<HostPort>,
@@ -174,7 +182,7 @@ impl Shard {
             authority,
             window: LatencyWindow::new(percentile),
             metrics,
-            clients: Mutex::new(Vec::new()),
+            clients: Mutex::new(Clients::default()),
             names: replicas
                 .iter()
                 .filter(|hp| hp.socket_addr().is_none())
@@ -189,13 +197,21 @@ impl Shard {
     /// new one (connecting in the background) when there is none or it closed.
     pub fn client(&self, addr: SocketAddr) -> Client {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, c)) = clients.iter().find(|(a, _)| *a == addr) {
+        let generation = self.pool.generation();
+        if clients.generation != generation {
+            // Replicas left discovery: their connections go (each closes
+            // once the calls it carries are done).
+            clients.generation = generation;
+            let known = self.pool.endpoints();
+            clients
+                .list
+                .retain(|(a, _)| known.iter().any(|e| e.addr() == *a));
+        }
+        if let Some((_, c)) = clients.list.iter().find(|(a, _)| *a == addr) {
             if !c.is_closed() {
                 return c.clone();
             }
         }
-        // Closed clients go, and so do those of replicas no longer known
-        // (rare: this runs only when a connection is made).
         let known = self.pool.endpoints();
         let cfg = ClientConfig::default();
         let c = match known.iter().find(|e| e.addr() == addr) {
@@ -208,9 +224,9 @@ impl Shard {
             ),
             None => Client::new(addr, self.authority.as_str(), &cfg),
         };
-        clients
-            .retain(|(a, c)| *a != addr && !c.is_closed() && known.iter().any(|e| e.addr() == *a));
-        clients.push((addr, c.clone()));
+        // Closed clients go (rare: this runs only when a connection is made).
+        clients.list.retain(|(a, c)| *a != addr && !c.is_closed());
+        clients.list.push((addr, c.clone()));
         c
     }
 

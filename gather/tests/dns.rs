@@ -138,3 +138,51 @@ async fn a_shard_name_that_does_not_resolve_fails_naming_the_shard() {
     assert_eq!(body[0]["tag"], "0", "{body}");
     assert_eq!(body[1]["tag"], "1", "{body}");
 }
+
+/// A replica whose address leaves the shard's DNS answer while it keeps
+/// running: mp-gather's connections to it close (the pool's and the leaf
+/// calls' shared one), and the calls go on to the replica that stayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_to_a_replica_that_left_dns_close() {
+    let (stays, leaves) = (ip(8), ip(9));
+    let port = free_port_on(&[stays, leaves]);
+    let dns = DnsServer::start();
+    let _a = leaf_on(stays, port, (0, 1), "stays");
+    let _b = leaf_on(leaves, port, (0, 1), "leaves");
+    dns.set("leaf-0.leaves", &[stays, leaves]);
+    let g = GatherProc::start_with(&dns_args(port, 1, &dns), true);
+    g.wait_healthy(2);
+    let mut c = g.client().await;
+    let mut tags = BTreeSet::new();
+    for n in 0..4 {
+        let reply = call(&mut c, json!(n)).await.expect("answered");
+        tags.insert(reply.body_json().unwrap()[0]["tag"].to_string());
+    }
+    assert_eq!(tags.len(), 2, "both replicas answer: {tags:?}");
+    let before = connections_at(Some(leaves), port);
+    assert!(before >= 2, "{before} connections to the replica");
+
+    dns.set("leaf-0.leaves", &[stays]);
+    // Names are resolved again every few seconds.
+    let m = |g: &GatherProc| g.admin_get("/metrics");
+    let gone = format!("{leaves}:{port}");
+    assert!(
+        eventually(Duration::from_secs(15), || !m(&g).contains(&gone)).await,
+        "{gone} is still a replica"
+    );
+    let mut open = before;
+    for n in 0..40 {
+        let reply = call(&mut c, json!(n)).await.expect("answered");
+        assert_eq!(reply.body_json().unwrap()[0]["tag"], "stays");
+        open = connections_at(Some(leaves), port);
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        open, 0,
+        "connections to the replica that left (of {before})"
+    );
+    assert!(connections_at(Some(stays), port) >= 2);
+}

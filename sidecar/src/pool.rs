@@ -345,6 +345,8 @@ struct Shared {
     changed: Arc<Notify>,
     /// Discovery has published at least once.
     discovered: AtomicBool,
+    /// Moves every time the endpoint set is applied.
+    generation: AtomicU64,
     /// Dropped with the last `Pool`: stops the discovery follower.
     _alive: watch::Sender<()>,
 }
@@ -376,6 +378,7 @@ impl Pool {
             metrics,
             changed: Arc::new(Notify::new()),
             discovered: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
             _alive: alive_tx,
         });
         let weak = Arc::downgrade(&shared);
@@ -409,6 +412,13 @@ impl Pool {
     /// The configuration.
     pub fn config(&self) -> &PoolConfig {
         &self.shared.cfg
+    }
+
+    /// A number that moves every time discovery changes the endpoint set
+    /// (an endpoint added or removed): whoever keeps something per endpoint
+    /// can tell, with one atomic load, when to look again.
+    pub fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
     }
 
     /// A snapshot of the endpoints.
@@ -655,6 +665,7 @@ fn apply(shared: &Arc<Shared>, set: &Endpoints) {
         }
     }
     shared.endpoints.store(Arc::new(next));
+    shared.generation.fetch_add(1, Ordering::Release);
     shared.discovered.store(true, Ordering::Relaxed);
     shared.changed.notify_waiters();
 }

@@ -590,20 +590,26 @@ pub fn generation(g: &GatherProc) -> Option<u64> {
 /// TCP connections established to the local `port` (the server's side of
 /// each, from /proc/net/tcp): what a leaf has open from mp-gather.
 pub fn connections_to(port: u16) -> usize {
+    connections_at(None, port)
+}
+
+/// [`connections_to`] the local address `ip` (any, when `None`) and `port`.
+pub fn connections_at(ip: Option<std::net::Ipv4Addr>, port: u16) -> usize {
     let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp (Linux)");
+    // local_address is HEX_IP:HEX_PORT, the address in the host's byte
+    // order; state 01 is ESTABLISHED.
+    let ip = ip.map(|ip| format!("{:08X}", u32::from_le_bytes(ip.octets())));
     table
         .lines()
         .skip(1)
         .filter(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
-            // local_address is HEX_IP:HEX_PORT; state 01 is ESTABLISHED.
-            f.len() > 3
-                && f[3] == "01"
-                && f[1]
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| u16::from_str_radix(p, 16).ok())
-                    == Some(port)
+            let Some((at, p)) = f.get(1).and_then(|a| a.split_once(':')) else {
+                return false;
+            };
+            f.get(3) == Some(&"01")
+                && u16::from_str_radix(p, 16) == Ok(port)
+                && ip.as_deref().is_none_or(|ip| ip == at)
         })
         .count()
 }
