@@ -26,17 +26,21 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BufMut;
 use bytes::{Bytes, BytesMut};
-use http::uri::PathAndQuery;
 use mp_proto::v1::{leaf_outcome, payload::Kind, LeafError, LeafOutcome, Reply};
+use mp_sidecar::addr::{HostPort, Resolver};
+use mp_sidecar::grpc;
+use mp_sidecar::h2client::{CallError, Client, ClientConfig, Deadline, RequestHead};
+use mp_sidecar::hpack::HeaderList;
 use prost::Message;
+use std::sync::Mutex;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::config::ReducerKind;
 use crate::gather::{failures, Call, LeafResult};
-use crate::grpc::BytesCodec;
+use crate::leaf;
 use crate::pb::{self, Spliced};
 
 /// Metadata key of a merged reply that lists the shards that did not answer.
@@ -44,13 +48,67 @@ pub const MISSING_SHARDS: &str = "mp-missing-shards";
 /// Metadata key of a merge request that names the method of a non-mp.v1 call.
 pub const METHOD_KEY: &str = "mp-method";
 
+/// Largest reply message accepted from a merger.
+const MAX_MERGED: usize = 64 << 20;
+
+/// The user's merger: one HTTP/2 connection on the lean client
+/// ([`mp_sidecar::h2client`], driven by its own task), opened at the first
+/// merge and again once it closed; a host name is resolved at every connect,
+/// so a merger that comes up later, or moves, is found.
+#[derive(Debug)]
+pub struct MergerLink {
+    target: HostPort,
+    resolver: Resolver,
+    client: Mutex<Option<Client>>,
+}
+
+impl MergerLink {
+    /// The merger at `target`; connects at the first merge.
+    pub fn new(target: HostPort, resolver: Resolver) -> Self {
+        MergerLink {
+            target,
+            resolver,
+            client: Mutex::new(None),
+        }
+    }
+
+    /// The open connection, or a new one to the first of the merger's
+    /// addresses that answers; why not, for the error's text.
+    async fn client(&self) -> Result<Client, String> {
+        let open = {
+            let client = self.client.lock().unwrap_or_else(|p| p.into_inner());
+            client.as_ref().filter(|c| !c.is_closed()).cloned()
+        };
+        if let Some(c) = open {
+            return Ok(c);
+        }
+        let addrs = self
+            .resolver
+            .resolve(&self.target)
+            .await
+            .map_err(|e| e.to_string())?;
+        let authority = self.target.to_string();
+        let mut last = format!("{} has no address", self.target);
+        for addr in addrs {
+            match Client::connect(addr, &authority, &ClientConfig::default()).await {
+                Ok(c) => {
+                    *self.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+                    return Ok(c);
+                }
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        Err(last)
+    }
+}
+
 /// How outcomes are merged.
 #[derive(Debug)]
 pub enum Merge {
     /// The user's merger.
     Merger {
-        /// Its channel (one pooled HTTP/2 connection).
-        channel: Channel,
+        /// Its connection.
+        link: MergerLink,
         /// Its address, for error messages.
         endpoint: Arc<str>,
     },
@@ -79,17 +137,10 @@ impl Merge {
         fallback: Duration,
     ) -> Result<Bytes, Status> {
         match self {
-            Merge::Merger { channel, endpoint } => {
-                // Boxed: a tonic call's state is kilobytes, which every
-                // call's future would carry (and copy) for the reducers too.
-                Box::pin(merge_with(
-                    channel.clone(),
-                    endpoint,
-                    call,
-                    outcomes,
-                    fallback,
-                ))
-                .await
+            Merge::Merger { link, endpoint } => {
+                // Boxed: rare state (a connect, a call), which every call's
+                // future would carry (and copy) for the reducers too.
+                Box::pin(merge_with(link, endpoint, call, outcomes, fallback)).await
             }
             _ => match self.reducer_for(call) {
                 Some(ReducerKind::JsonArray) => json_array(call, outcomes),
@@ -204,7 +255,7 @@ fn concat(outcomes: Vec<LeafResult>) -> Result<Bytes, Status> {
 }
 
 async fn merge_with(
-    channel: Channel,
+    link: &MergerLink,
     endpoint: &str,
     call: &Call<'_>,
     outcomes: Vec<LeafResult>,
@@ -258,29 +309,46 @@ async fn merge_with(
     let deadline = call
         .answer_deadline
         .unwrap_or_else(|| Instant::now() + fallback);
-    let mut req = tonic::Request::new(merge_request.finish());
-    let metadata = call.out.metadata();
-    if !metadata.is_empty() {
-        *req.metadata_mut() = crate::grpc::metadata(&metadata);
+    let body = merge_request.finish();
+    let mut framed = BytesMut::with_capacity(5 + body.len());
+    framed.put_u8(0);
+    framed.put_u32(body.len() as u32);
+    framed.put_slice(&body);
+    let mut headers = HeaderList::new();
+    headers.push(b"content-type", grpc::CONTENT_TYPE_GRPC.as_bytes());
+    headers.push(b"te", b"trailers");
+    for (name, value) in call.out.metadata().iter() {
+        headers.push(name, value);
     }
-    req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+    let head = Arc::new(RequestHead {
+        path: mp_proto::names::MERGE_PATH.as_bytes().to_vec(),
+        headers,
+    });
     let late =
         || Status::deadline_exceeded(format!("the merger at {endpoint} did not answer in time"));
-    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20);
+    let unreachable = |e: &dyn std::fmt::Display| {
+        Status::unavailable(format!("the merger at {endpoint} is not reachable: {e}"))
+    };
     let answer = async {
-        grpc.ready()
-            .await
-            .map_err(|e| Status::unknown(format!("Service was not ready: {e}")))?;
-        let path = PathAndQuery::from_static(mp_proto::names::MERGE_PATH);
-        grpc.unary(req, path, BytesCodec).await
+        let client = link.client().await.map_err(|e| unreachable(&e))?;
+        // The merger is told the time left (grpc-timeout).
+        let deadline = Deadline::from(deadline);
+        Ok::<_, Status>(
+            client
+                .call(head, framed.freeze(), Some(deadline), MAX_MERGED + 5)
+                .await,
+        )
     };
     let reply = match tokio::time::timeout_at(deadline, answer).await {
-        Ok(Ok(r)) => r.into_inner(),
-        // The channel keeps the same deadline (from grpc-timeout) and may
-        // give up first, as a transport error: say what happened.
-        Ok(Err(_)) if Instant::now() >= deadline => return Err(late()),
-        Ok(Err(s)) => return Err(merger_failed(endpoint, s)),
-        Err(_) => return Err(late()),
+        Ok(Ok(Ok(reply))) => leaf::read_reply(reply).map_err(|s| merger_failed(endpoint, s))?,
+        Ok(Ok(Err(CallError::DeadlineExceeded))) | Err(_) => return Err(late()),
+        Ok(Ok(Err(CallError::TooLarge(_)))) => {
+            return Err(Status::resource_exhausted(format!(
+                "the merger at {endpoint} answered more than {MAX_MERGED} bytes"
+            )))
+        }
+        Ok(Ok(Err(e))) => return Err(unreachable(&e)),
+        Ok(Err(s)) => return Err(s),
     };
     let not_a_reply = |e: &dyn std::fmt::Display| {
         Status::internal(format!(

@@ -26,7 +26,7 @@ use crate::metrics::ShardMetrics;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A tonic channel to one address, for calls off the data path: reflection
-/// questions to a leaf, and the merger.
+/// questions to a leaf.
 #[derive(Debug)]
 pub struct Replica {
     /// `host:port` as given on the command line (what metrics and

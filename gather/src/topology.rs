@@ -31,9 +31,9 @@ use tracing::{debug, info, warn};
 
 use crate::config::{self, Policy, ShardSpec};
 use crate::gather::Gather;
-use crate::merge::Merge;
+use crate::merge::{Merge, MergerLink};
 use crate::metrics::Metrics;
-use crate::shard::{Replica, Shard};
+use crate::shard::{Replica, ReplicaError, Shard};
 use crate::Error;
 
 /// How often the shards file is looked at.
@@ -167,13 +167,13 @@ impl Builder {
         let merge = match &spec.merge {
             Some(addr) => {
                 config::check_host_port(addr).map_err(Error::Config)?;
-                let r = Replica::new(addr, &self.resolver).map_err(|source| Error::Endpoint {
+                let target: HostPort = addr.parse().map_err(|e| Error::Endpoint {
                     addr: addr.clone(),
-                    source,
+                    source: ReplicaError::Addr(e),
                 })?;
                 Merge::Merger {
-                    channel: r.channel,
-                    endpoint: r.endpoint,
+                    link: MergerLink::new(target, self.resolver.clone()),
+                    endpoint: addr.as_str().into(),
                 }
             }
             None => Merge::Reducer(self.reducer),

@@ -184,6 +184,51 @@ async fn best_effort_merger_sees_missing_shards_and_why() {
     );
 }
 
+/// The merger learns the caller's metadata and deadline; once it goes away
+/// the calls say so, and once it is back on its address they are merged
+/// again (the connection is made anew).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_merger_gets_metadata_and_the_deadline_and_is_found_again_after_a_restart() {
+    let ls = leaves(2).await;
+    let m = merger(MergerMode::Summarize).await;
+    let merger_addr = m.addr;
+    let mut a = shard_args(&ls);
+    a.extend(args(&["--merge", &m.addr()]));
+    let g = GatherProc::start(&a);
+    let mut c = g.client().await;
+    let mut req = tonic::Request::new(mp_proto::v1::Request::json(json!(1)));
+    req.metadata_mut()
+        .insert("x-tenant", "acme".parse().unwrap());
+    req.set_timeout(Duration::from_secs(5));
+    let body = c.handle(req).await.expect("merged").into_inner();
+    let body = body.body_json().unwrap();
+    assert_eq!(body["tenant"], "acme", "{body}");
+    assert!(
+        body["timeout"].is_string(),
+        "the merger saw no grpc-timeout: {body}"
+    );
+
+    drop(m);
+    let mut last = None;
+    for _ in 0..100 {
+        match call(&mut c, json!(2)).await {
+            Err(e) => {
+                last = Some(e);
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let err = last.expect("calls fail while the merger is away");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("not reachable"), "{err:?}");
+
+    let listener = tokio::net::TcpListener::bind(merger_addr).await.unwrap();
+    let _back = merger_on(listener, MergerMode::Summarize);
+    let reply = call(&mut c, json!(3)).await.expect("merged again");
+    assert_eq!(reply.body_json().unwrap()["request"], json!(3));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_accepts_partial_results_and_fails_when_unreachable() {
     let ls = leaves(2).await;

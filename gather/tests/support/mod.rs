@@ -220,6 +220,14 @@ impl Merger for TestMerger {
             MergerMode::Summarize => {}
             MergerMode::Catalog => return merge_catalog(request.into_inner()),
         }
+        let meta = |k: &str| {
+            request
+                .metadata()
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (tenant, timeout) = (meta("x-tenant"), meta("grpc-timeout"));
         let m = request.into_inner();
         let leaves: Vec<_> = m
             .leaves
@@ -243,6 +251,8 @@ impl Merger for TestMerger {
         Ok(tonic::Response::new(Reply::json(json!({
             "request": request,
             "leaves": leaves,
+            "tenant": tenant,
+            "timeout": timeout,
         }))))
     }
 }
@@ -297,7 +307,14 @@ fn merge_catalog(m: MergeRequest) -> Result<tonic::Response<Reply>, Status> {
 
 /// Starts a test merger.
 pub async fn merger(mode: MergerMode) -> Running {
-    let (listener, addr) = bind().await;
+    let (listener, _) = bind().await;
+    merger_on(listener, mode)
+}
+
+/// A test merger on `listener` (e.g. a merger back on the port of one that
+/// stopped).
+pub fn merger_on(listener: TcpListener, mode: MergerMode) -> Running {
+    let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel();
     tokio::spawn(
         Server::builder()
