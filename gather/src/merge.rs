@@ -60,6 +60,9 @@ pub struct MergerLink {
     target: HostPort,
     resolver: Resolver,
     client: Mutex<Option<Client>>,
+    /// Held while connecting: calls that find no connection wait for the
+    /// one being made instead of each making their own.
+    connecting: tokio::sync::Mutex<()>,
 }
 
 impl MergerLink {
@@ -69,17 +72,23 @@ impl MergerLink {
             target,
             resolver,
             client: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
         }
+    }
+
+    fn open(&self) -> Option<Client> {
+        let client = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        client.as_ref().filter(|c| !c.is_closed()).cloned()
     }
 
     /// The open connection, or a new one to the first of the merger's
     /// addresses that answers; why not, for the error's text.
     async fn client(&self) -> Result<Client, String> {
-        let open = {
-            let client = self.client.lock().unwrap_or_else(|p| p.into_inner());
-            client.as_ref().filter(|c| !c.is_closed()).cloned()
-        };
-        if let Some(c) = open {
+        if let Some(c) = self.open() {
+            return Ok(c);
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(c) = self.open() {
             return Ok(c);
         }
         let addrs = self

@@ -196,6 +196,20 @@ async fn the_merger_gets_metadata_and_the_deadline_and_is_found_again_after_a_re
     a.extend(args(&["--merge", &m.addr()]));
     let g = GatherProc::start(&a);
     let mut c = g.client().await;
+    // Merges share one connection, the first ones (all at once) too.
+    let first = (0..16).map(|i| {
+        let mut c = c.clone();
+        async move { call(&mut c, json!(i)).await }
+    });
+    for r in futures::future::join_all(first).await {
+        r.expect("merged");
+    }
+    assert_eq!(
+        m.stats
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
     let mut req = tonic::Request::new(mp_proto::v1::Request::json(json!(1)));
     req.metadata_mut()
         .insert("x-tenant", "acme".parse().unwrap());

@@ -39,6 +39,8 @@ pub struct LeafStats {
     pub finished: AtomicUsize,
     /// Calls dropped before they finished: the caller cancelled them.
     pub cancelled: AtomicUsize,
+    /// Connections accepted (counted by mergers).
+    pub connections: AtomicUsize,
 }
 
 /// A test leaf's behaviour.
@@ -314,18 +316,24 @@ pub async fn merger(mode: MergerMode) -> Running {
 /// A test merger on `listener` (e.g. a merger back on the port of one that
 /// stopped).
 pub fn merger_on(listener: TcpListener, mode: MergerMode) -> Running {
+    use futures::StreamExt;
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel();
+    let stats = Arc::new(LeafStats::default());
+    let seen = stats.clone();
+    let accepted = incoming(listener).inspect(move |_| {
+        seen.connections.fetch_add(1, Ordering::SeqCst);
+    });
     tokio::spawn(
         Server::builder()
             .add_service(MergerServer::new(TestMerger(mode)))
-            .serve_with_incoming_shutdown(incoming(listener), async {
+            .serve_with_incoming_shutdown(accepted, async {
                 let _ = rx.await;
             }),
     );
     Running {
         addr,
-        stats: Arc::default(),
+        stats,
         _stop: tx,
     }
 }
