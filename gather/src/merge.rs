@@ -26,7 +26,6 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BufMut;
 use bytes::{Bytes, BytesMut};
 use mp_proto::v1::{leaf_outcome, payload::Kind, LeafError, LeafOutcome, Reply};
 use mp_sidecar::addr::{HostPort, Resolver};
@@ -318,11 +317,7 @@ async fn merge_with(
     let deadline = call
         .answer_deadline
         .unwrap_or_else(|| Instant::now() + fallback);
-    let body = merge_request.finish();
-    let mut framed = BytesMut::with_capacity(5 + body.len());
-    framed.put_u8(0);
-    framed.put_u32(body.len() as u32);
-    framed.put_slice(&body);
+    let framed = merge_request.finish();
     let mut headers = HeaderList::new();
     headers.push(b"content-type", grpc::CONTENT_TYPE_GRPC.as_bytes());
     headers.push(b"te", b"trailers");
@@ -344,7 +339,7 @@ async fn merge_with(
         let deadline = Deadline::from(deadline);
         Ok::<_, Status>(
             client
-                .call(head, framed.freeze(), Some(deadline), MAX_MERGED + 5)
+                .call(head, framed, Some(deadline), MAX_MERGED + 5)
                 .await,
         )
     };

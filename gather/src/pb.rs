@@ -334,6 +334,9 @@ pub fn json_array_reply<V: AsRef<[u8]>>(
     out.freeze()
 }
 
+/// The bytes before a gRPC message: compressed flag and length.
+const FRAME_PREFIX: usize = 5;
+
 /// Builds an `mp.v1.MergeRequest` from its parts, encoded: the request
 /// (an encoded `mp.v1.Request`), then per shard its `LeafOutcome` without
 /// the reply (encoded by prost) and the reply's encoded `mp.v1.Reply`,
@@ -347,7 +350,10 @@ impl MergeRequestWriter {
     /// Starts with the encoded `mp.v1.Request`; `room` is a hint of the
     /// bytes to come.
     pub fn new(request: &[u8], room: usize) -> Self {
-        let mut out = BytesMut::with_capacity(len_field_len(request.len()) + room);
+        let mut out = BytesMut::with_capacity(FRAME_PREFIX + len_field_len(request.len()) + room);
+        // The gRPC frame's prefix, filled in by `finish` (the message is
+        // written in place, not copied into a frame after).
+        out.put_bytes(0, FRAME_PREFIX);
         put_len(&mut out, 1, request.len()); // MergeRequest.request
         out.put_slice(request);
         MergeRequestWriter { out }
@@ -384,8 +390,11 @@ impl MergeRequestWriter {
         }
     }
 
-    /// The encoded `mp.v1.MergeRequest`.
-    pub fn finish(self) -> Bytes {
+    /// The encoded `mp.v1.MergeRequest` in its gRPC frame.
+    pub fn finish(mut self) -> Bytes {
+        let len = (self.out.len() - FRAME_PREFIX) as u32;
+        // Uncompressed, then the length.
+        self.out[1..FRAME_PREFIX].copy_from_slice(&len.to_be_bytes());
         self.out.freeze()
     }
 }

@@ -170,16 +170,10 @@ async fn connections_to_a_replica_that_left_dns_close() {
         eventually(Duration::from_secs(15), || !m(&g).contains(&gone)).await,
         "{gone} is still a replica"
     );
-    let mut open = before;
-    for n in 0..40 {
-        let reply = call(&mut c, json!(n)).await.expect("answered");
-        assert_eq!(reply.body_json().unwrap()[0]["tag"], "stays");
-        open = connections_at(Some(leaves), port);
-        if open == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let open = call_until_closed(&mut c, ("tag", "stays"), || {
+        connections_at(Some(leaves), port)
+    })
+    .await;
     assert_eq!(
         open, 0,
         "connections to the replica that left (of {before})"

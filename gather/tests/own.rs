@@ -179,16 +179,7 @@ async fn own_leaf_connections_to_a_replica_that_left_are_closed() {
         "the gather did not switch to the new file"
     );
     let served = leaves.stats.finished.load(Ordering::SeqCst);
-    let mut open = before;
-    for i in 0..100 {
-        let reply = call(&mut busy, json!(i)).await.expect("answered");
-        assert_eq!(reply.body_json().unwrap()[0]["name"], "stays");
-        open = connections_to(port);
-        if open == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let open = call_until_closed(&mut busy, ("name", "stays"), || connections_to(port)).await;
     assert_eq!(
         open, 0,
         "connections to the replica that left (of {before})"

@@ -360,7 +360,11 @@ fn a_spliced_merge_request_decodes_as_the_built_one() {
         request: Some(request),
         leaves,
     };
-    assert_eq!(MergeRequest::decode(w.finish()).unwrap(), built);
+    let framed = w.finish();
+    assert_eq!(framed[0], 0, "not compressed");
+    let len = u32::from_be_bytes(framed[1..5].try_into().unwrap()) as usize;
+    assert_eq!(len, framed.len() - 5);
+    assert_eq!(MergeRequest::decode(&framed[5..]).unwrap(), built);
 }
 
 #[test]

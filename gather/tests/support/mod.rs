@@ -638,3 +638,24 @@ pub fn connections_at(ip: Option<std::net::Ipv4Addr>, port: u16) -> usize {
         })
         .count()
 }
+
+/// Calls through `client` (at most 100 calls, 50 ms apart), each answered by
+/// shard 0's replica whose `field` is `answered_by`, until `open()` counts
+/// no connection; returns the last count.
+pub async fn call_until_closed(
+    client: &mut HandlerClient<Channel>,
+    (field, answered_by): (&str, &str),
+    open: impl Fn() -> usize,
+) -> usize {
+    let mut left = open();
+    for i in 0..100 {
+        let reply = call(client, json!(i)).await.expect("answered");
+        assert_eq!(reply.body_json().unwrap()[0][field], answered_by);
+        left = open();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    left
+}
