@@ -35,9 +35,6 @@ enum Msg {
 enum Ty {
     /// A message.
     Msg(Msg),
-    /// A map: its entries are messages to prost, read whatever the field's
-    /// wire type says (prost takes a length without checking it).
-    Map(Msg),
     Str,
     Bytes,
     Varint,
@@ -47,7 +44,9 @@ enum Ty {
 fn field(msg: Msg, num: u32) -> Option<Ty> {
     Some(match (msg, num) {
         (Msg::Envelope, 1) => Ty::Msg(Msg::Payload),
-        (Msg::Envelope, 2) => Ty::Map(Msg::StringEntry),
+        // A map's entries are messages (prost >= 0.14.6 checks their wire
+        // type too; 0.14.4 read a length whatever the type).
+        (Msg::Envelope, 2) => Ty::Msg(Msg::StringEntry),
         (Msg::Payload, 1) => Ty::Msg(Msg::Value),
         (Msg::Payload, 2) => Ty::Bytes,
         // null_value (an enum), number_value, string_value, bool_value,
@@ -57,7 +56,7 @@ fn field(msg: Msg, num: u32) -> Option<Ty> {
         (Msg::Value, 3) => Ty::Str,
         (Msg::Value, 5) => Ty::Msg(Msg::Struct),
         (Msg::Value, 6) => Ty::Msg(Msg::List),
-        (Msg::Struct, 1) => Ty::Map(Msg::ValueEntry),
+        (Msg::Struct, 1) => Ty::Msg(Msg::ValueEntry),
         (Msg::List, 1) => Ty::Msg(Msg::Value),
         (Msg::StringEntry, 1 | 2) | (Msg::ValueEntry, 1) => Ty::Str,
         (Msg::ValueEntry, 2) => Ty::Msg(Msg::Value),
@@ -167,11 +166,6 @@ fn walk(mut buf: &[u8], msg: Msg, ctx: u32) -> Result<(), Malformed> {
                 let body = delimited(wire, &mut buf)?;
                 limit(ctx)?;
                 walk(body, inner, ctx - 1)?;
-            }
-            Some(Ty::Map(entry)) => {
-                limit(ctx)?;
-                let n = varint(&mut buf)?;
-                walk(take(&mut buf, n)?, entry, ctx - 1)?;
             }
             Some(Ty::Str) => {
                 let s = delimited(wire, &mut buf)?;

@@ -209,7 +209,12 @@ fn unknown_fields_and_groups_are_skipped_as_prost_skips_them() {
         &[0x0a, 0x02, 0x10],                   // body: a payload cut short
         &[0x12, 0x04, 0x0a, 0x02, 0xc3, 0x28], // metadata key not UTF-8
         &[0x08, 0x01],                         // body as a varint: wrong wire type
-        &[0x10, 0x02, 0x0a, 0x00],             // metadata as a varint: prost reads a length
+        // Maps of the wrong wire type (prost 0.14.4 read a length whatever
+        // the type; 0.14.6 refuses them, as the walker now does).
+        &[0x10, 0x02, 0x0a, 0x00],       // metadata as a varint
+        &[0x11, 0, 0, 0, 0, 0, 0, 0, 0], // metadata as a fixed64
+        &[0x0a, 0x06, 0x0a, 0x04, 0x2a, 0x02, 0x08, 0x00], // a struct's fields as a varint
+        &[0x0a, 0x06, 0x0a, 0x04, 0x2a, 0x02, 0x0a, 0x00], // the same, well typed
     ];
     for extra in cases {
         let mut bytes = known.clone();
