@@ -334,14 +334,23 @@ async fn merge_with(
         Status::unavailable(format!("the merger at {endpoint} is not reachable: {e}"))
     };
     let answer = async {
-        let client = link.client().await.map_err(|e| unreachable(&e))?;
-        // The merger is told the time left (grpc-timeout).
-        let deadline = Deadline::from(deadline);
-        Ok::<_, Status>(
-            client
-                .call(head, framed, Some(deadline), MAX_MERGED + 5)
-                .await,
-        )
+        // A merge the merger certainly did not take (its connection went
+        // away first: GOAWAY, REFUSED_STREAM, closed before the request
+        // left) goes once more, on a new connection when that one closed:
+        // a merger restarting or shedding load costs the caller nothing.
+        let mut again = true;
+        loop {
+            let client = link.client().await.map_err(|e| unreachable(&e))?;
+            // The merger is told the time left (grpc-timeout).
+            let told = Deadline::from(deadline);
+            let merged = client
+                .call(head.clone(), framed.clone(), Some(told), MAX_MERGED + 5)
+                .await;
+            match merged {
+                Err(CallError::Unprocessed(_)) if again => again = false,
+                merged => return Ok::<_, Status>(merged),
+            }
+        }
     };
     let reply = match tokio::time::timeout_at(deadline, answer).await {
         Ok(Ok(Ok(reply))) => leaf::read_reply(reply).map_err(|s| merger_failed(endpoint, s))?,

@@ -243,6 +243,30 @@ async fn the_merger_gets_metadata_and_the_deadline_and_is_found_again_after_a_re
     assert_eq!(reply.body_json().unwrap()["request"], json!(3));
 }
 
+/// A merge the merger did not take (its connection went away first: GOAWAY
+/// naming no stream) goes again on a new connection; the caller sees only
+/// the merged reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_the_merger_did_not_take_goes_again_on_a_new_connection() {
+    let ls = leaves(2).await;
+    let m = merger(MergerMode::Summarize).await;
+    let (front, accepted) = goes_away_once(m.addr).await;
+    let mut a = shard_args(&ls);
+    a.extend(args(&["--merge", &front.to_string()]));
+    let g = GatherProc::start(&a);
+    let mut c = g.client().await;
+    let reply = call(&mut c, json!(7))
+        .await
+        .expect("merged on the second connection");
+    assert_eq!(reply.body_json().unwrap()["request"], json!(7));
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // Later merges keep to the new connection.
+    for i in 0..5 {
+        call(&mut c, json!(i)).await.expect("merged");
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_accepts_partial_results_and_fails_when_unreachable() {
     let ls = leaves(2).await;

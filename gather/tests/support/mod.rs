@@ -659,3 +659,53 @@ pub async fn call_until_closed(
     }
     left
 }
+
+/// A front for `target` whose first connection goes away before taking a
+/// call, as a server shutting down or shedding load does: it reads the
+/// client's first request head, answers a GOAWAY naming no stream (so the call was certainly not processed) and closes. Later
+/// connections are relayed to `target`. Returns its address and the count
+/// of connections it accepted.
+pub async fn goes_away_once(target: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (listener, addr) = bind().await;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            if count.fetch_add(1, Ordering::SeqCst) > 0 {
+                tokio::spawn(async move {
+                    if let Ok(mut t) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut s, &mut t).await;
+                    }
+                });
+                continue;
+            }
+            // The preface; our SETTINGS (a client starts calls once they
+            // came); then frames until the first HEADERS.
+            let mut buf = vec![0u8; 24];
+            if s.read_exact(&mut buf).await.is_err() {
+                continue;
+            }
+            if s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.is_err() {
+                continue;
+            }
+            loop {
+                let mut head = [0u8; 9];
+                if s.read_exact(&mut head).await.is_err() {
+                    break;
+                }
+                let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                let mut payload = vec![0u8; len];
+                if s.read_exact(&mut payload).await.is_err() || head[3] == 1 {
+                    break;
+                }
+            }
+            // GOAWAY: last stream 0, NO_ERROR.
+            let mut out = vec![0, 0, 8, 7, 0, 0, 0, 0, 0];
+            out.extend_from_slice(&[0; 8]);
+            let _ = s.write_all(&out).await;
+            let _ = s.shutdown().await;
+        }
+    });
+    (addr, accepted)
+}
