@@ -1,0 +1,34 @@
+//! What the connection targets share: their runtime and the HTTP/2 frame
+//! writer.
+
+use tokio::runtime::Runtime;
+
+/// A two-worker runtime, as the servers run on, in a process that survives
+/// writes to closed connections.
+pub fn runtime() -> Runtime {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    // libFuzzer's main, not Rust's, starts this process, so SIGPIPE still
+    // kills it: a write to a connection the peer closed would end the run.
+    // A handler of tokio's takes the signal instead (and stays installed),
+    // as Rust's main ignores it in the real binaries.
+    let pipe = rt.block_on(async {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::pipe())
+            .expect("a SIGPIPE handler")
+    });
+    // Dropping the stream leaves the handler in place.
+    drop(pipe);
+    rt
+}
+
+/// Appends one frame; a payload past the 24-bit length is cut.
+pub fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    let len = payload.len().min(0xff_ffff) as u32;
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(&payload[..len as usize]);
+}
