@@ -1,6 +1,7 @@
 //! What the connection targets share: their runtime and the HTTP/2 frame
 //! writer.
 
+use arbitrary::Arbitrary;
 use tokio::runtime::Runtime;
 
 /// A two-worker runtime, as the servers run on, in a process that survives
@@ -31,4 +32,27 @@ pub fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]
     out.extend_from_slice(&[kind, flags]);
     out.extend_from_slice(&stream.to_be_bytes());
     out.extend_from_slice(&payload[..len as usize]);
+}
+
+/// Any frame, as written: type (of the 10 defined and two unknown ones),
+/// flags, stream, payload.
+#[derive(Arbitrary, Debug)]
+pub struct RawFrame {
+    kind: u8,
+    flags: u8,
+    stream: u8,
+    payload: Vec<u8>,
+}
+
+impl RawFrame {
+    /// Appends it to `out`.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        frame(
+            out,
+            self.kind % 12,
+            self.flags,
+            u32::from(self.stream),
+            &self.payload,
+        );
+    }
 }

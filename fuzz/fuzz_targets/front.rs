@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use clap::Parser;
-use common::frame;
+use common::{frame, RawFrame};
 use libfuzzer_sys::fuzz_target;
 use mp_sidecar::hpack::Encoder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -56,13 +56,8 @@ enum Part {
         grpc_framed: bool,
         end: bool,
     },
-    /// Any frame: type, flags, stream, payload.
-    Frame {
-        kind: u8,
-        flags: u8,
-        stream: u8,
-        payload: Vec<u8>,
-    },
+    /// Any frame.
+    Frame(RawFrame),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -173,12 +168,7 @@ fn bytes_of(input: &Input) -> Vec<u8> {
                     frame(&mut out, 0, if *end && last { 1 } else { 0 }, stream, &data);
                 }
             }
-            Part::Frame {
-                kind,
-                flags,
-                stream,
-                payload,
-            } => frame(&mut out, *kind % 12, *flags, u32::from(*stream), payload),
+            Part::Frame(f) => f.write(&mut out),
         }
     }
     out

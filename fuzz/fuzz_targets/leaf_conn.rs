@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use mp_sidecar::h2client::{Client, ClientConfig, Deadline, RequestHead};
+use mp_sidecar::h2client::{Client, ClientConfig, RequestHead};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
@@ -54,24 +54,14 @@ fuzz_target!(|input: replies::Input| {
             path: b"/mp.v1.Handler/Handle".to_vec(),
             headers: Default::default(),
         });
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(30);
-        let calls: Vec<_> = (0..1 + input.calls % 3)
-            .map(|_| {
-                client.call(
-                    head.clone(),
-                    bytes::Bytes::from_static(&[0, 0, 0, 0, 0]),
-                    Some(Deadline::from(deadline)),
-                    1 << 20,
-                )
-            })
-            .collect();
-        let all = futures::future::join_all(calls);
-        if tokio::time::timeout(Duration::from_millis(1030), all)
-            .await
-            .is_err()
-        {
-            panic!("a call was still unresolved 1 s after its deadline");
-        }
+        replies::calls_resolve(
+            &client,
+            head,
+            input.calls,
+            Duration::from_millis(30),
+            "on the leaf connection",
+        )
+        .await;
         drop(client);
         server.abort();
     });

@@ -1,10 +1,15 @@
 //! What a fuzzed server (a leaf, a backend) writes back: replies with
-//! fuzzed heads, bodies and trailers, and raw frames of every type.
+//! fuzzed heads, bodies and trailers, and raw frames of every type; and the
+//! calls made to it, which must all resolve.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use arbitrary::Arbitrary;
+use mp_sidecar::h2client::{Client, Deadline, RequestHead};
 use mp_sidecar::hpack::Encoder;
 
-use crate::common::frame;
+use crate::common::{frame, RawFrame};
 
 const STATUSES: &[&str] = &["200", "404", "503", "1000", "abc", ""];
 
@@ -21,13 +26,8 @@ pub enum Part {
         /// END_STREAM on the head (a trailers-only reply).
         head_ends: bool,
     },
-    /// Any frame: type, flags, stream, payload.
-    Frame {
-        kind: u8,
-        flags: u8,
-        stream: u8,
-        payload: Vec<u8>,
-    },
+    /// Any frame.
+    Frame(RawFrame),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -82,13 +82,38 @@ pub fn bytes_of(input: &Input) -> Vec<u8> {
                     frame(&mut out, 1, 0x5, stream, &t);
                 }
             }
-            Part::Frame {
-                kind,
-                flags,
-                stream,
-                payload,
-            } => frame(&mut out, *kind % 12, *flags, u32::from(*stream), payload),
+            Part::Frame(f) => f.write(&mut out),
         }
     }
     out
+}
+
+/// Makes 1 to 3 (by `n`) calls of `head` on `client`, with a deadline
+/// `deadline` from now, and panics unless every one resolves (a reply or an
+/// error) within a second of it: `who` is what would have hung.
+pub async fn calls_resolve(
+    client: &Client,
+    head: Arc<RequestHead>,
+    n: u8,
+    deadline: Duration,
+    who: &str,
+) {
+    let at = tokio::time::Instant::now() + deadline;
+    let calls: Vec<_> = (0..1 + n % 3)
+        .map(|_| {
+            client.call(
+                head.clone(),
+                bytes::Bytes::from_static(&[0, 0, 0, 0, 0]),
+                Some(Deadline::from(at)),
+                1 << 20,
+            )
+        })
+        .collect();
+    let all = futures::future::join_all(calls);
+    if tokio::time::timeout(deadline + Duration::from_secs(1), all)
+        .await
+        .is_err()
+    {
+        panic!("a call {who} was still unresolved 1 s after its deadline");
+    }
 }
