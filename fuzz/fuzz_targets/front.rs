@@ -2,9 +2,9 @@
 //! (or attacker) may write them: gRPC calls with fuzzed heads, bodies and
 //! flags, mixed with raw frames of every type.
 //!
-//! The servers run in this process, in front of a real `mp_sdk` echo leaf
-//! (mp-gather with two shards on it, so calls fan out; mp-lb with it as its
-//! backend). Each input is one connection: written, half-closed, then read
+//! The servers run in this process, in front of a real `mp_sdk` echo leaf:
+//! mp-gather with two shards on it (calls fan out), merging by `json-array`
+//! or by a real `mp_sdk` merger; mp-lb with the leaf as its backend. Each input is one connection: written, half-closed, then read
 //! until the server closes it. The properties: no panic anywhere (libFuzzer's
 //! hook aborts on one in any thread), and the server closes a connection
 //! whose client has finished writing within a few seconds (never a hang).
@@ -62,8 +62,8 @@ enum Part {
 
 #[derive(Arbitrary, Debug)]
 struct Input {
-    /// mp-gather, else mp-lb.
-    gather: bool,
+    /// Which server: see [`Servers::addr`].
+    server: u8,
     /// Leave out the preface and first SETTINGS.
     no_preface: bool,
     parts: Vec<Part>,
@@ -71,15 +71,36 @@ struct Input {
 
 struct Servers {
     rt: Runtime,
-    gather: SocketAddr,
-    lb: SocketAddr,
+    /// mp-gather merging by `json-array`, mp-gather with a merger, mp-lb.
+    addrs: [(SocketAddr, &'static str); 3],
+}
+
+impl Servers {
+    fn addr(&self, which: u8) -> (SocketAddr, &'static str) {
+        self.addrs[usize::from(which) % self.addrs.len()]
+    }
+}
+
+/// mp-gather's arguments for two shards on `leaf` (and `more`).
+fn gather_args(leaf: &str, more: &[&str]) -> mp_gather::config::Args {
+    let mut args = vec![
+        "mp-gather",
+        "--shard",
+        leaf,
+        "--shard",
+        leaf,
+        "--leaf-timeout",
+        "2s",
+    ];
+    args.extend_from_slice(more);
+    mp_gather::config::Args::try_parse_from(args).unwrap()
 }
 
 fn servers() -> &'static Servers {
     static S: OnceLock<Servers> = OnceLock::new();
     S.get_or_init(|| {
         let rt = common::runtime();
-        let (gather, lb) = rt.block_on(async {
+        let addrs = rt.block_on(async {
             let leaf = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let leaf_addr = leaf.local_addr().unwrap().to_string();
             tokio::spawn(mp_sdk::serve_on(
@@ -87,19 +108,25 @@ fn servers() -> &'static Servers {
                 mp_sdk::json(|v: serde_json::Value| async move { Ok(v) }),
                 std::future::pending(),
             ));
+            // Counts the replies (a body that is not JSON fails the merge).
+            let merger = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let merger_addr = merger.local_addr().unwrap().to_string();
+            let count = mp_sdk::json_merger(|m: mp_sdk::Merge<serde_json::Value>| async move {
+                Ok(m.replies().count())
+            });
+            tokio::spawn(
+                mp_sdk::Server::new()
+                    .merger(count)
+                    .serve_on(merger, std::future::pending()),
+            );
             let g = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let gather = g.local_addr().unwrap();
-            let args = mp_gather::config::Args::try_parse_from([
-                "mp-gather",
-                "--shard",
-                &leaf_addr,
-                "--shard",
-                &leaf_addr,
-                "--leaf-timeout",
-                "2s",
-            ])
-            .unwrap();
+            let args = gather_args(&leaf_addr, &[]);
             tokio::spawn(mp_gather::run(args, g, None, std::future::pending()));
+            let m = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let merging = m.local_addr().unwrap();
+            let args = gather_args(&leaf_addr, &["--merge", &merger_addr]);
+            tokio::spawn(mp_gather::run(args, m, None, std::future::pending()));
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let lb = l.local_addr().unwrap();
             let args = mp_lb::Args::try_parse_from([
@@ -111,9 +138,13 @@ fn servers() -> &'static Servers {
             ])
             .unwrap();
             tokio::spawn(mp_lb::run(args, l, None, std::future::pending()));
-            (gather, lb)
+            [
+                (gather, "mp-gather (json-array)"),
+                (merging, "mp-gather (a merger)"),
+                (lb, "mp-lb"),
+            ]
         });
-        Servers { rt, gather, lb }
+        Servers { rt, addrs }
     })
 }
 
@@ -176,7 +207,7 @@ fn bytes_of(input: &Input) -> Vec<u8> {
 
 fuzz_target!(|input: Input| {
     let s = servers();
-    let addr = if input.gather { s.gather } else { s.lb };
+    let (addr, name) = s.addr(input.server);
     let bytes = bytes_of(&input);
     s.rt.block_on(async {
         let mut c = TcpStream::connect(addr).await.unwrap();
@@ -186,10 +217,9 @@ fuzz_target!(|input: Input| {
         let mut buf = Vec::new();
         match tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf)).await {
             Ok(_) => {}
-            Err(_) => panic!(
-                "{} kept the connection open 5 s after the client finished writing",
-                if input.gather { "mp-gather" } else { "mp-lb" }
-            ),
+            Err(_) => {
+                panic!("{name} kept the connection open 5 s after the client finished writing")
+            }
         }
     });
 });
