@@ -11,8 +11,10 @@ use mp_sidecar::hpack::Encoder;
 
 use crate::common::{frame, RawFrame};
 
+/// `:status` values: good, bad, out of range, not a number, empty.
 const STATUSES: &[&str] = &["200", "404", "503", "1000", "abc", ""];
 
+/// One piece of what the server writes.
 #[derive(Arbitrary, Debug)]
 pub enum Part {
     /// A response head, then DATA, then (maybe) trailers.
@@ -30,10 +32,12 @@ pub enum Part {
     Frame(RawFrame),
 }
 
+/// One input: what the server writes, how it ends, the calls made to it.
 #[derive(Arbitrary, Debug)]
 pub struct Input {
     /// The server's SETTINGS come first.
     pub settings: bool,
+    /// Written in order, on streams 1 to 15 (the calls' ids) or any.
     pub parts: Vec<Part>,
     /// Close the connection after writing (else keep it open).
     pub close: bool,
@@ -41,6 +45,7 @@ pub struct Input {
     pub calls: u8,
 }
 
+/// A header block of `first` (when given) and at most 8 of `fields`.
 fn block(enc: &mut Encoder, first: Option<(&str, &str)>, fields: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     let mut b = Vec::new();
     enc.begin(&mut b);
@@ -53,6 +58,7 @@ fn block(enc: &mut Encoder, first: Option<(&str, &str)>, fields: &[(Vec<u8>, Vec
     b
 }
 
+/// The bytes the server writes for `input` (after reading the preface).
 pub fn bytes_of(input: &Input) -> Vec<u8> {
     let mut out = Vec::new();
     if input.settings {
