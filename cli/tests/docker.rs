@@ -331,6 +331,7 @@ fn calls_during<T>(name: &str, f: impl FnOnce() -> T) -> T {
 struct Follow {
     _child: ChildGuard,
     text: Arc<std::sync::Mutex<String>>,
+    errors: Arc<std::sync::Mutex<String>>,
 }
 
 impl Follow {
@@ -340,27 +341,43 @@ impl Follow {
                 "logs", name, "--runner", "docker", "--role", role, "--follow",
             ])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
+            .stderr(Stdio::piped()),
         );
-        let text = Arc::new(std::sync::Mutex::new(String::new()));
+        let read = |pipe: Box<dyn std::io::Read + Send>| {
+            let text = Arc::new(std::sync::Mutex::new(String::new()));
+            let sink = text.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut t = sink.lock().unwrap();
+                    t.push_str(&line);
+                    t.push('\n');
+                }
+            });
+            text
+        };
         let stdout = child.inner().stdout.take().expect("piped");
-        let sink = text.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let mut t = sink.lock().unwrap();
-                t.push_str(&line);
-                t.push('\n');
-            }
-        });
+        let stderr = child.inner().stderr.take().expect("piped");
         Follow {
+            text: read(Box::new(stdout)),
+            errors: read(Box::new(stderr)),
             _child: child,
-            text,
         }
     }
 
     /// Everything printed so far.
     fn text(&self) -> String {
         self.text.lock().unwrap().clone()
+    }
+
+    /// What it printed and, if anything, what it said on stderr: for a
+    /// failing assertion (a follow that stopped says why there).
+    fn report(&self) -> String {
+        let errors = self.errors.lock().unwrap().clone();
+        if errors.is_empty() {
+            self.text()
+        } else {
+            format!("{}--- mp logs stderr ---\n{errors}", self.text())
+        }
     }
 }
 
@@ -521,9 +538,9 @@ fn spread_of_three_is_four_containers_and_updates_without_failed_calls() {
             .count()
     };
     assert!(
-        eventually(Duration::from_secs(10), || (0..3).all(|i| started(i) >= 2)),
+        eventually(Duration::from_secs(20), || (0..3).all(|i| started(i) >= 2)),
         "logs --follow shows old and new replicas starting:\n{}",
-        follow.text()
+        follow.report()
     );
     drop(follow);
     let after = containers(&docker, &name);
@@ -634,7 +651,8 @@ fn scatter_of_ten_sums_to_a_thousand_and_a_killed_leaf_comes_back() {
     let leaf3_lines = |followed: &str| followed.lines().filter(|l| l.starts_with("leaf-3")).count();
     assert!(
         eventually(Duration::from_secs(20), || leaf3_lines(&follow.text()) > 0),
-        "logs --follow shows leaf-3"
+        "logs --follow shows leaf-3:\n{}",
+        follow.report()
     );
     let before_crash = leaf3_lines(&follow.text());
     let inspect = block_on(docker.inspect_container(&victim, None)).expect("inspect leaf");
@@ -665,7 +683,7 @@ fn scatter_of_ten_sums_to_a_thousand_and_a_killed_leaf_comes_back() {
     assert!(
         followed_on,
         "logs --follow goes on after the restart:\n{}",
-        follow.text()
+        follow.report()
     );
     drop(follow);
     let ps = mp.ok(&["ps", "--runner", "docker"]);
