@@ -143,11 +143,47 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
 
 /// A loopback port that was free a moment ago, for a child process that must
 /// be told where to listen (`MP_PORT`). In-process servers bind port 0 instead.
+///
+/// It comes from below the kernel's ephemeral range, and no two calls in one
+/// process get the same port: a port from `bind(0)` is released at once, and
+/// the next `bind(0)` of a test running beside this one, or an outgoing
+/// connection's source port, could take it before the child binds it; the
+/// child then fails to listen, and the test talks to another test's server.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const LOWEST: u16 = 10_000;
+    // A start that differs between processes (test binaries run one after
+    // the other; their children may still hold ports for a moment).
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    if first_ephemeral > LOWEST + 1_000 {
+        let span = u32::from(first_ephemeral - LOWEST);
+        for i in 0..span {
+            let port = LOWEST + ((seed.wrapping_add(i.wrapping_mul(7_919))) % span) as u16;
+            if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                given.push(port);
+                return port;
+            }
+        }
+    }
+    // A machine whose ephemeral range leaves no room below it.
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind 127.0.0.1:0")
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Waits until a TCP connect to `addr` succeeds. Returns false after `limit`.

@@ -89,7 +89,8 @@ pub async fn handler_client(
 ) -> mp_proto::v1::handler_client::HandlerClient<tonic::transport::Channel> {
     mp_proto::v1::handler_client::HandlerClient::connect(format!("http://{addr}"))
         .await
-        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+        // Debug, not Display: tonic's Display says only "transport error".
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e:?}"))
 }
 
 /// A tonic client of `mp.v1.Merger` on `addr`.
@@ -98,7 +99,7 @@ pub async fn merger_client(
 ) -> mp_proto::v1::merger_client::MergerClient<tonic::transport::Channel> {
     mp_proto::v1::merger_client::MergerClient::connect(format!("http://{addr}"))
         .await
-        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e:?}"))
 }
 
 /// A request with a timeout, so no test waits forever on a stuck server.
