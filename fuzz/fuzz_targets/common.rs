@@ -1,7 +1,13 @@
-//! What the connection targets share: their runtime and the HTTP/2 frame
-//! writer.
+//! What the connection targets share: their runtime, the HTTP/2 frame
+//! writer, mp-lb started in process.
+
+#![allow(dead_code)] // each target uses its own subset
+
+use std::net::SocketAddr;
 
 use arbitrary::Arbitrary;
+use clap::Parser;
+use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 
 /// A two-worker runtime, as the servers run on, in a process that survives
@@ -55,4 +61,16 @@ impl RawFrame {
             &self.payload,
         );
     }
+}
+
+/// Starts mp-lb in this runtime, in front of `backend`, with `more` flags;
+/// returns where it listens.
+pub async fn spawn_lb(backend: &str, more: &[&str]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut args = vec!["mp-lb", "--listen", "127.0.0.1:0", "--backend", backend];
+    args.extend_from_slice(more);
+    let args = mp_lb::Args::try_parse_from(args).expect("mp-lb's flags");
+    tokio::spawn(mp_lb::run(args, listener, None, std::future::pending()));
+    addr
 }

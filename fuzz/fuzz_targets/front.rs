@@ -127,17 +127,7 @@ fn servers() -> &'static Servers {
             let merging = m.local_addr().unwrap();
             let args = gather_args(&leaf_addr, &["--merge", &merger_addr]);
             tokio::spawn(mp_gather::run(args, m, None, std::future::pending()));
-            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let lb = l.local_addr().unwrap();
-            let args = mp_lb::Args::try_parse_from([
-                "mp-lb",
-                "--listen",
-                "127.0.0.1:0",
-                "--backend",
-                &leaf_addr,
-            ])
-            .unwrap();
-            tokio::spawn(mp_lb::run(args, l, None, std::future::pending()));
+            let lb = common::spawn_lb(&leaf_addr, &[]).await;
             [
                 (gather, "mp-gather (json-array)"),
                 (merging, "mp-gather (a merger)"),

@@ -17,9 +17,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use clap::Parser;
 use libfuzzer_sys::fuzz_target;
 use mp_sidecar::h2client::{Client, ClientConfig, RequestHead};
+use mp_sidecar::hpack::HeaderList;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
@@ -60,21 +60,9 @@ fn lb() -> &'static Lb {
                     });
                 }
             });
-            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = l.local_addr().unwrap();
-            let args = mp_lb::Args::try_parse_from([
-                "mp-lb",
-                "--listen",
-                "127.0.0.1:0",
-                "--backend",
-                &backend_addr,
-                "--health-interval",
-                "0",
-                "--eject-after",
-                "4000000000",
-            ])
-            .unwrap();
-            tokio::spawn(mp_lb::run(args, l, None, std::future::pending()));
+            // Every input reaches the backend: no health checks, no ejection.
+            let more = ["--health-interval", "0", "--eject-after", "4000000000"];
+            let addr = common::spawn_lb(&backend_addr, &more).await;
             addr
         });
         Lb { rt, addr, script }
@@ -88,17 +76,12 @@ fuzz_target!(|input: replies::Input| {
         let client = Client::connect(lb.addr, "lb", &ClientConfig::default())
             .await
             .unwrap();
+        let mut headers = HeaderList::new();
+        headers.push(b"content-type", b"application/grpc");
+        headers.push(b"te", b"trailers");
         let head = Arc::new(RequestHead {
             path: b"/mp.v1.Handler/Handle".to_vec(),
-            headers: [("content-type", "application/grpc"), ("te", "trailers")]
-                .iter()
-                .fold(
-                    Default::default(),
-                    |mut l: mp_sidecar::hpack::HeaderList, (n, v)| {
-                        l.push(n.as_bytes(), v.as_bytes());
-                        l
-                    },
-                ),
+            headers,
         });
         replies::calls_resolve(
             &client,

@@ -10,6 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use mp_gather::merge::MISSING_SHARDS;
 use mp_gather::pb::{self, Body, MergeRequestWriter, Spliced};
 use mp_proto::v1::{payload::Kind, LeafOutcome, MergeRequest, Reply, Request};
 use prost::Message;
@@ -30,7 +31,7 @@ fuzz_target!(|bytes: &[u8]| {
             let found = prost_types::Value::decode(v).expect("a checked value");
             assert_eq!(found.encode_to_vec(), value.encode_to_vec());
             // The json-array reducer's reply holds this value.
-            let array = pb::json_array_reply(&[Some(v), None], "mp-missing-shards", "1");
+            let array = pb::json_array_reply(&[Some(v), None], MISSING_SHARDS, "1");
             let array = Reply::decode(array).expect("a json-array reply decodes");
             let Some(Kind::Json(prost_types::Value {
                 kind: Some(prost_types::value::Kind::ListValue(list)),
@@ -40,7 +41,7 @@ fuzz_target!(|bytes: &[u8]| {
             };
             assert_eq!(list.values.len(), 2);
             assert_eq!(list.values[0].encode_to_vec(), value.encode_to_vec());
-            assert_eq!(array.metadata["mp-missing-shards"], "1");
+            assert_eq!(array.metadata[MISSING_SHARDS], "1");
         }
         (found, kind) => panic!("body {found:?} but the reply's is {kind:?}"),
     }

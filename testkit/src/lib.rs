@@ -456,6 +456,25 @@ mod tests {
     use super::*;
     use std::net::{Ipv4Addr, UdpSocket};
 
+    #[test]
+    fn free_ports_are_never_handed_out_twice_and_stay_below_the_ephemeral_range() {
+        let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok());
+        let ports: Vec<u16> = (0..300).map(|_| free_port()).collect();
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "a port was handed out twice");
+        if let Some(first) = first_ephemeral.filter(|&f| f > 11_000) {
+            assert!(ports.iter().all(|&p| p < first), "{ports:?} vs {first}");
+        }
+        // Each was free: a listener binds it.
+        for &p in &ports[..20] {
+            TcpListener::bind(("127.0.0.1", p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+        }
+    }
+
     /// A query for `name` of type `qtype`, id 0x1234, recursion desired.
     fn query(name: &str, qtype: u16) -> Vec<u8> {
         let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
