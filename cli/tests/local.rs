@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mp_testkit::{bin, example, output_within, repo_root, ChildGuard};
+use mp_testkit::{bin, example, free_port, output_within, repo_root, ChildGuard};
 use serde_json::Value;
 
 /// The `mp` binary with a private state directory; deletes what was deployed
@@ -987,15 +987,6 @@ fn dry_run_prints_the_plan_and_starts_nothing() {
     );
     assert!(out.contains("mp-gather --listen 127.0.0.1:"), "{out}");
     assert!(!mp.services_dir().join("plan-only").exists());
-}
-
-/// A free loopback port (bound, then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The command line of process `pid`, from /proc.

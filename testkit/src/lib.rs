@@ -149,13 +149,51 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
 /// the next `bind(0)` of a test running beside this one, or an outgoing
 /// connection's source port, could take it before the child binds it; the
 /// child then fails to listen, and the test talks to another test's server.
+///
+/// Whether a port is free is read from the kernel's socket tables
+/// (`/proc/net/tcp`, `/proc/net/tcp6`), not tried with a listener: a listener
+/// opened to try the port is copied into any child another test forks at that
+/// moment and keeps listening there until that child runs its program, so the
+/// child this port is meant for could not bind it, and a readiness check
+/// could connect to the copy (then be reset when it closed) and report the
+/// real server up before it was. Where /proc does not tell, a bind decides.
 pub fn free_port() -> u16 {
+    free_port_on(&[std::net::Ipv4Addr::LOCALHOST])
+}
+
+/// The local ports of every TCP socket of this network namespace, on any
+/// address and in any state; `None` where /proc does not tell.
+pub fn tcp_ports_in_use() -> Option<std::collections::HashSet<u16>> {
+    let mut used = std::collections::HashSet::new();
+    let mut read = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        read = true;
+        // "   0: 0100007F:4B1A 00000000:0000 0A ...": the local address and
+        // port (hex) are the second column.
+        used.extend(text.lines().skip(1).filter_map(|line| {
+            let local = line.split_whitespace().nth(1)?;
+            u16::from_str_radix(local.rsplit_once(':')?.1, 16).ok()
+        }));
+    }
+    read.then_some(used)
+}
+
+/// A TCP port that is free on every one of `ips` at once (loopback
+/// addresses such as 127.0.0.2: on Linux all of 127/8 is local), for
+/// processes that must share a port on different addresses, as the pods
+/// behind one DNS name and port do. Chosen as [`free_port`] chooses (a port
+/// no socket uses is free on every address).
+pub fn free_port_on(ips: &[std::net::Ipv4Addr]) -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
     let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
+    let bindable = |port: u16| ips.iter().all(|ip| TcpListener::bind((*ip, port)).is_ok());
     const LOWEST: u16 = 10_000;
     // A start that differs between processes (test binaries run one after
     // the other; their children may still hold ports for a moment).
@@ -164,26 +202,36 @@ pub fn free_port() -> u16 {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
     if first_ephemeral > LOWEST + 1_000 {
+        let in_use = tcp_ports_in_use();
         let span = u32::from(first_ephemeral - LOWEST);
         for i in 0..span {
             let port = LOWEST + ((seed.wrapping_add(i.wrapping_mul(7_919))) % span) as u16;
-            if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            let free = match &in_use {
+                Some(used) => !used.contains(&port),
+                None => bindable(port),
+            };
+            if free && !given.contains(&port) {
                 given.push(port);
                 return port;
             }
         }
     }
     // A machine whose ephemeral range leaves no room below it.
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
+    for _ in 0..100 {
+        let first = ips
+            .first()
+            .copied()
+            .unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+        let port = TcpListener::bind((first, 0))
             .and_then(|l| l.local_addr())
-            .expect("bind 127.0.0.1:0")
+            .unwrap_or_else(|e| panic!("bind {first}:0: {e}"))
             .port();
-        if !given.contains(&port) {
+        if !given.contains(&port) && bindable(port) {
             given.push(port);
             return port;
         }
     }
+    panic!("no port free on all of {ips:?} after 100 tries");
 }
 
 /// Waits until a TCP connect to `addr` succeeds. Returns false after `limit`.
@@ -425,32 +473,6 @@ fn dns_answer(
     Some(r)
 }
 
-/// A TCP port that is free on every one of `ips` at once (loopback
-/// addresses such as 127.0.0.2: on Linux all of 127/8 is local), for
-/// processes that must share a port on different addresses, as the pods
-/// behind one DNS name and port do.
-pub fn free_port_on(ips: &[std::net::Ipv4Addr]) -> u16 {
-    for _ in 0..100 {
-        let first = ips
-            .first()
-            .copied()
-            .unwrap_or(std::net::Ipv4Addr::LOCALHOST);
-        let port = TcpListener::bind((first, 0))
-            .and_then(|l| l.local_addr())
-            .unwrap_or_else(|e| panic!("bind {first}:0: {e}"))
-            .port();
-        // Holding them all at once proves the port is free on every address.
-        let held: Vec<_> = ips
-            .iter()
-            .map(|ip| TcpListener::bind((*ip, port)))
-            .collect();
-        if held.iter().all(Result::is_ok) {
-            return port;
-        }
-    }
-    panic!("no port free on all of {ips:?} after 100 tries");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,6 +541,19 @@ mod tests {
         let r = ask(&dns, &query("leaf-0.leaves", 1));
         assert_eq!(r[3] & 0x0f, 3);
         assert_eq!(dns.queries(), 4);
+    }
+
+    #[test]
+    fn the_socket_tables_show_listeners_on_any_address() {
+        let v4 = TcpListener::bind("127.0.0.3:0").unwrap();
+        let mut expected = vec![v4.local_addr().unwrap().port()];
+        // IPv6 may be off on a machine: then only the IPv4 table is asked.
+        let v6 = TcpListener::bind("[::1]:0").ok();
+        expected.extend(v6.iter().map(|l| l.local_addr().unwrap().port()));
+        let used = tcp_ports_in_use().expect("Linux has /proc/net/tcp");
+        for port in expected {
+            assert!(used.contains(&port), "{port} is listening but not seen");
+        }
     }
 
     #[test]
