@@ -592,6 +592,127 @@ fn spread_of_three_is_four_containers_and_updates_without_failed_calls() {
     );
 }
 
+/// Whether the engine refuses `id`'s output because it is being removed (409
+/// "dead or marked for removal"); `None` once it is gone (404) or when the
+/// output is served.
+async fn refused_as_leaving(docker: &Docker, id: &str) -> Option<bool> {
+    use futures::StreamExt;
+    let options = bollard::query_parameters::LogsOptionsBuilder::default()
+        .stdout(true)
+        .tail("1")
+        .build();
+    match docker.logs(id, Some(options)).next().await {
+        Some(Err(bollard::errors::Error::DockerResponseServerError { status_code, .. })) => {
+            match status_code {
+                409 => Some(true),
+                404 => None,
+                _ => Some(false),
+            }
+        }
+        _ => Some(false),
+    }
+}
+
+/// `mp logs` while a rolling update removes containers: the engine refuses
+/// the output of a container being removed (409), and that part is skipped
+/// like one already gone, not the end of the command (a follow that met it
+/// ended, and took every other part's output with it). Each replica is
+/// removed in turn while the service's output is read; the engine is asked
+/// before and after the read, so at least one read is known to have met a
+/// removal under way.
+#[test]
+fn logs_skip_a_container_being_removed() {
+    let Some(docker) = engine("logs-removal") else {
+        return;
+    };
+    let mp = Mp::new();
+    let name = unique("logsrm");
+    let hello = program("hello");
+    mp.ok(&[
+        "deploy",
+        "--runner",
+        "docker",
+        "--pattern",
+        "spread",
+        "--name",
+        &name,
+        "--replicas",
+        "4",
+        "--handler",
+        hello.to_str().unwrap(),
+    ]);
+    let replicas: Vec<String> = (0..4).map(|i| format!("mp-{name}-replica-{i}")).collect();
+    let existing = names(&containers(&docker, &name));
+    assert!(
+        replicas.iter().all(|r| existing.contains(r)),
+        "{existing:?}"
+    );
+    let within_removal = block_on(async {
+        use futures::StreamExt;
+        use mp_cli::runner::{LogOptions, Runner};
+        let runner = mp_cli::runner::docker::DockerRunner::connect()
+            .await
+            .expect("the engine answered a moment ago");
+        let mut within_removal = 0;
+        for id in &replicas {
+            let remover = docker.clone();
+            let removed = id.clone();
+            let removal = tokio::spawn(async move {
+                let force = bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+                    .force(true)
+                    .build();
+                remover.remove_container(&removed, Some(force)).await
+            });
+            // The removal is under way once the engine refuses the output.
+            let asked = Instant::now();
+            let before = loop {
+                match refused_as_leaving(&docker, id).await {
+                    Some(false) if asked.elapsed() < Duration::from_secs(5) => {
+                        tokio::time::sleep(Duration::from_millis(2)).await
+                    }
+                    other => break other == Some(true),
+                }
+            };
+            let options = LogOptions {
+                role: None,
+                follow: false,
+            };
+            let lines: Vec<_> = runner
+                .logs(&name, &options)
+                .await
+                .expect("the service is there")
+                .collect()
+                .await;
+            let after = refused_as_leaving(&docker, id).await == Some(true);
+            let errors: Vec<String> = lines
+                .iter()
+                .filter_map(|l| l.as_ref().err().map(|e| e.to_string()))
+                .collect();
+            assert!(
+                errors.is_empty(),
+                "reading the output while {id} was removed: {errors:?}"
+            );
+            assert!(
+                lines.iter().flatten().any(|l| l.part == "lb"),
+                "the lb's output is missing while {id} was removed"
+            );
+            if before && after {
+                within_removal += 1;
+            }
+            removal
+                .await
+                .expect("the removal task")
+                .unwrap_or_else(|e| panic!("removing {id}: {e}"));
+        }
+        within_removal
+    });
+    assert!(
+        within_removal >= 1,
+        "no read met a removal under way (the engine removed every replica \
+         before the read began), so this test showed nothing"
+    );
+}
+
 #[test]
 fn scatter_of_ten_sums_to_a_thousand_and_a_killed_leaf_comes_back() {
     let Some(docker) = engine("scatter") else {

@@ -4,10 +4,16 @@
 //! The engine ends a follow stream when its container stops, so a followed
 //! part that restarts is reopened from the last line seen (lines carry the
 //! engine's timestamps, which also drop the repeats of that second).
+//!
+//! A container on its way out is skipped, not an error: the engine refuses
+//! the output of a container being removed (409, "dead or marked for
+//! removal") as it does that of one already gone (404), and a rolling update
+//! removes containers while their output is followed.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use bollard::models::ContainerStateStatusEnum;
 use bollard::query_parameters::{ListContainersOptionsBuilder, LogsOptionsBuilder};
 use bollard::Docker;
 use futures::channel::mpsc;
@@ -123,7 +129,7 @@ async fn pump(
         while let Some(chunk) = logs.next().await {
             let chunk = match chunk {
                 Ok(c) => c,
-                Err(e) if status_of(&e) == Some(404) => return,
+                Err(e) if leaving(&e) => return,
                 Err(e) => {
                     let e = DockerError::api(format!("reading the output of {part}"), e);
                     let _ = tx.send(Err(e.into())).await;
@@ -159,10 +165,26 @@ async fn pump(
             return;
         }
         match docker.inspect_container(&id, None).await {
-            Err(e) if status_of(&e) == Some(404) => return,
+            Err(e) if leaving(&e) => return,
+            Ok(c)
+                if c.state.as_ref().and_then(|s| s.status).is_some_and(|s| {
+                    matches!(
+                        s,
+                        ContainerStateStatusEnum::REMOVING | ContainerStateStatusEnum::DEAD
+                    )
+                }) =>
+            {
+                return
+            }
             _ => {}
         }
     }
+}
+
+/// Whether the engine refused because the container is gone (404) or on its
+/// way out (409: being removed, or dead), so its output is over.
+fn leaving(e: &bollard::errors::Error) -> bool {
+    matches!(status_of(e), Some(404 | 409))
 }
 
 /// A log timestamp as seconds and nanoseconds since the epoch.
@@ -234,6 +256,18 @@ mod tests {
         assert!(c < b, "fractions of different lengths compare by value");
         assert_eq!(b.secs, 1_795_306_179);
         assert!(parse_stamp("yesterday").is_none());
+    }
+
+    #[test]
+    fn gone_and_being_removed_end_a_part_other_refusals_do_not() {
+        let refused = |status_code| bollard::errors::Error::DockerResponseServerError {
+            status_code,
+            message: "refused".into(),
+        };
+        assert!(leaving(&refused(404)));
+        assert!(leaving(&refused(409)));
+        assert!(!leaving(&refused(500)));
+        assert!(!leaving(&bollard::errors::Error::RequestTimeoutError));
     }
 
     #[test]
