@@ -114,18 +114,6 @@ pub struct Args {
 }
 
 impl Args {
-    /// The topology to start with: the shards file's, or the one the flags
-    /// give. Fails when there are no shards or the file is not usable.
-    pub fn topology(&self) -> Result<crate::topology::TopologySpec, String> {
-        if let Some(path) = &self.shards_file {
-            return crate::topology::read(path).map(|(spec, _)| spec);
-        }
-        Ok(crate::topology::TopologySpec {
-            shards: self.shard_specs()?,
-            merge: self.merge.clone(),
-        })
-    }
-
     /// The shards in order, from --shard or --shard-dns/--shards. Fails when
     /// there are none.
     pub fn shard_specs(&self) -> Result<Vec<ShardSpec>, String> {

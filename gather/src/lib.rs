@@ -6,6 +6,8 @@
 //! # Layout
 //! - [`config`]: the command line (clap) and its value parsers.
 //! - [`gather`]: the core: fan-out, policy, deadlines, hedging.
+//! - [`call`]: one call as the core sees it (what every leaf call shares,
+//!   what each shard produced) and how failures read in statuses.
 //! - [`merge`]: the merger call and the built-in reducers (`json-array`,
 //!   `concat`, `first`).
 //! - [`shard`]: shards, replicas (one pooled HTTP/2 channel each), latency
@@ -27,6 +29,7 @@
 //! (deadline) -> `scatter` (one future per shard, policy as outcomes arrive) ->
 //! [`merge::Merge::merge`] -> the answer.
 
+pub mod call;
 pub mod config;
 pub mod gather;
 pub mod grpc;
@@ -137,19 +140,20 @@ pub async fn run(
     // with: it is read once, so a change in between is not missed.
     let (spec, applied) = match &args.shards_file {
         Some(path) => topology::read(path).map_err(Error::Config)?,
-        None => (args.topology().map_err(Error::Config)?, String::new()),
+        None => (
+            topology::from_args(&args).map_err(Error::Config)?,
+            String::new(),
+        ),
     };
     let (gather, builder) = build(&args, &spec, metrics, &pool_metrics)?;
     let gather = Arc::new(gather);
     // With a shards file, a task follows it; it ends with the server.
     let follow = args.shards_file.as_ref().map(|path| {
         info!(file = %path.display(), "following the shards file");
-        tokio::spawn(topology::watch(
-            path.clone(),
-            applied,
-            gather.clone(),
-            builder,
-        ))
+        let gather = gather.clone();
+        tokio::spawn(topology::watch(path.clone(), applied, builder, move |t| {
+            gather.swap(t)
+        }))
     });
 
     let reporter = HealthReporter::new();

@@ -28,7 +28,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = args.topology() {
+    if let Err(e) = mp_gather::topology::from_args(&args) {
         eprintln!("mp-gather: {e}");
         return ExitCode::from(2);
     }

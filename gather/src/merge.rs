@@ -37,8 +37,8 @@ use std::sync::Mutex;
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
+use crate::call::{failures, Call, LeafResult};
 use crate::config::ReducerKind;
-use crate::gather::{failures, Call, LeafResult};
 use crate::leaf;
 use crate::pb::{self, Spliced};
 
@@ -390,7 +390,7 @@ fn merger_failed(endpoint: &str, s: Status) -> Status {
     use std::error::Error as _;
     if s.source().is_some() {
         // A transport error: the merger is down or unreachable.
-        let s = crate::gather::explain(s);
+        let s = crate::call::explain(s);
         return Status::unavailable(format!(
             "the merger at {endpoint} is not reachable: {}",
             s.message()
@@ -400,7 +400,7 @@ fn merger_failed(endpoint: &str, s: Status) -> Status {
         s.code(),
         format!(
             "the merger at {endpoint} failed: {}",
-            crate::gather::status_text(&s)
+            crate::call::status_text(&s)
         ),
     )
 }

@@ -1,7 +1,7 @@
 //! The topology: the shards and the merger a call is scattered over, and the
 //! shards file that can change it while mp-gather runs (`--shards-file`).
 //!
-//! A [`Topology`] is immutable; [`crate::gather::Gather`] holds the current one
+//! A [`Topology`] is immutable; the gather (`crate::gather::Gather`) holds the current one
 //! behind an `ArcSwap`. A call loads it once (one atomic load and a reference
 //! count) and keeps it to the end, so a swap affects new calls only and calls
 //! in flight finish on the shards they started with. The old topology, its
@@ -22,15 +22,13 @@
 //! rename it), so that a half-written file is never read.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use mp_sidecar::addr::{HostPort, Resolver};
 use mp_sidecar::metrics::PoolMetrics;
 use tracing::{debug, info, warn};
 
-use crate::config::{self, Policy, ShardSpec};
-use crate::gather::Gather;
+use crate::config::{self, Args, Policy, ShardSpec};
 use crate::merge::{Merge, MergerLink};
 use crate::metrics::Metrics;
 use crate::shard::{Replica, ReplicaError, Shard};
@@ -99,6 +97,18 @@ pub fn parse(text: &str) -> Result<TopologySpec, String> {
         return Err("no shards: give one line per shard, its replicas comma-separated".into());
     }
     Ok(TopologySpec { shards, merge })
+}
+
+/// The topology to start with: the shards file's, or the one the flags
+/// give. Fails when there are no shards or the file is not usable.
+pub fn from_args(args: &Args) -> Result<TopologySpec, String> {
+    if let Some(path) = &args.shards_file {
+        return read(path).map(|(spec, _)| spec);
+    }
+    Ok(TopologySpec {
+        shards: args.shard_specs()?,
+        merge: args.merge.clone(),
+    })
 }
 
 /// Reads and parses a shards file; also returns the text read.
@@ -194,9 +204,15 @@ impl Builder {
 
 /// Follows the shards file at `path`: every [`FILE_INTERVAL`], a changed
 /// file is parsed and built, its shards get up to 5 s (`CONNECT_WAIT`) to have a
-/// replica connected, then it replaces `gather`'s topology. `applied` is the
-/// text of the topology running now. Runs until the task is dropped.
-pub async fn watch(path: PathBuf, mut applied: String, gather: Arc<Gather>, builder: Builder) {
+/// replica connected, then `swap` puts it in place of the running one and
+/// returns its generation. `applied` is the text of the topology running now.
+/// Runs until the task is dropped.
+pub async fn watch(
+    path: PathBuf,
+    mut applied: String,
+    builder: Builder,
+    swap: impl Fn(Topology) -> u64,
+) {
     // The last text looked at, good or bad: a bad file is reported once.
     let mut seen = applied.clone();
     loop {
@@ -243,7 +259,7 @@ pub async fn watch(path: PathBuf, mut applied: String, gather: Arc<Gather>, buil
             Merge::Merger { endpoint, .. } => Some(endpoint.to_string()),
             Merge::Reducer(_) => None,
         };
-        let generation = gather.swap(topology);
+        let generation = swap(topology);
         applied = text;
         info!(file = %path.display(), shards, ?merger, generation, "new topology from the shards file");
     }
