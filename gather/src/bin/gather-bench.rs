@@ -8,7 +8,9 @@
 //!   client process's, load generation included).
 //!   mp-lb in front of one leaf is the yardstick for CPU per call, measured
 //!   before and after mp-gather's N = 1 run in every round (the machine's
-//!   load drifts; the mean of the two is the yardstick).
+//!   load drifts; the mean of the two is the yardstick). Where HAProxy and
+//!   nginx are installed, each in front of the same leaf is measured too
+//!   (what one hop through another proxy costs, in the same round).
 //! - Tail: 10 shards x 2 replicas where 1% of leaf calls are delayed 50 ms:
 //!   p99 without delays, with delays and no hedging, with delays and hedging,
 //!   and the share of extra (hedged) leaf calls.
@@ -302,7 +304,14 @@ fn start_proxy(bin: &PathBuf, flag: &str, targets: &[String], extra: &[&str]) ->
     for t in targets {
         cmd.args([flag, t]);
     }
-    let proc = Proc(cmd.spawn().context("starting mp-gather")?);
+    let what = bin.file_name().map_or("the proxy".into(), |n| n.to_string_lossy());
+    let proc = Proc(cmd.spawn().with_context(|| format!("starting {what}"))?);
+    wait_listening(port, &what)?;
+    Ok(Gather { proc, port, admin })
+}
+
+/// Waits (at most 10 s) until something listens on loopback `port`.
+fn wait_listening(port: u16, what: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     // A connection to itself (a source port equal to the port, which a
     // loopback connect can get while nothing listens) does not count.
@@ -312,11 +321,124 @@ fn start_proxy(bin: &PathBuf, flag: &str, targets: &[String], extra: &[&str]) ->
     };
     while !listening() {
         if Instant::now() > deadline {
-            bail!("mp-gather did not listen");
+            bail!("{what} did not listen on 127.0.0.1:{port} within 10 s");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(Gather { proc, port, admin })
+    Ok(())
+}
+
+// ---------------------------------------------------------------- peers
+
+/// A proxy of another project in front of one leaf: what one hop through
+/// HAProxy or nginx costs, on the same machine in the same round as mp-lb's
+/// and mp-gather's. Both are given one thread and keep their upstream
+/// connections (the settings of `bench/lb/run.sh`).
+#[derive(Clone, Copy, Debug)]
+enum Peer {
+    Haproxy,
+    Nginx,
+}
+
+impl Peer {
+    const ALL: [Peer; 2] = [Peer::Haproxy, Peer::Nginx];
+
+    fn name(self) -> &'static str {
+        match self {
+            Peer::Haproxy => "HAProxy",
+            Peer::Nginx => "nginx (grpc_pass)",
+        }
+    }
+
+    /// The installed program, if any (sbin directories too: Debian puts
+    /// both there, outside a user's PATH).
+    fn program(self) -> Option<PathBuf> {
+        let name = match self {
+            Peer::Haproxy => "haproxy",
+            Peer::Nginx => "nginx",
+        };
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    }
+
+    /// Starts it in front of the leaf on `leaf`, its files in a directory
+    /// of its own (removed when the returned guard drops).
+    fn start(self, program: &PathBuf, leaf: u16) -> Result<PeerProc> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!(
+            "gather-bench-{}-{}",
+            std::process::id(),
+            self.name().split(' ').next().unwrap_or("peer")
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let d = dir.display();
+        let mut cmd = Command::new(program);
+        match self {
+            Peer::Haproxy => {
+                let cfg = dir.join("haproxy.cfg");
+                std::fs::write(
+                    &cfg,
+                    format!(
+                        "global\n    nbthread 1\n    maxconn 4000\n\
+                         defaults\n    mode http\n    timeout connect 5s\n    timeout client 600s\n    timeout server 600s\n\
+                         frontend front\n    bind 127.0.0.1:{port} proto h2\n    default_backend leaf\n\
+                         backend leaf\n    http-reuse always\n    server leaf 127.0.0.1:{leaf} proto h2\n"
+                    ),
+                )?;
+                cmd.arg("-db").arg("-f").arg(&cfg);
+            }
+            Peer::Nginx => {
+                let cfg = dir.join("nginx.conf");
+                // One process (no master): its CPU is the one measured.
+                std::fs::write(
+                    &cfg,
+                    format!(
+                        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+                         error_log {d}/error.log warn;\nevents {{ worker_connections 8192; }}\n\
+                         http {{\n    access_log off;\n\
+                         client_body_temp_path {d}/body;\n    proxy_temp_path {d}/proxy;\n\
+                         fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n\
+                         keepalive_requests 100000000;\n    keepalive_timeout 600s;\n    http2_max_concurrent_streams 1024;\n\
+                         upstream leaf {{\n        server 127.0.0.1:{leaf};\n        keepalive 1024;\n\
+                         keepalive_requests 100000000;\n        keepalive_timeout 600s;\n    }}\n\
+                         server {{\n        listen 127.0.0.1:{port} http2;\n        location / {{ grpc_pass grpc://leaf; }}\n    }}\n}}\n"
+                    ),
+                )?;
+                cmd.arg("-p").arg(&dir).arg("-e").arg(dir.join("error.log"));
+                cmd.arg("-c").arg(&cfg);
+            }
+        }
+        let log = std::fs::File::create(dir.join("output.log"))?;
+        cmd.stdout(log.try_clone()?).stderr(log);
+        let proc = Proc(
+            cmd.spawn()
+                .with_context(|| format!("starting {}", program.display()))?,
+        );
+        let guard = PeerProc { proc, port, dir };
+        wait_listening(port, self.name()).map_err(|e| {
+            let out = std::fs::read_to_string(guard.dir.join("output.log")).unwrap_or_default();
+            e.context(out.trim().to_string())
+        })?;
+        Ok(guard)
+    }
+}
+
+/// A running peer proxy; stopped and its directory removed when dropped.
+struct PeerProc {
+    proc: Proc,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Drop for PeerProc {
+    fn drop(&mut self) {
+        let _ = self.proc.0.kill();
+        let _ = self.proc.0.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// user+system CPU time of process `pid`, from /proc (clock ticks of 10 ms).
@@ -570,6 +692,18 @@ async fn bench(cli: Cli) -> Result<()> {
     let lb_bin = bin.with_file_name("mp-lb");
     // mp-lb's p50 over a direct call's (one leaf): what one proxy hop costs.
     let mut lb_hop: Vec<(f64, f64)> = Vec::new();
+    // The same for HAProxy and nginx, where installed, and their CPU per
+    // call over mp-lb's.
+    let mut peer_hops: Vec<(Peer, PathBuf, Vec<Ratios>)> = Peer::ALL
+        .iter()
+        .filter_map(|p| Some((*p, p.program()?, Vec::new())))
+        .collect();
+    if peer_hops.len() < Peer::ALL.len() {
+        println!(
+            "\n(HAProxy and nginx in front of one leaf are measured too where they are installed: \
+             `apt-get install haproxy nginx`; bench/gather installs them when run as root.)"
+        );
+    }
     for round in 1..=cli.rounds {
         println!("\n### Round {round}\n");
         println!(
@@ -621,6 +755,27 @@ async fn bench(cli: Cli) -> Result<()> {
                     row(1, "mp-lb again (the yardstick is the mean of the two)", &m);
                     lb_cpu = (lb_cpu + m.cpu_us) / 2.0;
                 }
+                for (peer, program, hops) in peer_hops.iter_mut() {
+                    let proxy = match peer.start(program, ports[0]) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            eprintln!("{} left out of this round: {e:#}", peer.name());
+                            continue;
+                        }
+                    };
+                    let port = proxy.port;
+                    let m = measure(&cli, Some(proxy.proc.0.id()), 1, |c, secs| {
+                        run_gather(port, c, secs)
+                    })
+                    .await;
+                    row(1, &format!("{} in front of the leaf", peer.name()), &m);
+                    hops.push(Ratios {
+                        p50_unloaded: m.idle.pct(50.0) / d.idle.pct(50.0),
+                        p50_loaded: m.loaded.pct(50.0) / d.loaded.pct(50.0),
+                        cpu_direct: m.cpu_us / d.cpu_us,
+                        cpu_lb: m.cpu_us / lb_cpu,
+                    });
+                }
             }
             rs.push(Ratios {
                 p50_unloaded: r.idle.pct(50.0) / d.idle.pct(50.0),
@@ -648,6 +803,20 @@ async fn bench(cli: Cli) -> Result<()> {
             "| 1, mp-lb instead (one proxy hop) | {} | {} | 1 | - |",
             spread(lb_hop.iter().map(|h| h.0).collect()),
             spread(lb_hop.iter().map(|h| h.1).collect())
+        );
+    }
+    for (peer, _, hops) in &peer_hops {
+        if hops.is_empty() {
+            continue;
+        }
+        let col = |f: fn(&Ratios) -> f64| spread(hops.iter().map(f).collect());
+        println!(
+            "| 1, {} instead (one proxy hop) | {} | {} | {} | {} |",
+            peer.name(),
+            col(|r| r.p50_unloaded),
+            col(|r| r.p50_loaded),
+            col(|r| r.cpu_lb),
+            col(|r| r.cpu_direct)
         );
     }
     println!("\nTargets: p50 <= 1.2x the direct fan-out's; CPU per leaf call <= mp-lb's per proxied call.");
