@@ -85,7 +85,7 @@ pub enum Error {
 }
 
 /// Builds the gather (shards, pools, merge) from the command line and the
-/// topology it starts with (see [`config::Args::topology`]). The shard pools
+/// topology it starts with (see [`topology::from_args`]). The shard pools
 /// start connecting in the background. Needs a tokio runtime.
 pub fn build(
     args: &Args,

@@ -304,7 +304,9 @@ fn start_proxy(bin: &PathBuf, flag: &str, targets: &[String], extra: &[&str]) ->
     for t in targets {
         cmd.args([flag, t]);
     }
-    let what = bin.file_name().map_or("the proxy".into(), |n| n.to_string_lossy());
+    let what = bin
+        .file_name()
+        .map_or("the proxy".into(), |n| n.to_string_lossy());
     let proc = Proc(cmd.spawn().with_context(|| format!("starting {what}"))?);
     wait_listening(port, &what)?;
     Ok(Gather { proc, port, admin })
