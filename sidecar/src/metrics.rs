@@ -6,8 +6,9 @@
 //! request path then only touches atomics. The latency histogram is our own
 //! lock-free one: `prometheus_client`'s takes a lock on every observation.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
@@ -173,12 +174,19 @@ impl CallMetrics {
 
 /// The metric families of a pool (or several pools sharing one registry):
 /// calls by endpoint, endpoint health and connections. Cheap to clone.
+///
+/// Pools sharing these families (mp-gather's shards) may hold the same
+/// endpoint at once (one leaf serving two shards, or an address one shard
+/// has not dropped yet that another has just been given): its series are
+/// shared, and stay until the last pool holding it removes it.
 #[derive(Clone, Debug)]
 pub struct PoolMetrics {
     calls: CallMetrics,
     healthy: Family<Labels, Gauge>,
     connections: Family<Labels, Gauge>,
     call_connections: Family<Labels, Gauge>,
+    /// How many pools hold each endpoint (by label).
+    holders: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl PoolMetrics {
@@ -190,10 +198,11 @@ impl PoolMetrics {
             healthy: Family::default(),
             connections: Family::default(),
             call_connections: Family::default(),
+            holders: Default::default(),
         };
         registry.register(
             "endpoint_healthy",
-            "1 when the endpoint takes traffic (connected, passing health checks, not ejected)",
+            "1 when the endpoint takes traffic (connected, passing health checks, not ejected); mp-gather: in how many shards it does",
             m.healthy.clone(),
         );
         registry.register(
@@ -214,19 +223,41 @@ impl PoolMetrics {
         PoolMetrics::register(&mut Registry::default())
     }
 
-    /// The handles of one endpoint (`endpoint` is its label value).
+    /// The handles of one endpoint (`endpoint` is its label value), for a
+    /// pool that now holds it; [`PoolMetrics::remove`] when it lets it go.
     pub fn endpoint(&self, endpoint: &str) -> EndpointMetrics {
+        *self
+            .holders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(endpoint.to_string())
+            .or_default() += 1;
         let l: Labels = vec![("endpoint", endpoint.to_string())];
         EndpointMetrics {
             calls: self.calls.handles(endpoint),
             healthy: self.healthy.get_or_create_owned(&l),
             connections: self.connections.get_or_create_owned(&l),
             call_connections: self.call_connections.get_or_create_owned(&l),
+            own_healthy: AtomicI64::new(0),
+            own_connections: AtomicI64::new(0),
         }
     }
 
-    /// Removes an endpoint's series (when it leaves discovery).
+    /// A pool let the endpoint go (it left discovery): its series are
+    /// removed once no other pool holds it.
     pub fn remove(&self, endpoint: &str) {
+        {
+            let mut holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+            match holders.get_mut(endpoint) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    return;
+                }
+                _ => {
+                    holders.remove(endpoint);
+                }
+            }
+        }
         let l: Labels = vec![("endpoint", endpoint.to_string())];
         self.calls.remove(endpoint);
         self.healthy.remove(&l);
@@ -278,13 +309,19 @@ impl CallHandles {
     }
 }
 
-/// One endpoint's metric handles.
+/// One endpoint's metric handles, for one pool. Where pools share an
+/// endpoint's series (see [`PoolMetrics`]), each adds its own part to the
+/// gauges: the health gauge counts the pools the endpoint takes traffic in,
+/// the connections gauge their connections to it together.
 #[derive(Debug)]
 pub struct EndpointMetrics {
     calls: CallHandles,
     healthy: Gauge,
     connections: Gauge,
     call_connections: Gauge,
+    /// This pool's part of `healthy` (0 or 1) and of `connections`.
+    own_healthy: AtomicI64,
+    own_connections: AtomicI64,
 }
 
 impl EndpointMetrics {
@@ -300,20 +337,32 @@ impl EndpointMetrics {
         self.calls.response(status, elapsed);
     }
 
-    /// Sets the health gauge.
+    /// Sets whether the endpoint takes traffic in this pool.
     pub fn set_healthy(&self, healthy: bool) {
-        self.healthy.set(i64::from(healthy));
+        let now = i64::from(healthy);
+        let was = self.own_healthy.swap(now, Ordering::Relaxed);
+        self.healthy.inc_by(now - was);
     }
 
-    /// Sets the open connection count.
+    /// Sets this pool's open connection count to the endpoint.
     pub fn set_connections(&self, n: usize) {
-        self.connections.set(i64::try_from(n).unwrap_or(i64::MAX));
+        let now = i64::try_from(n).unwrap_or(i64::MAX);
+        let was = self.own_connections.swap(now, Ordering::Relaxed);
+        self.connections.inc_by(now - was);
     }
 
     /// Counts one more connection carrying calls, until the guard drops.
     pub fn call_connection(&self) -> ConnectionGuard {
         self.call_connections.inc();
         ConnectionGuard(self.call_connections.clone())
+    }
+}
+
+impl Drop for EndpointMetrics {
+    /// This pool's parts leave the shared gauges with it.
+    fn drop(&mut self) {
+        self.healthy.dec_by(*self.own_healthy.get_mut());
+        self.connections.dec_by(*self.own_connections.get_mut());
     }
 }
 
@@ -380,5 +429,55 @@ mod tests {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
         assert!(!out.contains("127.0.0.1:1"), "{out}");
+    }
+
+    #[test]
+    fn an_endpoint_two_pools_hold_stays_until_both_let_it_go() {
+        let mut reg = Registry::with_prefix("t");
+        let m = PoolMetrics::register(&mut reg);
+        let text = |reg: &Registry| {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, reg).unwrap();
+            out
+        };
+        let first = m.endpoint("10.0.0.5:8080");
+        first.set_healthy(true);
+        first.set_connections(2);
+        // Another pool (shard) is given the same address before the first
+        // one has dropped it; each adds its part.
+        let second = m.clone().endpoint("10.0.0.5:8080");
+        second.set_healthy(true);
+        second.set_connections(1);
+        let out = text(&reg);
+        assert!(
+            out.contains(r#"t_endpoint_healthy{endpoint="10.0.0.5:8080"} 2"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"t_endpoint_connections{endpoint="10.0.0.5:8080"} 3"#),
+            "{out}"
+        );
+        // The first pool loses it (its connection failed), then drops it:
+        // the second pool's endpoint is still listed, healthy.
+        first.set_healthy(false);
+        first.set_healthy(false);
+        m.remove("10.0.0.5:8080");
+        drop(first);
+        let out = text(&reg);
+        assert!(
+            out.contains(r#"t_endpoint_healthy{endpoint="10.0.0.5:8080"} 1"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"t_endpoint_connections{endpoint="10.0.0.5:8080"} 1"#),
+            "{out}"
+        );
+        m.remove("10.0.0.5:8080");
+        drop(second);
+        assert!(!text(&reg).contains("10.0.0.5:8080"), "{}", text(&reg));
+        // Held again after it was gone: listed again.
+        let again = m.endpoint("10.0.0.5:8080");
+        again.set_healthy(true);
+        assert!(text(&reg).contains(r#"t_endpoint_healthy{endpoint="10.0.0.5:8080"} 1"#));
     }
 }
