@@ -51,6 +51,12 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     pub dns_server: Option<SocketAddr>,
 
+    /// How often the replicas' host names (in --shard, --shard-dns or the
+    /// shards file) are resolved again, so a replica that moves or is
+    /// replaced under the same name is followed.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
+    pub dns_interval: Duration,
+
     /// Address of a user merger (`mp.v1.Merger/Merge`) that combines the
     /// shards' outcomes.
     #[arg(long, value_name = "ADDR", conflicts_with = "reducer")]

@@ -107,6 +107,7 @@ pub fn build(
             Some(server) => mp_sidecar::addr::Resolver::with_nameserver(server),
             None => mp_sidecar::addr::Resolver::system(),
         },
+        dns_interval: args.dns_interval,
     };
     let topology = builder.build(spec)?;
     let gather = Gather {

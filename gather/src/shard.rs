@@ -145,8 +145,9 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// Shard `index` served by `replicas` (at least one). Must be called
-    /// inside a tokio runtime: the pool connects in the background at once.
+    /// Shard `index` served by `replicas` (at least one), whose host names
+    /// are resolved again every `dns_interval`. Must be called inside a tokio
+    /// runtime: the pool connects in the background at once.
     pub fn new(
         index: usize,
         replicas: &[HostPort],
@@ -154,6 +155,7 @@ impl Shard {
         pool_metrics: &PoolMetrics,
         metrics: ShardMetrics,
         percentile: f64,
+        dns_interval: Duration,
     ) -> Result<Self, ReplicaError> {
         let first = replicas.first().ok_or(ReplicaError::NoReplica)?;
         let authority: Authority = first
@@ -169,7 +171,11 @@ impl Shard {
                 None => Source::Dns(hp.clone()),
             })
             .collect();
-        let endpoints = discovery::spawn(sources, resolver.clone(), DiscoveryConfig::default());
+        let discovery_config = DiscoveryConfig {
+            dns_interval,
+            ..DiscoveryConfig::default()
+        };
+        let endpoints = discovery::spawn(sources, resolver.clone(), discovery_config);
         let pool = Pool::new(
             format!("shard {index}"),
             PoolConfig::default(),

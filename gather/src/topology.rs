@@ -134,6 +134,8 @@ pub struct Builder {
     pub pool_metrics: PoolMetrics,
     /// Resolves leaf and merger names.
     pub resolver: Resolver,
+    /// How often the shards' replica names are resolved again.
+    pub dns_interval: Duration,
 }
 
 impl Builder {
@@ -167,6 +169,7 @@ impl Builder {
                 &self.pool_metrics,
                 self.metrics.shard(i),
                 self.percentile,
+                self.dns_interval,
             )
             .map_err(|source| Error::Endpoint {
                 addr: s.replicas.join(","),

@@ -180,3 +180,57 @@ async fn connections_to_a_replica_that_left_dns_close() {
     );
     assert!(connections_at(Some(stays), port) >= 2);
 }
+
+/// `--dns-interval` sets how often the replicas' names are asked again: with
+/// 200ms, a replica added to a shard's answer is taking calls well within the
+/// default interval (5 s), and the name is asked several times a second. The
+/// docker runner's rolling updates rely on it to move on quickly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_interval_sets_how_soon_a_new_replica_is_followed() {
+    let (first, joins) = (ip(10), ip(11));
+    let port = free_port_on(&[first, joins]);
+    let dns = DnsServer::start();
+    let _a = leaf_on(first, port, (0, 1), "first");
+    let _b = leaf_on(joins, port, (0, 1), "joins");
+    dns.set("leaf-0.leaves", &[first]);
+    let mut flags = dns_args(port, 1, &dns);
+    flags.extend(args(&["--dns-interval", "200ms"]));
+    let g = GatherProc::start_with(&flags, true);
+    g.wait_healthy(1);
+
+    let asked = dns.queries();
+    dns.set("leaf-0.leaves", &[first, joins]);
+    let joined = format!("mp_gather_leaf_endpoint_healthy{{endpoint=\"{joins}:{port}\"}} 1");
+    assert!(
+        eventually(Duration::from_secs(3), || g
+            .admin_get("/metrics")
+            .contains(&joined))
+        .await,
+        "{joins}:{port} is not a healthy replica 3 s after it joined the answer"
+    );
+    let mut c = g.client().await;
+    let mut tags = BTreeSet::new();
+    for n in 0..4 {
+        let reply = call(&mut c, json!(n)).await.expect("answered");
+        tags.insert(reply.body_json().unwrap()[0]["tag"].to_string());
+    }
+    assert_eq!(tags.len(), 2, "both replicas answer: {tags:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let more = dns.queries() - asked;
+    assert!(
+        more >= 4,
+        "the name was asked {more} times in over a second"
+    );
+}
+
+/// A wrong `--dns-interval` is one clear line.
+#[test]
+fn a_bad_dns_interval_is_refused() {
+    let out = Command::new(mp_testkit::bin("mp-gather"))
+        .args(["--shard", "127.0.0.1:1", "--dns-interval", "soon"])
+        .output()
+        .expect("run mp-gather");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--dns-interval"), "{err}");
+}
