@@ -143,6 +143,39 @@ pub async fn ready(addr: &str, timeout: Duration) -> Result<(), String> {
         })
 }
 
+/// The text of `GET /metrics` (Prometheus) from the admin endpoint of mp-lb
+/// or mp-gather at `addr` (`host:port`), at most 4 MiB of it.
+pub async fn metrics(addr: &str, timeout: Duration) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("admin endpoint {addr}: {e}"))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: mp\r\nConnection: close\r\n\r\n")
+            .await
+            .map_err(|e| format!("admin endpoint {addr}: {e}"))?;
+        let mut answer = Vec::new();
+        s.take(4 << 20)
+            .read_to_end(&mut answer)
+            .await
+            .map_err(|e| format!("admin endpoint {addr}: {e}"))?;
+        let answer = String::from_utf8_lossy(&answer);
+        let (head, body) = answer
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| format!("no HTTP answer from {addr}/metrics"))?;
+        match head.split_whitespace().nth(1) {
+            Some("200") => Ok(body.to_string()),
+            code => Err(format!(
+                "{} from {addr}/metrics",
+                code.unwrap_or("no status")
+            )),
+        }
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or_else(|_| Err(format!("metrics: no answer from {addr} within {timeout:?}")))
+}
+
 /// A part's full health: its gRPC health check at `reach`, and for mp-lb and
 /// mp-gather (which have an `admin` address) their readiness too.
 pub async fn part_ready(reach: &str, admin: Option<&str>, timeout: Duration) -> Result<(), String> {

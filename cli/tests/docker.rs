@@ -381,6 +381,70 @@ impl Follow {
     }
 }
 
+/// The `/metrics` text of the front container `front`, from its admin port
+/// as the deploy published it on loopback.
+fn front_metrics(docker: &Docker, front: &str) -> String {
+    use std::io::{Read, Write};
+    let inspect = block_on(docker.inspect_container(front, None)).expect("inspect the front");
+    let port = inspect
+        .network_settings
+        .and_then(|n| n.ports)
+        .and_then(|p| p.get("9901/tcp").cloned().flatten())
+        .and_then(|b| b.first()?.host_port.clone())
+        .unwrap_or_else(|| panic!("{front} publishes its admin port"));
+    let mut s = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).expect("admin connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read the metrics");
+    text
+}
+
+/// The `IP:8080` on the service's network of each of `service`'s containers
+/// whose name starts with `mp-<service>-<part>`: how its front lists them.
+fn endpoints(docker: &Docker, service: &str, part: &str) -> Vec<String> {
+    let prefix = format!("/mp-{service}-{part}");
+    containers(docker, service)
+        .iter()
+        .filter(|c| {
+            c.names
+                .as_ref()
+                .is_some_and(|n| n.iter().any(|n| n.starts_with(&prefix)))
+        })
+        .map(|c| {
+            let id = c.id.as_deref().expect("an id");
+            let inspect = block_on(docker.inspect_container(id, None)).expect("inspect");
+            let ip = inspect
+                .network_settings
+                .and_then(|n| n.networks)
+                .and_then(|mut n| n.remove(&format!("mp-{service}")))
+                .and_then(|e| e.ip_address)
+                .unwrap_or_else(|| panic!("{prefix} has an address on the network"));
+            format!("{ip}:8080")
+        })
+        .collect()
+}
+
+/// Asserts that the front `front`'s metrics list every one of `endpoints`
+/// as healthy (`series`: `mp_lb_endpoint_healthy` or
+/// `mp_gather_leaf_endpoint_healthy`).
+fn assert_taking_calls(docker: &Docker, front: &str, series: &str, endpoints: &[String]) {
+    let metrics = front_metrics(docker, front);
+    for ep in endpoints {
+        let line = format!("{series}{{endpoint=\"{ep}\"}} 1");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{front} does not send calls to {ep}:\n{}",
+            metrics
+                .lines()
+                .filter(|l| l.starts_with(series))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
+
 /// The id of the container called `name` among `cs`.
 fn id_named(cs: &[ContainerSummary], name: &str) -> Option<String> {
     cs.iter()
@@ -551,6 +615,11 @@ fn spread_of_three_is_four_containers_and_updates_without_failed_calls() {
         .count();
     assert_eq!(replaced, 3, "the 3 replicas were replaced");
     assert_eq!(id_of(&after, &lb), lb_id, "the lb was kept");
+    // The update moved on from each replica once mp-lb sent calls to its
+    // replacement, as its admin endpoint says.
+    let new_replicas = endpoints(&docker, &name, "replica-");
+    assert_eq!(new_replicas.len(), 3, "{new_replicas:?}");
+    assert_taking_calls(&docker, &lb, "mp_lb_endpoint_healthy", &new_replicas);
     // mp-lb resolves the replicas' alias again every few seconds.
     let all = |n: usize| {
         eventually(Duration::from_secs(20), || {
@@ -798,6 +867,7 @@ fn scatter_of_ten_sums_to_a_thousand_and_a_killed_leaf_comes_back() {
         mp.call(&name).is_ok_and(|r| whole(sum(&r)))
     });
     assert!(recovered, "calls succeed again after the leaf came back");
+
     let followed_on = eventually(Duration::from_secs(20), || {
         leaf3_lines(&follow.text()) > before_crash
     });
@@ -816,6 +886,115 @@ fn scatter_of_ten_sums_to_a_thousand_and_a_killed_leaf_comes_back() {
 
     mp.ok(&["delete", &name, "--runner", "docker"]);
     assert_gone(&docker, &name);
+}
+
+/// Whether every shard of the json-array reply `reply` was answered by its
+/// own leaf: element i comes from `mp-<service>-leaf-i` (hello names its
+/// host, which is the container's name).
+fn in_shard_order(service: &str, reply: &serde_json::Value, shards: usize) -> Result<(), String> {
+    let parts = reply
+        .as_array()
+        .ok_or_else(|| format!("not an array: {reply}"))?;
+    if parts.len() != shards {
+        return Err(format!("{} parts: {reply}", parts.len()));
+    }
+    for (i, part) in parts.iter().enumerate() {
+        let want = format!("mp-{service}-leaf-{i}:8080");
+        if part["server"].as_str() != Some(want.as_str()) {
+            return Err(format!("shard {i} answered by {}: {reply}", part["server"]));
+        }
+    }
+    Ok(())
+}
+
+/// A scatter's update replaces its leaves one at a time while every call
+/// succeeds with each shard answered by its own leaf. The engine gives a
+/// removed leaf's address to the next replacement (another shard's leaf):
+/// the update waits until mp-gather has dropped it, and goes on from each
+/// leaf once mp-gather sends calls to its replacement.
+#[test]
+fn a_scatter_updates_leaf_by_leaf_with_every_shard_answered_by_its_own() {
+    let Some(docker) = engine("scatter-update") else {
+        return;
+    };
+    const SHARDS: usize = 5;
+    let mp = Mp::new();
+    let name = unique("shards");
+    let hello = program("hello");
+    let deploy = |extra: &[&str]| {
+        let shards = SHARDS.to_string();
+        let mut args = vec![
+            "deploy",
+            "--runner",
+            "docker",
+            "--pattern",
+            "scatter",
+            "--name",
+            &name,
+            "--shards",
+            &shards,
+            "--leaf",
+            hello.to_str().unwrap(),
+            "--reducer",
+            "json-array",
+        ];
+        args.extend_from_slice(extra);
+        mp.ok(&args)
+    };
+    deploy(&[]);
+    let reply = mp.call(&name).expect("call the scatter");
+    in_shard_order(&name, &reply, SHARDS).unwrap();
+    let gather = format!("mp-{name}-gather-0");
+    let gather_id = id_named(&containers(&docker, &name), &gather);
+    let before: Vec<String> = containers(&docker, &name)
+        .iter()
+        .filter_map(|c| c.id.clone())
+        .collect();
+
+    // Calls all through the update, each checked shard by shard.
+    let stop = Arc::new(AtomicBool::new(false));
+    let caller = {
+        let (stop, name) = (stop.clone(), name.clone());
+        std::thread::spawn(move || {
+            let mp = Mp::new();
+            let (mut ok, mut wrong) = (0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match mp
+                    .call(&name)
+                    .and_then(|r| in_shard_order(&name, &r, SHARDS))
+                {
+                    Ok(()) => ok += 1,
+                    Err(e) => wrong.push(e),
+                }
+            }
+            (ok, wrong)
+        })
+    };
+    deploy(&["--env", "VERSION=2"]);
+    stop.store(true, Ordering::Relaxed);
+    let (ok, wrong) = caller.join().expect("caller thread");
+    assert!(
+        wrong.is_empty(),
+        "{} bad calls of {}: {wrong:#?}",
+        wrong.len(),
+        ok + wrong.len()
+    );
+    assert!(ok > 0, "calls were made meanwhile");
+
+    let after = containers(&docker, &name);
+    assert_eq!(after.len(), SHARDS + 1, "{:?}", names(&after));
+    let replaced = after
+        .iter()
+        .filter(|c| !before.contains(c.id.as_ref().unwrap()))
+        .count();
+    assert_eq!(replaced, SHARDS, "every leaf was replaced");
+    assert_eq!(id_named(&after, &gather), gather_id, "mp-gather was kept");
+    // The update returned once mp-gather sent calls to every new leaf.
+    let leaves = endpoints(&docker, &name, "leaf-");
+    assert_eq!(leaves.len(), SHARDS, "{leaves:?}");
+    assert_taking_calls(&docker, &gather, "mp_gather_leaf_endpoint_healthy", &leaves);
+    let reply = mp.call(&name).expect("call the updated scatter");
+    in_shard_order(&name, &reply, SHARDS).unwrap();
 }
 
 #[test]

@@ -100,6 +100,34 @@ pub enum RunnerError {
         /// `: <last health-check error>` when there is one, else empty.
         detail: String,
     },
+    /// A replacement passed its health check but the service's front did
+    /// not start sending it calls in time; the part it was to replace keeps
+    /// serving.
+    #[error("the new {part} is healthy but the front did not send it calls within {after:?}, so the old {part} keeps serving and the new one was removed: see `mp logs {service} --role {front}`")]
+    NotTakenUp {
+        /// The service.
+        service: String,
+        /// The part being replaced.
+        part: String,
+        /// The front's role (for the `mp logs` hint).
+        front: Role,
+        /// How long the update waited.
+        after: Duration,
+    },
+    /// A replaced leaf's address stayed in mp-gather's shard after the leaf
+    /// was removed; the update stopped rather than let another shard's leaf
+    /// be given that address.
+    #[error("the old {part} is gone but the front still lists its address after {after:?}; the update stopped here (the new {part} serves): see `mp logs {service} --role {front}`, then run the deploy again")]
+    NotDropped {
+        /// The service.
+        service: String,
+        /// The part that was replaced.
+        part: String,
+        /// The front's role (for the `mp logs` hint).
+        front: Role,
+        /// How long the update waited.
+        after: Duration,
+    },
     /// One of mp's own programs (mp-lb, mp-gather) is missing.
     #[error("{program} not found next to {beside} nor on PATH: build it with `cargo build --release --bins` (or put it on PATH)")]
     MissingDataPlane {

@@ -8,8 +8,12 @@
 //! An update compares each container's spec digest with the plan's. Changed
 //! handler parts are replaced one at a time, new before old: the replacement
 //! starts under a temporary name with the same DNS alias, becomes healthy,
-//! then the old one is stopped (SIGTERM, graceful) and removed and the new one
-//! takes its name; callers always find a healthy part behind the name. The
+//! and once the front sends it calls (its admin endpoint's metrics list it
+//! healthy) the old one is stopped (SIGTERM, graceful) and removed and the
+//! new one takes its name; callers always find a healthy part behind the
+//! name. A replaced leaf's address must then leave mp-gather's shard before
+//! the next part starts: the engine gives a freed address to the next
+//! container, another shard's leaf. The
 //! front owns the published port, so a changed front is first tried on an
 //! ephemeral port (a broken one fails the update and the old one keeps
 //! serving), then replaced stop-then-start; it changes only with
@@ -34,7 +38,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 use super::error::{status_of, DockerError};
-use super::spec::{container_spec, ContainerSpec, PORT};
+use super::spec::{container_spec, ContainerSpec, ADMIN_PORT, PORT};
 use super::{label, labels, DockerRunner};
 use crate::plan::{Role, ServicePlan};
 use crate::runner::{Deployed, PartEvent, Progress, RunnerError};
@@ -45,11 +49,14 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a stopped part may take to finish what it is doing.
 const STOP_GRACE_SECS: i32 = 10;
 
-/// How long a replacement runs next to the part it replaces: the front
-/// resolves names again periodically, and must know the new address before
-/// the old one goes away (or a shard, or a spread of one replica, would have
-/// nowhere to send calls). mp-gather looks every 5 s; mp-lb, as the docker
-/// runner starts it, every second (see [`super::spec::LB_DNS_INTERVAL`]).
+/// How long a replacement runs next to the part it replaces when the front
+/// cannot be asked whether it sends the replacement calls yet (see
+/// [`front_takes`]): the front resolves names again periodically, and must
+/// know the new address before the old one goes away (or a shard, or a
+/// spread of one replica, would have nowhere to send calls). mp-lb and
+/// mp-gather, as the docker runner starts them, look every second (see
+/// [`super::spec::DNS_INTERVAL`]); an mp-gather started by an earlier mp
+/// looks every 5 s.
 fn dns_settle(role: Role) -> Duration {
     match role {
         Role::Replica => Duration::from_secs(2),
@@ -59,6 +66,11 @@ fn dns_settle(role: Role) -> Duration {
         _ => Duration::from_secs(6),
     }
 }
+
+/// How long the front may take to send calls to a healthy replacement
+/// before the update gives up on it: many times its DNS interval, for a busy
+/// machine.
+const TAKE_UP_LIMIT: Duration = Duration::from_secs(30);
 
 /// How many containers a new deploy creates and starts at once.
 const START_CONCURRENCY: usize = 4;
@@ -235,9 +247,21 @@ async fn update(
                     progress.part(service, &spec.part, PartEvent::Failed(e.to_string()));
                     return Err(e);
                 }
-                tokio::time::sleep(dns_settle(spec.role)).await;
+                if let Err(e) = front_takes(docker, service, specs, spec, &temp, network).await {
+                    remove(docker, &temp).await;
+                    progress.part(service, &spec.part, PartEvent::Failed(e.to_string()));
+                    return Err(e);
+                }
                 progress.part(service, &spec.part, PartEvent::Stopping);
-                stop_and_remove(docker, c.id.as_deref().unwrap_or(&spec.name)).await;
+                let old_id = c.id.as_deref().unwrap_or(&spec.name);
+                // A leaf's address, freed when it goes, may be given to the
+                // next replacement, a leaf of another shard: mp-gather must
+                // have dropped it from this shard first (see `front_drops`).
+                let old_endpoint = match spec.role {
+                    Role::Leaf => endpoint_on(docker, old_id, network).await,
+                    _ => None,
+                };
+                stop_and_remove(docker, old_id).await;
                 let rename = RenameContainerOptionsBuilder::default()
                     .name(&spec.name)
                     .build();
@@ -245,6 +269,12 @@ async fn update(
                     .rename_container(&temp, rename)
                     .await
                     .map_err(|e| DockerError::api(format!("renaming {temp}"), e))?;
+                if let Some(old) = old_endpoint {
+                    if let Err(e) = front_drops(docker, service, specs, spec, &old).await {
+                        progress.part(service, &spec.part, PartEvent::Failed(e.to_string()));
+                        return Err(e);
+                    }
+                }
                 progress.part(service, &spec.part, PartEvent::Healthy);
             }
             Some(c) => {
@@ -311,18 +341,25 @@ async fn start(
     name: &str,
     network: &str,
 ) -> Result<(), RunnerError> {
-    let port_key = format!("{PORT}/tcp");
-    let binding = PortBinding {
-        host_ip: Some("127.0.0.1".into()),
-        // Empty: the engine picks a free port (for health checks from here).
-        host_port: Some(spec.front_port.map(|p| p.to_string()).unwrap_or_default()),
+    let on_loopback = |port: String| {
+        Some(vec![PortBinding {
+            host_ip: Some("127.0.0.1".into()),
+            host_port: Some(port),
+        }])
     };
+    // Empty: the engine picks a free port (for health checks from here).
+    let mut ports = vec![(
+        format!("{PORT}/tcp"),
+        on_loopback(spec.front_port.map(|p| p.to_string()).unwrap_or_default()),
+    )];
+    if spec.role.is_data_plane() {
+        // mp-lb's and mp-gather's admin endpoint, so a deploy can ask them
+        // whether they are ready and which replicas they send calls to.
+        ports.push((format!("{ADMIN_PORT}/tcp"), on_loopback(String::new())));
+    }
+    let exposed: Vec<String> = ports.iter().map(|(k, _)| k.clone()).collect();
     let host_config = HostConfig {
-        port_bindings: Some(
-            [(port_key.clone(), Some(vec![binding]))]
-                .into_iter()
-                .collect(),
-        ),
+        port_bindings: Some(ports.into_iter().collect()),
         restart_policy: Some(RestartPolicy {
             name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
             maximum_retry_count: None,
@@ -343,7 +380,7 @@ async fn start(
         env: Some(spec.env.clone()),
         labels: Some(spec.labels.clone().into_iter().collect()),
         hostname: Some(spec.name.chars().take(63).collect()),
-        exposed_ports: Some(vec![port_key]),
+        exposed_ports: Some(exposed),
         host_config: Some(host_config),
         networking_config: Some(NetworkingConfig {
             endpoints_config: Some([(network.to_string(), endpoint)].into_iter().collect()),
@@ -419,7 +456,21 @@ async fn wait_healthy(
                 });
             }
         } else if let Some(port) = published_port(Some(&inspect)) {
-            match healthy(port, Duration::from_secs(1)).await {
+            // mp-lb and mp-gather also say whether they can serve calls
+            // (healthy backends, enough shards); their health check says
+            // only that they listen.
+            let admin = published(Some(&inspect), ADMIN_PORT);
+            let ready = match healthy(port, Duration::from_secs(1)).await {
+                Ok(()) => match admin {
+                    Some(a) => {
+                        crate::health::ready(&format!("127.0.0.1:{a}"), Duration::from_secs(1))
+                            .await
+                    }
+                    None => Ok(()),
+                },
+                Err(e) => Err(e),
+            };
+            match ready {
                 Ok(()) => return Ok(()),
                 Err(e) => last_error = e,
             }
@@ -442,11 +493,179 @@ async fn wait_healthy(
 
 /// The loopback port the container's gRPC port is published on.
 pub fn published_port(inspect: Option<&ContainerInspectResponse>) -> Option<u16> {
+    published(inspect, PORT)
+}
+
+/// The loopback port the container's port `port` is published on.
+fn published(inspect: Option<&ContainerInspectResponse>, port: u16) -> Option<u16> {
     let ports = inspect?.network_settings.as_ref()?.ports.as_ref()?;
-    let bindings = ports.get(&format!("{PORT}/tcp"))?.as_ref()?;
+    let bindings = ports.get(&format!("{port}/tcp"))?.as_ref()?;
     bindings
         .iter()
         .find_map(|b| b.host_port.as_deref().and_then(|p| p.parse().ok()))
+}
+
+/// Waits until the service's front sends calls to `new`, the healthy
+/// replacement of `spec`, so the part it replaces can go with no gap. The
+/// front's admin endpoint says so: the replacement's `IP:PORT` on the
+/// service's network is a healthy endpoint in its metrics. Fails with
+/// [`RunnerError::NotTakenUp`] after [`TAKE_UP_LIMIT`].
+///
+/// Where the front cannot be asked (one started by an earlier mp, which did
+/// not publish its admin endpoint, or one that does not answer), and for the
+/// merge handler (mp-gather reaches it by name at each new connection, and
+/// does not list it), a fixed wait longer than the front's DNS interval.
+async fn front_takes(
+    docker: &bollard::Docker,
+    service: &str,
+    specs: &[ContainerSpec],
+    spec: &ContainerSpec,
+    new: &str,
+    network: &str,
+) -> Result<(), RunnerError> {
+    let watch = match spec.role {
+        Role::Replica | Role::Handler | Role::Leaf => {
+            front_watch(docker, specs, new, network).await
+        }
+        _ => None,
+    };
+    let Some((front, admin, endpoint)) = watch else {
+        tokio::time::sleep(dns_settle(spec.role)).await;
+        return Ok(());
+    };
+    let started = Instant::now();
+    let mut answered = false;
+    loop {
+        match crate::health::metrics(&admin, Duration::from_secs(2)).await {
+            Ok(text) if takes_calls(&text, &endpoint) => return Ok(()),
+            Ok(_) => answered = true,
+            Err(e) if !answered => {
+                tracing::warn!(
+                    "cannot ask the front of {service} about {new} ({e}); waiting {:?} instead",
+                    dns_settle(spec.role)
+                );
+                tokio::time::sleep(dns_settle(spec.role)).await;
+                return Ok(());
+            }
+            // It answered before: a moment's trouble; ask again.
+            Err(_) => {}
+        }
+        if started.elapsed() > TAKE_UP_LIMIT {
+            return Err(RunnerError::NotTakenUp {
+                service: service.to_string(),
+                part: spec.part.clone(),
+                front,
+                after: TAKE_UP_LIMIT,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits, after a replaced leaf was removed, until mp-gather no longer
+/// lists its address `old` (`IP:PORT`): it resolved the shard's name again
+/// and dropped it. Docker gives a freed address to the next container
+/// started on the network, which would be the next shard's replacement; a
+/// shard still holding the address would send its calls there, to a leaf of
+/// another shard, and answer with that shard's data. Where the front cannot
+/// be asked, a fixed wait longer than its DNS interval. Fails with
+/// [`RunnerError::NotDropped`] after [`TAKE_UP_LIMIT`]: the update stops
+/// there rather than risk it.
+async fn front_drops(
+    docker: &bollard::Docker,
+    service: &str,
+    specs: &[ContainerSpec],
+    spec: &ContainerSpec,
+    old: &str,
+) -> Result<(), RunnerError> {
+    let Some((front, admin)) = front_admin(docker, specs).await else {
+        tokio::time::sleep(dns_settle(spec.role)).await;
+        return Ok(());
+    };
+    let series = format!("_endpoint_healthy{{endpoint=\"{old}\"}} ");
+    let started = Instant::now();
+    let mut answered = false;
+    loop {
+        match crate::health::metrics(&admin, Duration::from_secs(2)).await {
+            Ok(text)
+                if !text
+                    .lines()
+                    .any(|l| l.starts_with("mp_") && l.contains(&series)) =>
+            {
+                return Ok(())
+            }
+            Ok(_) => answered = true,
+            Err(e) if !answered => {
+                tracing::warn!(
+                    "cannot ask the front of {service} about {old} ({e}); waiting {:?} instead",
+                    dns_settle(spec.role)
+                );
+                tokio::time::sleep(dns_settle(spec.role)).await;
+                return Ok(());
+            }
+            Err(_) => {}
+        }
+        if started.elapsed() > TAKE_UP_LIMIT {
+            return Err(RunnerError::NotDropped {
+                service: service.to_string(),
+                part: spec.part.clone(),
+                front,
+                after: TAKE_UP_LIMIT,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The front's role, its admin endpoint (`127.0.0.1:PORT`, as published) and
+/// the endpoint it lists the container `new` as (`IP:PORT` on `network`);
+/// `None` when any of them is unknown.
+async fn front_watch(
+    docker: &bollard::Docker,
+    specs: &[ContainerSpec],
+    new: &str,
+    network: &str,
+) -> Option<(Role, String, String)> {
+    let (role, admin) = front_admin(docker, specs).await?;
+    let endpoint = endpoint_on(docker, new, network).await?;
+    Some((role, admin, endpoint))
+}
+
+/// The service's front's role and admin endpoint (`127.0.0.1:PORT`, as
+/// published); `None` when it does not publish one (started by an earlier
+/// mp) or cannot be inspected.
+async fn front_admin(docker: &bollard::Docker, specs: &[ContainerSpec]) -> Option<(Role, String)> {
+    let front = specs.iter().find(|s| s.front_port.is_some())?;
+    let running = docker.inspect_container(&front.name, None).await.ok()?;
+    let admin = published(Some(&running), ADMIN_PORT)?;
+    Some((front.role, format!("127.0.0.1:{admin}")))
+}
+
+/// The container's gRPC endpoint on `network` (`IP:PORT`), as the front
+/// lists it.
+async fn endpoint_on(docker: &bollard::Docker, container: &str, network: &str) -> Option<String> {
+    let inspect = docker.inspect_container(container, None).await.ok()?;
+    let ip = inspect
+        .network_settings?
+        .networks?
+        .remove(network)?
+        .ip_address
+        .filter(|ip| !ip.is_empty())?;
+    Some(format!("{ip}:{PORT}"))
+}
+
+/// Whether mp-lb's or mp-gather's `metrics` list `endpoint` (`IP:PORT`) as
+/// healthy: connected, passing its health checks, taking calls (in as many
+/// of mp-gather's shards as the value says).
+fn takes_calls(metrics: &str, endpoint: &str) -> bool {
+    // mp_lb_endpoint_healthy{...} and mp_gather_leaf_endpoint_healthy{...}
+    let series = format!("_endpoint_healthy{{endpoint=\"{endpoint}\"}} ");
+    metrics.lines().any(|l| {
+        l.starts_with("mp_")
+            && l.split_once(&series)
+                .and_then(|(_, value)| value.trim().parse::<f64>().ok())
+                .is_some_and(|v| v >= 1.0)
+    })
 }
 
 /// Asks `grpc.health.v1.Health/Check` on `127.0.0.1:port`. A server that
@@ -684,5 +903,28 @@ fn ensure_port_free(port: u16) -> Result<(), RunnerError> {
             by: String::new(),
         }),
         Err(e) => Err(RunnerError::io(format!("checking port {port}"), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replacement_takes_calls_once_the_front_lists_it_healthy() {
+        let lb = "# HELP mp_lb_endpoint_healthy 1 when the endpoint takes traffic\n\
+                  mp_lb_endpoint_healthy{endpoint=\"172.18.0.3:8080\"} 1\n\
+                  mp_lb_endpoint_healthy{endpoint=\"172.18.0.4:8080\"} 0\n\
+                  mp_lb_endpoint_connections{endpoint=\"172.18.0.5:8080\"} 1\n";
+        assert!(takes_calls(lb, "172.18.0.3:8080"));
+        assert!(!takes_calls(lb, "172.18.0.4:8080"), "listed, not healthy");
+        assert!(!takes_calls(lb, "172.18.0.5:8080"), "another series");
+        assert!(!takes_calls(lb, "172.18.0.30:8080"), "not listed");
+        let gather = "mp_gather_leaf_endpoint_healthy{endpoint=\"172.18.0.9:8080\"} 1\n";
+        assert!(takes_calls(gather, "172.18.0.9:8080"));
+        assert!(!takes_calls("", "172.18.0.9:8080"));
+        // Held by two shards at once: healthy in both.
+        let two = "mp_gather_leaf_endpoint_healthy{endpoint=\"172.18.0.9:8080\"} 2\n";
+        assert!(takes_calls(two, "172.18.0.9:8080"));
     }
 }

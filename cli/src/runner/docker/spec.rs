@@ -40,8 +40,9 @@ pub fn replicas_alias(service: &str) -> String {
     format!("mp-{service}-replicas")
 }
 
-/// How often mp-lb resolves the replicas' alias again (`--dns-interval`).
-pub const LB_DNS_INTERVAL: &str = "1s";
+/// How often mp-lb resolves the replicas' alias again, and mp-gather its
+/// leaves' names (`--dns-interval`).
+pub const DNS_INTERVAL: &str = "1s";
 
 /// Addresses on the docker runner: every part listens on `0.0.0.0:`[`PORT`]
 /// in its own container and is reached by its container name on the
@@ -85,8 +86,22 @@ impl Addressing for DockerAddressing {
             // Docker's DNS is local and cheap to ask; a short interval lets a
             // rolling update move on quickly.
             "--dns-interval".to_string(),
-            LB_DNS_INTERVAL.to_string(),
+            DNS_INTERVAL.to_string(),
         ]
+    }
+
+    /// The default `--shard` flags, and leaves' names resolved again as
+    /// often as mp-lb's alias: a replaced leaf is followed within a second,
+    /// so a rolling update moves on quickly.
+    fn gather_shard_args(
+        &self,
+        _service: &Service,
+        shards: &[Vec<String>],
+        merge: Option<&str>,
+    ) -> Vec<String> {
+        let mut args = crate::plan::shard_flags(shards, merge);
+        args.extend(["--dns-interval".to_string(), DNS_INTERVAL.to_string()]);
+        args
     }
 }
 
@@ -302,6 +317,37 @@ mod tests {
             7700,
         );
         assert_eq!(lb.labels[labels::SPEC], lb5.labels[labels::SPEC]);
+    }
+
+    #[test]
+    fn the_gather_resolves_its_leaves_every_second() {
+        let service = ServiceSpec {
+            name: "hist".into(),
+            pattern: PatternKind::Scatter,
+            shards: Some(3),
+            leaf: Some(Program::Command(vec!["/bin/leaf".into()])),
+            merge: Some(Program::Command(vec!["/bin/merge".into()])),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        let plan = plan_service(&service, &mut DockerAddressing).unwrap();
+        let gather = container_spec(
+            &plan,
+            plan.front_part(),
+            &launch("/usr/local/bin/mp-gather"),
+            7700,
+        );
+        let cmd = gather.cmd.unwrap().join(" ");
+        assert!(
+            cmd.contains("--shard mp-hist-leaf-0:8080 --shard mp-hist-leaf-1:8080"),
+            "{cmd}"
+        );
+        assert!(cmd.contains("--merge mp-hist-merge-0:8080"), "{cmd}");
+        assert!(
+            cmd.contains(&format!("--dns-interval {DNS_INTERVAL}")),
+            "{cmd}"
+        );
     }
 
     #[test]

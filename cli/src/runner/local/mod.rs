@@ -333,23 +333,12 @@ fn without_admin(args: &[String]) -> Vec<&String> {
 /// The value of the gauge or counter `name` (without labels) on the admin
 /// endpoint `addr`'s `/metrics`, if it answers in time.
 async fn admin_metric(addr: &str, name: &str) -> Option<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: mp\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let mut text = Vec::new();
-        let _ = s.take(4 << 20).read_to_end(&mut text).await;
-        let text = String::from_utf8_lossy(&text);
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-    };
-    tokio::time::timeout(Duration::from_secs(2), attempt)
+    let text = crate::health::metrics(addr, Duration::from_secs(2))
         .await
-        .ok()
-        .flatten()
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The last non-empty line of a log file, for error messages.
