@@ -116,64 +116,55 @@ pub async fn call_json(
 /// (mp-lb), or enough shards to call (mp-gather). Its gRPC health check alone
 /// says only that it listens.
 pub async fn ready(addr: &str, timeout: Duration) -> Result<(), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("admin endpoint {addr}: {e}"))?;
-        s.write_all(b"GET /ready HTTP/1.1\r\nHost: mp\r\nConnection: close\r\n\r\n")
-            .await
-            .map_err(|e| format!("admin endpoint {addr}: {e}"))?;
-        let mut head = Vec::new();
-        // The status line is all we need; the answer is a few bytes.
-        let _ = s.take(256).read_to_end(&mut head).await;
-        let head = String::from_utf8_lossy(&head);
-        match head.split_whitespace().nth(1) {
-            Some("200") => Ok(()),
-            Some(code) => Err(format!("not ready ({code} from {addr}/ready)")),
-            None => Err(format!("no HTTP answer from {addr}/ready")),
-        }
-    };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .unwrap_or_else(|_| {
-            Err(format!(
-                "readiness: no answer from {addr} within {timeout:?}"
-            ))
-        })
+    // The status line is all we need; the answer is a few bytes.
+    match admin_get(addr, "/ready", 256, timeout).await? {
+        (200, _) => Ok(()),
+        (code, _) => Err(format!("not ready ({code} from {addr}/ready)")),
+    }
 }
 
-/// The text of `GET /metrics` (Prometheus) from the admin endpoint of mp-lb
-/// or mp-gather at `addr` (`host:port`), at most 4 MiB of it.
+/// The text of `GET /metrics` (OpenMetrics) from the admin endpoint of
+/// mp-lb or mp-gather at `addr` (`host:port`): whole (it ends with `# EOF`,
+/// so a series missing from it is missing from the endpoint), at most 4 MiB.
 pub async fn metrics(addr: &str, timeout: Duration) -> Result<String, String> {
+    match admin_get(addr, "/metrics", 4 << 20, timeout).await? {
+        (200, body) if body.trim_end().ends_with("# EOF") => Ok(body),
+        (200, _) => Err(format!("{addr}/metrics was cut short")),
+        (code, _) => Err(format!("{code} from {addr}/metrics")),
+    }
+}
+
+/// `GET path` from the admin endpoint at `addr`: the status and up to `limit`
+/// bytes of the answer's body, within `timeout`.
+async fn admin_get(
+    addr: &str,
+    path: &str,
+    limit: u64,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let attempt = async {
         let mut s = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("admin endpoint {addr}: {e}"))?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: mp\r\nConnection: close\r\n\r\n")
+        let request = format!("GET {path} HTTP/1.1\r\nHost: mp\r\nConnection: close\r\n\r\n");
+        s.write_all(request.as_bytes())
             .await
             .map_err(|e| format!("admin endpoint {addr}: {e}"))?;
         let mut answer = Vec::new();
-        s.take(4 << 20)
-            .read_to_end(&mut answer)
-            .await
-            .map_err(|e| format!("admin endpoint {addr}: {e}"))?;
+        // A short read still has the status line, which is what counts.
+        let _ = s.take(limit).read_to_end(&mut answer).await;
         let answer = String::from_utf8_lossy(&answer);
-        let (head, body) = answer
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| format!("no HTTP answer from {addr}/metrics"))?;
-        match head.split_whitespace().nth(1) {
-            Some("200") => Ok(body.to_string()),
-            code => Err(format!(
-                "{} from {addr}/metrics",
-                code.unwrap_or("no status")
-            )),
-        }
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        head.split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .map(|code| (code, body.to_string()))
+            .ok_or_else(|| format!("no HTTP answer from {addr}{path}"))
     };
     tokio::time::timeout(timeout, attempt)
         .await
-        .unwrap_or_else(|_| Err(format!("metrics: no answer from {addr} within {timeout:?}")))
+        .unwrap_or_else(|_| Err(format!("no answer from {addr}{path} within {timeout:?}")))
 }
 
 /// A part's full health: its gRPC health check at `reach`, and for mp-lb and
@@ -183,5 +174,46 @@ pub async fn part_ready(reach: &str, admin: Option<&str>, timeout: Duration) -> 
     match admin {
         Some(admin) => ready(admin, timeout).await,
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod admin_tests {
+    use super::*;
+
+    /// Serves `answer` once on a loopback port, then closes.
+    async fn serving(answer: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = s.read(&mut request).await;
+            let _ = s.write_all(answer.as_bytes()).await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn metrics_are_whole_or_an_error() {
+        let t = Duration::from_secs(5);
+        let whole =
+            "HTTP/1.1 200 OK\r\ncontent-length: 34\r\n\r\nmp_lb_endpoint_healthy 1\n# EOF\n";
+        let text = metrics(&serving(whole).await, t).await.unwrap();
+        assert!(text.starts_with("mp_lb_endpoint_healthy 1"), "{text}");
+        let cut = "HTTP/1.1 200 OK\r\ncontent-length: 34\r\n\r\nmp_lb_endpoint_heal";
+        let e = metrics(&serving(cut).await, t).await.unwrap_err();
+        assert!(e.contains("cut short"), "{e}");
+        let busy = "HTTP/1.1 503 Service Unavailable\r\n\r\n";
+        let e = metrics(&serving(busy).await, t).await.unwrap_err();
+        assert!(e.contains("503"), "{e}");
+        let e = metrics(&serving("").await, t).await.unwrap_err();
+        assert!(e.contains("no HTTP answer"), "{e}");
+        let e = ready(&serving(busy).await, t).await.unwrap_err();
+        assert!(e.contains("not ready (503"), "{e}");
+        ready(&serving("HTTP/1.1 200 OK\r\n\r\nready").await, t)
+            .await
+            .unwrap();
     }
 }

@@ -939,7 +939,10 @@ fn a_scatter_updates_leaf_by_leaf_with_every_shard_answered_by_its_own() {
             "json-array",
         ];
         args.extend_from_slice(extra);
-        mp.ok(&args)
+        let out = mp.run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "mp {args:?} failed:\n{stderr}");
+        stderr
     };
     deploy(&[]);
     let reply = mp.call(&name).expect("call the scatter");
@@ -970,8 +973,10 @@ fn a_scatter_updates_leaf_by_leaf_with_every_shard_answered_by_its_own() {
             (ok, wrong)
         })
     };
-    deploy(&["--env", "VERSION=2"]);
+    let said = deploy(&["--env", "VERSION=2"]);
     stop.store(true, Ordering::Relaxed);
+    // It asked mp-gather each time, rather than waiting a fixed time.
+    assert!(!said.contains("cannot ask the front"), "{said}");
     let (ok, wrong) = caller.join().expect("caller thread");
     assert!(
         wrong.is_empty(),

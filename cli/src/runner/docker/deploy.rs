@@ -533,33 +533,15 @@ async fn front_takes(
         tokio::time::sleep(dns_settle(spec.role)).await;
         return Ok(());
     };
-    let started = Instant::now();
-    let mut answered = false;
-    loop {
-        match crate::health::metrics(&admin, Duration::from_secs(2)).await {
-            Ok(text) if takes_calls(&text, &endpoint) => return Ok(()),
-            Ok(_) => answered = true,
-            Err(e) if !answered => {
-                tracing::warn!(
-                    "cannot ask the front of {service} about {new} ({e}); waiting {:?} instead",
-                    dns_settle(spec.role)
-                );
-                tokio::time::sleep(dns_settle(spec.role)).await;
-                return Ok(());
-            }
-            // It answered before: a moment's trouble; ask again.
-            Err(_) => {}
-        }
-        if started.elapsed() > TAKE_UP_LIMIT {
-            return Err(RunnerError::NotTakenUp {
-                service: service.to_string(),
-                part: spec.part.clone(),
-                front,
-                after: TAKE_UP_LIMIT,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let asked = ask_front_until(&admin, |text| takes_calls(text, &endpoint)).await;
+    settled(asked, service, spec, new)
+        .await
+        .map_err(|after| RunnerError::NotTakenUp {
+            service: service.to_string(),
+            part: spec.part.clone(),
+            front,
+            after,
+        })
 }
 
 /// Waits, after a replaced leaf was removed, until mp-gather no longer
@@ -583,37 +565,71 @@ async fn front_drops(
         return Ok(());
     };
     let series = format!("_endpoint_healthy{{endpoint=\"{old}\"}} ");
+    let asked = ask_front_until(&admin, |text| {
+        !text
+            .lines()
+            .any(|l| l.starts_with("mp_") && l.contains(&series))
+    })
+    .await;
+    settled(asked, service, spec, old)
+        .await
+        .map_err(|after| RunnerError::NotDropped {
+            service: service.to_string(),
+            part: spec.part.clone(),
+            front,
+            after,
+        })
+}
+
+/// How asking the front came out.
+enum Asked {
+    /// Its metrics said what was waited for.
+    Said,
+    /// It never answered (the error): it cannot be asked.
+    NoAnswer(String),
+    /// It answered, but not that, within [`TAKE_UP_LIMIT`].
+    NotWithin(Duration),
+}
+
+/// Reads the front's metrics at `admin` until `said` holds for them, for at
+/// most [`TAKE_UP_LIMIT`].
+async fn ask_front_until(admin: &str, said: impl Fn(&str) -> bool) -> Asked {
     let started = Instant::now();
     let mut answered = false;
     loop {
-        match crate::health::metrics(&admin, Duration::from_secs(2)).await {
-            Ok(text)
-                if !text
-                    .lines()
-                    .any(|l| l.starts_with("mp_") && l.contains(&series)) =>
-            {
-                return Ok(())
-            }
+        match crate::health::metrics(admin, Duration::from_secs(2)).await {
+            Ok(text) if said(&text) => return Asked::Said,
             Ok(_) => answered = true,
-            Err(e) if !answered => {
-                tracing::warn!(
-                    "cannot ask the front of {service} about {old} ({e}); waiting {:?} instead",
-                    dns_settle(spec.role)
-                );
-                tokio::time::sleep(dns_settle(spec.role)).await;
-                return Ok(());
-            }
+            Err(e) if !answered => return Asked::NoAnswer(e),
+            // It answered before: a moment's trouble; ask again.
             Err(_) => {}
         }
         if started.elapsed() > TAKE_UP_LIMIT {
-            return Err(RunnerError::NotDropped {
-                service: service.to_string(),
-                part: spec.part.clone(),
-                front,
-                after: TAKE_UP_LIMIT,
-            });
+            return Asked::NotWithin(TAKE_UP_LIMIT);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `Ok` once the front said so, or after the fixed wait when it could not be
+/// asked (said in a warning, with `about`); how long it was asked otherwise.
+async fn settled(
+    asked: Asked,
+    service: &str,
+    spec: &ContainerSpec,
+    about: &str,
+) -> Result<(), Duration> {
+    match asked {
+        Asked::Said => Ok(()),
+        Asked::NoAnswer(e) => {
+            let wait = dns_settle(spec.role);
+            tracing::warn!(
+                "cannot ask the front of {service} about {about} ({e}); waiting {wait:?} instead"
+            );
+            tokio::time::sleep(wait).await;
+            Ok(())
+        }
+        Asked::NotWithin(after) => Err(after),
     }
 }
 
