@@ -868,6 +868,40 @@ fn scatter_of_ten_sums_to_a_thousand_and_a_killed_leaf_comes_back() {
     });
     assert!(recovered, "calls succeed again after the leaf came back");
 
+    // An update replaces the leaves and the merger one at a time while every
+    // call succeeds; mp-gather is kept.
+    let gather = format!("mp-{name}-gather-0");
+    let gather_id = id_named(&containers(&docker, &name), &gather);
+    let merger_id = id_named(&containers(&docker, &name), &format!("mp-{name}-merge-0"));
+    calls_during(&name, || {
+        mp.ok(&[
+            "deploy",
+            "--runner",
+            "docker",
+            "--pattern",
+            "scatter",
+            "--name",
+            &name,
+            "--shards",
+            "10",
+            "--leaf",
+            leaf.to_str().unwrap(),
+            "--merge",
+            merge.to_str().unwrap(),
+            "--env",
+            "VERSION=2",
+        ])
+    });
+    let after = containers(&docker, &name);
+    assert_eq!(id_named(&after, &gather), gather_id, "mp-gather was kept");
+    assert_ne!(
+        id_named(&after, &format!("mp-{name}-merge-0")),
+        merger_id,
+        "the merger was replaced"
+    );
+    let reply = mp.call(&name).expect("call the updated histogram");
+    assert!(whole(sum(&reply)), "after the update: {reply}");
+
     let followed_on = eventually(Duration::from_secs(20), || {
         leaf3_lines(&follow.text()) > before_crash
     });

@@ -63,6 +63,12 @@ fn dns_settle(role: Role) -> Duration {
         // A `service`'s handler is mp-lb's only backend: no other replica
         // covers for a new one mp-lb has not connected to yet, so a margin.
         Role::Handler => Duration::from_secs(3),
+        // mp-gather resolves the merger's name at each new connection and
+        // keeps none open to an address it did not just look up, so the old
+        // merger can go at once: its connection's GOAWAY makes mp-gather
+        // connect again, by name, and a merge the old one did not take is
+        // sent again.
+        Role::Merge => Duration::ZERO,
         _ => Duration::from_secs(6),
     }
 }
