@@ -791,21 +791,26 @@ fn scatter_of_ten_sums_to_a_thousand_and_a_killed_leaf_comes_back() {
     let name = unique("histogram");
     let leaf = program("histogram-leaf");
     let merge = program("histogram-merge");
-    mp.ok(&[
-        "deploy",
-        "--runner",
-        "docker",
-        "--pattern",
-        "scatter",
-        "--name",
-        &name,
-        "--shards",
-        "10",
-        "--leaf",
-        leaf.to_str().unwrap(),
-        "--merge",
-        merge.to_str().unwrap(),
-    ]);
+    let deploy = |extra: &[&str]| {
+        let mut args = vec![
+            "deploy",
+            "--runner",
+            "docker",
+            "--pattern",
+            "scatter",
+            "--name",
+            &name,
+            "--shards",
+            "10",
+            "--leaf",
+            leaf.to_str().unwrap(),
+            "--merge",
+            merge.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        mp.ok(&args)
+    };
+    deploy(&[]);
     // Seed chapter 4: 10 leaves, the gather root and the merger.
     let cs = containers(&docker, &name);
     let n = names(&cs);
@@ -873,25 +878,7 @@ fn scatter_of_ten_sums_to_a_thousand_and_a_killed_leaf_comes_back() {
     let gather = format!("mp-{name}-gather-0");
     let gather_id = id_named(&containers(&docker, &name), &gather);
     let merger_id = id_named(&containers(&docker, &name), &format!("mp-{name}-merge-0"));
-    calls_during(&name, || {
-        mp.ok(&[
-            "deploy",
-            "--runner",
-            "docker",
-            "--pattern",
-            "scatter",
-            "--name",
-            &name,
-            "--shards",
-            "10",
-            "--leaf",
-            leaf.to_str().unwrap(),
-            "--merge",
-            merge.to_str().unwrap(),
-            "--env",
-            "VERSION=2",
-        ])
-    });
+    calls_during(&name, || deploy(&["--env", "VERSION=2"]));
     let after = containers(&docker, &name);
     assert_eq!(id_named(&after, &gather), gather_id, "mp-gather was kept");
     assert_ne!(
