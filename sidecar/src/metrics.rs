@@ -460,6 +460,7 @@ mod tests {
         // The first pool loses it (its connection failed), then drops it:
         // the second pool's endpoint is still listed, healthy.
         first.set_healthy(false);
+        // Said again (a health check's repeated verdict): no change.
         first.set_healthy(false);
         m.remove("10.0.0.5:8080");
         drop(first);

@@ -465,17 +465,11 @@ async fn wait_healthy(
             // mp-lb and mp-gather also say whether they can serve calls
             // (healthy backends, enough shards); their health check says
             // only that they listen.
-            let admin = published(Some(&inspect), ADMIN_PORT);
-            let ready = match healthy(port, Duration::from_secs(1)).await {
-                Ok(()) => match admin {
-                    Some(a) => {
-                        crate::health::ready(&format!("127.0.0.1:{a}"), Duration::from_secs(1))
-                            .await
-                    }
-                    None => Ok(()),
-                },
-                Err(e) => Err(e),
-            };
+            let mut ready = healthy(port, Duration::from_secs(1)).await;
+            if let (Ok(()), Some(admin)) = (&ready, published(Some(&inspect), ADMIN_PORT)) {
+                let admin = format!("127.0.0.1:{admin}");
+                ready = crate::health::ready(&admin, Duration::from_secs(1)).await;
+            }
             match ready {
                 Ok(()) => return Ok(()),
                 Err(e) => last_error = e,
@@ -518,9 +512,9 @@ fn published(inspect: Option<&ContainerInspectResponse>, port: u16) -> Option<u1
 /// [`RunnerError::NotTakenUp`] after [`TAKE_UP_LIMIT`].
 ///
 /// Where the front cannot be asked (one started by an earlier mp, which did
-/// not publish its admin endpoint, or one that does not answer), and for the
-/// merge handler (mp-gather reaches it by name at each new connection, and
-/// does not list it), a fixed wait longer than the front's DNS interval.
+/// not publish its admin endpoint, or one that does not answer), the fixed
+/// wait of [`dns_settle`]; the merge handler, which mp-gather does not list
+/// (it looks the name up at each new connection), gets that wait too: none.
 async fn front_takes(
     docker: &bollard::Docker,
     service: &str,
@@ -529,17 +523,24 @@ async fn front_takes(
     new: &str,
     network: &str,
 ) -> Result<(), RunnerError> {
-    let watch = match spec.role {
-        Role::Replica | Role::Handler | Role::Leaf => {
-            front_watch(docker, specs, new, network).await
-        }
-        _ => None,
+    let listed = matches!(spec.role, Role::Replica | Role::Handler | Role::Leaf);
+    let front = if listed {
+        front_admin(docker, specs).await
+    } else {
+        None
     };
-    let Some((front, admin, endpoint)) = watch else {
+    let endpoint = match front {
+        Some(_) => endpoint_on(docker, new, network).await,
+        None => None,
+    };
+    let (Some((front, admin)), Some(endpoint)) = (front, endpoint) else {
         tokio::time::sleep(dns_settle(spec.role)).await;
         return Ok(());
     };
-    let asked = ask_front_until(&admin, |text| takes_calls(text, &endpoint)).await;
+    let asked = ask_front_until(&admin, |text| {
+        healthy_in(text, &endpoint).is_some_and(|shards| shards >= 1.0)
+    })
+    .await;
     settled(asked, service, spec, new)
         .await
         .map_err(|after| RunnerError::NotTakenUp {
@@ -570,13 +571,7 @@ async fn front_drops(
         tokio::time::sleep(dns_settle(spec.role)).await;
         return Ok(());
     };
-    let series = format!("_endpoint_healthy{{endpoint=\"{old}\"}} ");
-    let asked = ask_front_until(&admin, |text| {
-        !text
-            .lines()
-            .any(|l| l.starts_with("mp_") && l.contains(&series))
-    })
-    .await;
+    let asked = ask_front_until(&admin, |text| healthy_in(text, old).is_none()).await;
     settled(asked, service, spec, old)
         .await
         .map_err(|after| RunnerError::NotDropped {
@@ -639,20 +634,6 @@ async fn settled(
     }
 }
 
-/// The front's role, its admin endpoint (`127.0.0.1:PORT`, as published) and
-/// the endpoint it lists the container `new` as (`IP:PORT` on `network`);
-/// `None` when any of them is unknown.
-async fn front_watch(
-    docker: &bollard::Docker,
-    specs: &[ContainerSpec],
-    new: &str,
-    network: &str,
-) -> Option<(Role, String, String)> {
-    let (role, admin) = front_admin(docker, specs).await?;
-    let endpoint = endpoint_on(docker, new, network).await?;
-    Some((role, admin, endpoint))
-}
-
 /// The service's front's role and admin endpoint (`127.0.0.1:PORT`, as
 /// published); `None` when it does not publish one (started by an earlier
 /// mp) or cannot be inspected.
@@ -676,18 +657,16 @@ async fn endpoint_on(docker: &bollard::Docker, container: &str, network: &str) -
     Some(format!("{ip}:{PORT}"))
 }
 
-/// Whether mp-lb's or mp-gather's `metrics` list `endpoint` (`IP:PORT`) as
-/// healthy: connected, passing its health checks, taking calls (in as many
-/// of mp-gather's shards as the value says).
-fn takes_calls(metrics: &str, endpoint: &str) -> bool {
-    // mp_lb_endpoint_healthy{...} and mp_gather_leaf_endpoint_healthy{...}
+/// The value of `endpoint`'s (`IP:PORT`) health series in mp-lb's or
+/// mp-gather's `metrics` (`mp_lb_endpoint_healthy{...}`,
+/// `mp_gather_leaf_endpoint_healthy{...}`): 1 when it takes calls (mp-gather:
+/// in how many shards), 0 when not; `None` when it is not listed at all.
+fn healthy_in(metrics: &str, endpoint: &str) -> Option<f64> {
     let series = format!("_endpoint_healthy{{endpoint=\"{endpoint}\"}} ");
-    metrics.lines().any(|l| {
-        l.starts_with("mp_")
-            && l.split_once(&series)
-                .and_then(|(_, value)| value.trim().parse::<f64>().ok())
-                .is_some_and(|v| v >= 1.0)
-    })
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("mp_"))
+        .find_map(|l| l.split_once(&series)?.1.trim().parse().ok())
 }
 
 /// Asks `grpc.health.v1.Health/Check` on `127.0.0.1:port`. A server that
@@ -933,20 +912,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_replacement_takes_calls_once_the_front_lists_it_healthy() {
+    fn the_fronts_health_series_is_read_per_endpoint() {
         let lb = "# HELP mp_lb_endpoint_healthy 1 when the endpoint takes traffic\n\
                   mp_lb_endpoint_healthy{endpoint=\"172.18.0.3:8080\"} 1\n\
                   mp_lb_endpoint_healthy{endpoint=\"172.18.0.4:8080\"} 0\n\
                   mp_lb_endpoint_connections{endpoint=\"172.18.0.5:8080\"} 1\n";
-        assert!(takes_calls(lb, "172.18.0.3:8080"));
-        assert!(!takes_calls(lb, "172.18.0.4:8080"), "listed, not healthy");
-        assert!(!takes_calls(lb, "172.18.0.5:8080"), "another series");
-        assert!(!takes_calls(lb, "172.18.0.30:8080"), "not listed");
-        let gather = "mp_gather_leaf_endpoint_healthy{endpoint=\"172.18.0.9:8080\"} 1\n";
-        assert!(takes_calls(gather, "172.18.0.9:8080"));
-        assert!(!takes_calls("", "172.18.0.9:8080"));
-        // Held by two shards at once: healthy in both.
-        let two = "mp_gather_leaf_endpoint_healthy{endpoint=\"172.18.0.9:8080\"} 2\n";
-        assert!(takes_calls(two, "172.18.0.9:8080"));
+        assert_eq!(healthy_in(lb, "172.18.0.3:8080"), Some(1.0));
+        assert_eq!(
+            healthy_in(lb, "172.18.0.4:8080"),
+            Some(0.0),
+            "listed, not healthy"
+        );
+        assert_eq!(healthy_in(lb, "172.18.0.5:8080"), None, "another series");
+        assert_eq!(healthy_in(lb, "172.18.0.30:8080"), None, "not listed");
+        assert_eq!(healthy_in(lb, "172.18.0.3:80"), None, "another port");
+        // Held by two of mp-gather's shards at once: healthy in both.
+        let gather = "mp_gather_leaf_endpoint_healthy{endpoint=\"172.18.0.9:8080\"} 2\n";
+        assert_eq!(healthy_in(gather, "172.18.0.9:8080"), Some(2.0));
+        assert_eq!(healthy_in("", "172.18.0.9:8080"), None);
     }
 }
